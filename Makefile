@@ -1,0 +1,28 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-test
+
+.PHONY: demo test install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# The [test] extra pins torch==2.13.0 (a CPU build) for the HF parity tests.
+$(STAMP): setup.py | $(PY)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m t5x_lite.main --gin_file=recipes/quickstart.gin --gin.MODEL_DIR=runs/demo --run_mode=demo
+
+# pytest exits 5 when it collects no test: that is a failure here too.
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q tests
+
+clean:
+	rm -rf $(VENV) runs
