@@ -12,7 +12,7 @@ $(PY):
 
 # The [test] extra pins torch==2.13.0 (a CPU build) for the HF parity tests.
 $(STAMP): setup.py | $(PY)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 install: $(STAMP)
