@@ -1,0 +1,178 @@
+"""TrainState and the jitted, sharded train / eval steps (with microbatching)."""
+
+import contextlib
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5x_lite import models as models_lib
+from t5x_lite import partitioning
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What a checkpoint holds: the step, the (unboxed) params and the optimizer state."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def _split_microbatches(batch, num_microbatches):
+  def split(x):
+    if x.shape[0] % num_microbatches:
+      raise ValueError(f"Batch size {x.shape[0]} is not divisible by num_microbatches="
+                       f"{num_microbatches} (gin: Trainer.num_microbatches).")
+    return x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
+  return jax.tree_util.tree_map(split, batch)
+
+
+class Trainer:
+  """Owns the model, optimizer and partitioner; builds jitted steps with in/out shardings.
+
+  Args:
+    model: an EncoderDecoderModel.
+    optimizer: (optax.GradientTransformation, schedule) as optimizers.adafactor returns.
+    partitioner: a partitioning.Partitioner (mesh + rules).
+    num_microbatches: split each batch into this many sequential microbatches and
+      accumulate gradients (same update as the full batch, less activation memory).
+    seed: base of the parameter-init and dropout RNGs (dropout uses fold_in(seed, step),
+      so a resumed run draws the same masks as an uninterrupted one).
+  """
+
+  def __init__(self, model: models_lib.EncoderDecoderModel, optimizer,
+               partitioner: partitioning.Partitioner, num_microbatches: int = 1, seed: int = 0):
+    self.model = model
+    self.tx, self.schedule = optimizer
+    self.partitioner = partitioner
+    self.num_microbatches = num_microbatches
+    self.seed = seed
+    self._train_step = None
+    self._eval_step = None
+
+  # ---- state ------------------------------------------------------------------------------
+
+  def _init_fn(self, input_shapes):
+    def init(rng):
+      params = nn.unbox(self.model.init(rng, input_shapes))
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params))
+    return init
+
+  def state_shardings(self, input_shapes):
+    """(abstract TrainState, TrainState of NamedShardings) — computed from shapes only."""
+    rng = jax.random.PRNGKey(self.seed)
+    boxed = jax.eval_shape(lambda r: self.model.init(r, input_shapes), rng)
+    param_shardings = self.partitioner.param_shardings(boxed)
+    abstract = jax.eval_shape(self._init_fn(input_shapes), rng)
+    opt_shardings = self.partitioner.opt_state_shardings(
+        abstract.opt_state, abstract.params, param_shardings)
+    shardings = TrainState(step=self.partitioner.sharding(jax.sharding.PartitionSpec()),
+                           params=param_shardings, opt_state=opt_shardings)
+    return abstract, shardings
+
+  def init_state(self, input_shapes) -> TrainState:
+    """Fresh TrainState, created directly sharded (never whole on one device)."""
+    _, shardings = self.state_shardings(input_shapes)
+    with self._rules():
+      init = jax.jit(self._init_fn(input_shapes), out_shardings=shardings)
+      return init(jax.random.PRNGKey(self.seed))
+
+  def _rules(self):
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.partitioner.mesh))
+    stack.enter_context(self.partitioner.activation_rules())
+    return stack
+
+  # ---- steps ------------------------------------------------------------------------------
+
+  def _dropout_rng(self, step):
+    if self.model.config.dropout_rate == 0.0 and not self.model.config.attention_dropout:
+      return None
+    return jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), step)
+
+  def _grads_and_metrics(self, params, batch, step):
+    model = self.model
+    normalizer = model.normalizer(jnp.sum(model.loss_weights(batch)))
+    dropout_rng = self._dropout_rng(step)
+    grad_fn = jax.grad(model.loss_fn, has_aux=True)
+    if self.num_microbatches == 1:
+      return grad_fn(params, batch, dropout_rng, normalizer)
+
+    def body(carry, xs):
+      grads_acc, metrics_acc = carry
+      index, microbatch = xs
+      rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+      grads, metrics = grad_fn(params, microbatch, rng, normalizer)
+      add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)
+      return (add(grads_acc, grads), add(metrics_acc, metrics)), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    zero_metrics = {k: jnp.zeros((), jnp.float32)
+                    for k in ("loss_sum", "z_loss_sum", "correct", "num_tokens")}
+    microbatches = _split_microbatches(batch, self.num_microbatches)
+    (grads, metrics), _ = jax.lax.scan(
+        body, (zeros, zero_metrics), (jnp.arange(self.num_microbatches), microbatches))
+    return grads, metrics
+
+  def _summarize(self, metrics, batch, step):
+    tokens = jnp.maximum(metrics["num_tokens"], 1.0)
+    targets = batch["decoder_target_tokens"]
+    return {
+        "loss": metrics["loss_sum"] / tokens,
+        "z_loss": metrics["z_loss_sum"] / tokens,
+        "accuracy": metrics["correct"] / tokens,
+        "num_tokens": metrics["num_tokens"],
+        "nonpadding_fraction": metrics["num_tokens"] / targets.size,
+        "learning_rate": jnp.asarray(self.schedule(step), jnp.float32),
+    }
+
+  def _train_step_fn(self, state: TrainState, batch):
+    grads, metrics = self._grads_and_metrics(state.params, batch, state.step)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = jax.tree_util.tree_map(jnp.add, state.params, updates)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, self._summarize(metrics, batch, state.step)
+
+  def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    """One optimizer update on a global batch (dict of [B, ...] arrays)."""
+    if self._train_step is None:
+      shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+      self._train_step = jax.jit(
+          self._train_step_fn, in_shardings=(shardings, self.partitioner.batch_sharding()),
+          out_shardings=(shardings, self.partitioner.sharding(jax.sharding.PartitionSpec())),
+          donate_argnums=(0,))
+    with self._rules():
+      return self._train_step(state, batch)
+
+  def _eval_step_fn(self, params, batch):
+    _, metrics = self.model.loss_fn(params, batch)
+    return metrics
+
+  def eval_step(self, params, batch) -> dict:
+    """Summed teacher-forced metrics of one batch: loss_sum, z_loss_sum, correct, num_tokens."""
+    if self._eval_step is None:
+      self._eval_step = jax.jit(
+          self._eval_step_fn, in_shardings=(
+              jax.tree_util.tree_map(lambda x: x.sharding, params),
+              self.partitioner.batch_sharding()))
+    with self._rules():
+      return self._eval_step(params, batch)
+
+
+def evaluate_loss(trainer: Trainer, params, batches, max_batches: Optional[int] = None) -> dict:
+  """Teacher-forced loss and token accuracy over batches (global arrays)."""
+  totals = None
+  for i, batch in enumerate(batches):
+    if max_batches is not None and i >= max_batches:
+      break
+    metrics = jax.device_get(trainer.eval_step(params, batch))
+    totals = metrics if totals is None else {k: totals[k] + metrics[k] for k in totals}
+  if totals is None:
+    raise ValueError("Evaluation got no batches: is the eval split empty?")
+  tokens = max(float(totals["num_tokens"]), 1.0)
+  return {"loss": float(totals["loss_sum"]) / tokens,
+          "accuracy": float(totals["correct"]) / tokens,
+          "z_loss": float(totals["z_loss_sum"]) / tokens}
