@@ -1,0 +1,115 @@
+"""Gin plumbing: flag values, search paths, errors that name the fix, the operative config."""
+
+import ast
+import difflib
+import inspect
+import os
+import pathlib
+import re
+from typing import Sequence
+
+import gin
+
+# The project's gin/ directory (models/, runs/, recipes/) is always on the search path.
+GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+
+
+def _is_gin_literal(value: str) -> bool:
+  if value.startswith(("@", "%")):
+    return True
+  try:
+    ast.literal_eval(value)
+    return True
+  except (ValueError, SyntaxError):
+    return False
+
+
+def normalize_binding(binding: str) -> str:
+  """`NAME=VALUE` with a bare string VALUE becomes `NAME='VALUE'` (so no escaped quotes).
+
+  Numbers, booleans, None, quoted strings, lists/dicts, @references and %macros pass as is.
+  """
+  if "=" not in binding:
+    raise ValueError(f"--gin.{binding}: a binding is NAME=VALUE, e.g. --gin.MODEL_DIR=runs/x")
+  name, value = binding.split("=", 1)
+  name, value = name.strip(), value.strip()
+  if not _is_gin_literal(value):
+    value = repr(value)
+  return f"{name} = {value}"
+
+
+def _registered_names():
+  return sorted({name for key in gin.config._REGISTRY  # pylint: disable=protected-access
+                 for name in (key if isinstance(key, tuple) else (key,))})
+
+
+def _explain(error: Exception) -> str:
+  """Adds the closest valid names to gin's 'no configurable' / 'no parameter' errors."""
+  message = str(error)
+  match = re.search(r"No configurable matching '([^']+)'", message)
+  if match:
+    names = [n.split(".")[-1] for n in _registered_names()]
+    close = difflib.get_close_matches(match.group(1).split(".")[-1], names, n=3, cutoff=0.5)
+    if close:
+      return f"{message}\nDid you mean: {', '.join(close)}?"
+    return message
+  match = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", message)
+  if match:
+    try:
+      fn = gin.config._REGISTRY.get_match(match.group(1)).wrapped  # pylint: disable=protected-access
+      target = fn.__init__ if inspect.isclass(fn) else fn
+      params = list(inspect.signature(target).parameters)
+      close = difflib.get_close_matches(match.group(2), params, n=3, cutoff=0.5)
+      if close:
+        return f"{message}\nDid you mean: {', '.join(close)}?"
+    except Exception:  # pylint: disable=broad-except
+      pass
+  return message
+
+
+def _import_configurables():
+  """Imports every module that registers gin configurables (and, via `tasks`, all tasks)."""
+  # pylint: disable=g-import-not-at-top,unused-import
+  import tasks
+  from t5x_lite import checkpoints, models, network, optimizers, partitioning, train
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = True):
+  """Parses gin files (searched on GIN_DIR too) and `NAME=VALUE` bindings, in that order.
+
+  Raises:
+    ValueError naming the file/binding and, where gin allows, the closest valid name.
+  """
+  _import_configurables()
+  gin.add_config_file_search_path(str(GIN_DIR))
+  for gin_file in gin_files:
+    if not (os.path.exists(gin_file) or (GIN_DIR / gin_file).exists()):
+      raise ValueError(f"--gin_file={gin_file}: no such file here or under the package's gin "
+                       f"directory ({', '.join(sorted(p.name for p in GIN_DIR.iterdir()))}/...).")
+  try:
+    gin.parse_config_files_and_bindings(
+        list(gin_files), [normalize_binding(b) for b in bindings], finalize_config=finalize,
+        skip_unknown=False)
+  except (ValueError, KeyError, TypeError, SyntaxError) as e:
+    raise ValueError(f"Gin configuration error: {_explain(e)}") from e
+
+
+def explain_call_error(error: Exception) -> str:
+  """Turns gin's missing-required-binding errors into the macro/binding to set."""
+  message = str(error)
+  match = re.search(r"Required bindings for `([^`]+)` not provided in config: \[([^\]]*)\]",
+                    message)
+  if match:
+    missing = match.group(2)
+    return (f"{message}\nSet them in a gin file or on the command line, e.g. "
+            f"--gin.{match.group(1)}.{missing.split(',')[0].strip(' ' + chr(39))}=...; the run "
+            "gin files' headers list the required macros (e.g. --gin.MODEL_DIR=runs/x).")
+  return _explain(error)
+
+
+def write_operative_config(model_dir: str):
+  """MODEL_DIR/config.gin: every binding actually used by this run."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gs:// paths)
+  tf.io.gfile.makedirs(model_dir)
+  with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
+    f.write(gin.operative_config_str())

@@ -1,0 +1,226 @@
+"""The train run mode: gin-configured training with periodic evaluation and checkpoints."""
+
+import json
+import logging
+import os
+import time
+from typing import Callable, Mapping, Optional
+
+import gin
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+import tqdm
+
+from t5x_lite import checkpoints as checkpoints_lib
+from t5x_lite import data
+from t5x_lite import gin_utils
+from t5x_lite import models as models_lib
+from t5x_lite import optimizers
+from t5x_lite import partitioning
+from t5x_lite import trainer as trainer_lib
+
+log = logging.getLogger(__name__)
+
+
+class SummaryWriter:
+  """TensorBoard scalars (tf.summary) + a JSONL history; written by process 0 only."""
+
+  def __init__(self, model_dir: str, name: str):
+    self.enabled = jax.process_index() == 0
+    self.history_path = os.path.join(model_dir, f"{name}_metrics.jsonl")
+    if self.enabled:
+      self.writer = tf.summary.create_file_writer(os.path.join(model_dir, name))
+
+  def write(self, step: int, scalars: Mapping[str, float]):
+    if not self.enabled:
+      return
+    with self.writer.as_default():
+      for key, value in scalars.items():
+        tf.summary.scalar(key, value, step=step)
+    self.writer.flush()
+    with tf.io.gfile.GFile(self.history_path, "a") as f:
+      f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+
+def plot_loss_curve(model_dir: str) -> Optional[str]:
+  """MODEL_DIR/loss.png from the train (and eval) metric histories of all sessions."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4))
+  plotted = False
+  for name in ("train", "eval"):
+    path = os.path.join(model_dir, f"{name}_metrics.jsonl")
+    if not tf.io.gfile.exists(path):
+      continue
+    with tf.io.gfile.GFile(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    rows = sorted({r["step"]: r for r in rows if "loss" in r}.values(), key=lambda r: r["step"])
+    if rows:
+      ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=f"{name} loss",
+              marker="o" if name == "eval" else None)
+      plotted = True
+  if not plotted:
+    plt.close(fig)
+    return None
+  ax.set_xlabel("step")
+  ax.set_ylabel("cross-entropy per target token")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  path = os.path.join(model_dir, "loss.png")
+  with tf.io.gfile.GFile(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def _shard_info() -> Optional[seqio.ShardInfo]:
+  """Each process reads its own shard; process i holds rows i*B/P ... of the global batch."""
+  if jax.process_count() == 1:
+    return None
+  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+def _global_batches(iterator, partitioner):
+  for batch in iterator:
+    yield partitioning.host_local_batch_to_global(batch, partitioner)
+
+
+def restore_or_init(trainer: trainer_lib.Trainer, input_shapes, manager, dataset_iterator,
+                    initial_checkpoint_path: Optional[str], restore_optimizer_state: bool):
+  """Resume from MODEL_DIR if it has checkpoints, else start from the initial checkpoint, else init.
+
+  Resuming wins over INITIAL_CHECKPOINT_PATH: a preempted finetune must continue, not restart.
+  """
+  abstract, shardings = trainer.state_shardings(input_shapes)
+  abstract = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  latest = manager.latest_step()
+  if latest is not None:
+    if initial_checkpoint_path:
+      log.warning("MODEL_DIR already has checkpoints (latest step %d): resuming from it. "
+                  "INITIAL_CHECKPOINT_PATH=%s is ignored.", latest, initial_checkpoint_path)
+    else:
+      log.info("Resuming from %s/%d.", manager.directory, latest)
+    return manager.restore(abstract, latest, dataset_iterator)
+  if initial_checkpoint_path:
+    path = checkpoints_lib.resolve_checkpoint_path(initial_checkpoint_path)
+    if restore_optimizer_state:
+      log.info("Starting from %s (parameters and optimizer state).", path)
+      return checkpoints_lib.restore_state(path, abstract)
+    log.info("Starting from the parameters of %s with a fresh optimizer state.", path)
+    params = checkpoints_lib.restore_params(path, abstract.params)
+    state = trainer.init_state(input_shapes)
+    return state.replace(params=params, step=state.step * 0)
+  log.info("No checkpoint in MODEL_DIR and no INITIAL_CHECKPOINT_PATH: initialising from seed %d.",
+           trainer.seed)
+  return trainer.init_state(input_shapes)
+
+
+@gin.configurable(denylist=["after_eval"])
+def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = gin.REQUIRED,
+          model: Optional[models_lib.EncoderDecoderModel] = None, optimizer=None,
+          partitioner: Optional[partitioning.Partitioner] = None, num_microbatches: int = 1,
+          seed: int = 0, pack: bool = True, shuffle: bool = True,
+          initial_checkpoint_path: Optional[str] = None, restore_optimizer_state: bool = False,
+          checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
+          log_period: int = 10, eval_period: int = 0, eval_steps: int = 20,
+          eval_split: str = "validation", eval_mixture_or_task_name: Optional[str] = None,
+          after_eval: Optional[Callable] = None, progress_bar: bool = True):
+  """Trains `model` on a seqio task/mixture; resumable, with checkpoints and summaries.
+
+  Args (gin; the run files gin/runs/*.gin bind the macros in capitals):
+    model_dir: MODEL_DIR — checkpoints, summaries, config.gin and loss.png go here.
+    train_steps: TRAIN_STEPS — total steps (a resumed run continues up to this step).
+    mixture_or_task_name: MIXTURE_OR_TASK_NAME — a registered seqio task or mixture.
+    task_feature_lengths: TASK_FEATURE_LENGTHS — e.g. {"inputs": 512, "targets": 114}.
+    batch_size: BATCH_SIZE — global batch (all processes together).
+    model: an EncoderDecoderModel (its T5Config comes from a gin/models file).
+    optimizer: (transform, schedule); default optimizers.adafactor().
+    partitioner: mesh + rules; default partitioning.Partitioner().
+    num_microbatches: gradient accumulation steps per batch.
+    seed: parameter init, dropout and data-shuffle seed.
+    pack: pack several examples per row (segment ids) — T5's pretraining default.
+    shuffle: shuffle the training data.
+    initial_checkpoint_path: INITIAL_CHECKPOINT_PATH — start (finetune) from here when
+      MODEL_DIR has no checkpoint yet.
+    restore_optimizer_state: also take the optimizer state from the initial checkpoint.
+    checkpoint_period, keep_checkpoints: save every N steps, keep the last K.
+    log_period: write train summaries every N steps.
+    eval_period: teacher-forced eval every N steps (0: only at the end).
+    eval_steps: batches per evaluation.
+    eval_split, eval_mixture_or_task_name: what to evaluate (default: the training mixture).
+    after_eval: called as after_eval(step, params) after each evaluation (infer-eval hook).
+    progress_bar: show a tqdm bar with loss, tokens/s and ETA.
+
+  Returns:
+    (final TrainState, last eval metrics dict).
+  """
+  model = model or models_lib.EncoderDecoderModel()
+  partitioner = partitioner or partitioning.Partitioner()
+  trainer = trainer_lib.Trainer(model, optimizer or optimizers.adafactor(), partitioner,
+                                num_microbatches=num_microbatches, seed=seed)
+  local_batch = batch_size // jax.process_count()
+  train_ds = data.get_dataset(mixture_or_task_name, task_feature_lengths, split="train",
+                              batch_size=local_batch, shuffle=shuffle, seed=seed, pack=pack,
+                              shard_info=_shard_info())
+  iterator = data.DatasetIterator(train_ds)
+  input_shapes = {k: (batch_size,) + tuple(v.shape[1:])
+                  for k, v in train_ds.element_spec.items()}
+  manager = checkpoints_lib.CheckpointManager(os.path.join(model_dir, "checkpoints"),
+                                              save_period=checkpoint_period, keep=keep_checkpoints)
+  state = restore_or_init(trainer, input_shapes, manager, iterator, initial_checkpoint_path,
+                          restore_optimizer_state)
+  gin_utils.write_operative_config(model_dir)
+  train_writer, eval_writer = SummaryWriter(model_dir, "train"), SummaryWriter(model_dir, "eval")
+
+  def run_eval(step):
+    eval_ds = data.get_dataset(eval_mixture_or_task_name or mixture_or_task_name,
+                               task_feature_lengths, split=eval_split, batch_size=local_batch,
+                               shuffle=False, seed=seed, pack=pack, shard_info=_shard_info(),
+                               num_epochs=1, drop_remainder=True)
+    metrics = trainer_lib.evaluate_loss(
+        trainer, state.params, _global_batches(eval_ds.as_numpy_iterator(), partitioner),
+        max_batches=eval_steps)
+    eval_writer.write(step, metrics)
+    if after_eval is not None:
+      metrics.update(after_eval(step, state.params) or {})
+    return metrics
+
+  start = int(jax.device_get(state.step))
+  bar = tqdm.tqdm(total=train_steps, initial=start, disable=not progress_bar or
+                  jax.process_index() != 0, dynamic_ncols=True, desc="train")
+  window_tokens, window_start, eval_metrics = [], time.time(), {}
+  for step in range(start, train_steps):
+    batch = partitioning.host_local_batch_to_global(next(iterator), partitioner)
+    state, metrics = trainer.train_step(state, batch)
+    window_tokens.append(metrics["num_tokens"])  # Device scalars: no sync until logging.
+    done = step + 1
+    if done % log_period == 0 or done == train_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      elapsed = max(time.time() - window_start, 1e-9)
+      metrics["tokens_per_second"] = float(np.sum(jax.device_get(window_tokens))) / elapsed
+      window_tokens, window_start = [], time.time()
+      train_writer.write(done, metrics)
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}",
+                      tok_s=f"{metrics['tokens_per_second']:.0f}")
+    bar.update(1)
+    manager.save(state, iterator, force=done == train_steps)
+    if eval_period and done % eval_period == 0 and done != train_steps:
+      eval_metrics = run_eval(done)
+      bar.write(f"step {done}: eval " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
+  bar.close()
+  if start < train_steps or manager.latest_step() != train_steps:
+    manager.save(state, iterator, force=True)
+  manager.wait()
+  if eval_steps:
+    eval_metrics = run_eval(train_steps)
+  loss_png = plot_loss_curve(model_dir) if jax.process_index() == 0 else None
+  log.info("Done: checkpoints in %s, summaries in %s, loss curve %s.", manager.directory,
+           model_dir, loss_png)
+  manager.close()
+  return state, eval_metrics
