@@ -71,7 +71,7 @@ def _import_configurables():
   """Imports every module that registers gin configurables (and, via `tasks`, all tasks)."""
   # pylint: disable=g-import-not-at-top,unused-import
   import tasks
-  from t5x_lite import checkpoints, models, network, optimizers, partitioning, train
+  from t5x_lite import checkpoints, model_sizes, models, network, optimizers, partitioning, train
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = True):

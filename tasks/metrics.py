@@ -1,0 +1,218 @@
+"""Evaluation metrics as seqio metric fns: SuperNI exact match / ROUGE-L, accuracy, F1.
+
+The SuperNI metrics reproduce allenai/natural-instructions' official scorer
+(`eval/automatic/evaluation.py`, also Tk-Instruct's `src/compute_metrics.py`):
+
+* `normalize_answer`: lower-case, drop `string.punctuation`, collapse whitespace.
+  The official scorer says "adapted from Squad v1.1 evaluation, *without removing
+  the articles*", so articles are kept by default; `remove_articles=True` gives the
+  SQuAD variant for callers who want it.
+* exact match: normalised strings equal; ROUGE-L: `rouge_score.rouge_scorer.RougeScorer(
+  ["rougeL"], use_stemmer=True)` F-measure on the raw strings (the scorer tokenises
+  and lower-cases itself; SuperNI does not normalise before ROUGE either).
+* each example scores the max over its references; the mean is reported x100 and
+  rounded to 4 decimals, as SuperNI does.
+* groups: `{metric}_for_{task_name}` per task and `{metric}_for_{category}` per task
+  category, the category being the task's first "Categories" entry lower-cased with
+  whitespace runs joined by "_" (e.g. "Title Generation" -> "title_generation").
+
+Only the "default" (English) track's scorer is implemented: SuperNI's xlingual track
+tokenises with the GPT-2 tokenizer, which needs a download.
+
+seqio calls metric fns as `fn(targets=..., predictions=...)` with the outputs of the
+task's `postprocess_fn`. SuperNI tasks postprocess each target into a
+`SuperNITarget`-shaped dict (`{"references": [...], "task": ..., "category": ...}`)
+built from the example's own fields, which is how one metric fn can group by task.
+"""
+
+import collections
+import re
+import string
+from typing import Any, Dict, List, Mapping, Sequence, Union
+
+from rouge_score import rouge_scorer
+
+# One scorer for the whole process: building it loads the Porter stemmer tables.
+_ROUGE_L = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+Target = Union[str, Sequence[str], Mapping[str, Any]]
+
+
+def normalize_answer(text: str, remove_articles: bool = False) -> str:
+  """SuperNI answer normalisation: lower-case, no punctuation, single spaces.
+
+  Args:
+    text: a prediction or a reference.
+    remove_articles: also drop "a", "an", "the" (SQuAD v1.1). False by default
+      because SuperNI's official scorer keeps articles.
+
+  Returns:
+    The normalised string.
+  """
+  text = text.lower()
+  text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+  if remove_articles:
+    text = _ARTICLES.sub(" ", text)
+  return " ".join(text.split())
+
+
+def exact_match_score(prediction: str, reference: str) -> float:
+  """1.0 when the normalised prediction equals the normalised reference."""
+  return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def rouge_l_score(prediction: str, reference: str) -> float:
+  """ROUGE-L F-measure with SuperNI's scorer (rougeL, Porter stemming)."""
+  return _ROUGE_L.score(target=reference, prediction=prediction)["rougeL"].fmeasure
+
+
+def token_f1_score(prediction: str, reference: str) -> float:
+  """SQuAD-style bag-of-tokens F1 on normalised text (Tk-Instruct's `f1_score`)."""
+  pred_tokens = normalize_answer(prediction).split()
+  ref_tokens = normalize_answer(reference).split()
+  common = collections.Counter(pred_tokens) & collections.Counter(ref_tokens)
+  num_same = sum(common.values())
+  if num_same == 0:
+    return 0.0
+  precision = num_same / len(pred_tokens)
+  recall = num_same / len(ref_tokens)
+  return 2 * precision * recall / (precision + recall)
+
+
+def metric_max_over_references(metric_fn, prediction: str,
+                               references: Sequence[str]) -> float:
+  """Best score of `prediction` against any reference (SuperNI's rule)."""
+  if not references:
+    raise ValueError("an example has no references; it cannot be scored")
+  return max(metric_fn(prediction, ref) for ref in references)
+
+
+def references_of(target: Target) -> List[str]:
+  """The reference list of a target: a string, a list of strings or a dict.
+
+  Dicts are what SuperNI's postprocess_fn produces for targets; plain strings are
+  what most seqio tasks produce. Bytes are decoded as UTF-8 (seqio hands over
+  numpy bytes when a postprocess_fn passes fields through untouched).
+  """
+  if isinstance(target, Mapping):
+    target = target["references"]
+  if isinstance(target, (str, bytes)):
+    target = [target]
+  return [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
+          for t in target]
+
+
+def compute_metrics(predictions: Sequence[str],
+                    references: Sequence[Sequence[str]]) -> Dict[str, float]:
+  """SuperNI `compute_metrics`: exact_match and rougeL, x100, rounded to 4 places."""
+  if len(predictions) != len(references):
+    raise ValueError(f"{len(predictions)} predictions but {len(references)} "
+                     "reference lists")
+  if not predictions:
+    return {"exact_match": 0.0, "rougeL": 0.0}
+  em = sum(metric_max_over_references(exact_match_score, p, r)
+           for p, r in zip(predictions, references))
+  rl = sum(metric_max_over_references(rouge_l_score, p, r)
+           for p, r in zip(predictions, references))
+  n = len(references)
+  return {"exact_match": round(100.0 * em / n, 4), "rougeL": round(100.0 * rl / n, 4)}
+
+
+def compute_grouped_metrics(predictions: Sequence[str],
+                            references: Sequence[Sequence[str]],
+                            groups: Sequence[str]) -> Dict[str, float]:
+  """SuperNI `compute_grouped_metrics`: `{metric}_for_{group}` for every group."""
+  by_group = collections.defaultdict(lambda: ([], []))
+  for pred, refs, group in zip(predictions, references, groups):
+    by_group[group][0].append(pred)
+    by_group[group][1].append(refs)
+  results = {}
+  for group, (preds, refs) in by_group.items():
+    for metric, value in compute_metrics(preds, refs).items():
+      results[f"{metric}_for_{group}"] = value
+  return results
+
+
+def category_key(category: str) -> str:
+  """SuperNI's category group name: "Title Generation" -> "title_generation"."""
+  return "_".join(category.lower().split())
+
+
+def superni_metrics(targets: Sequence[Target],
+                    predictions: Sequence[str]) -> Dict[str, float]:
+  """seqio metric fn: SuperNI exact_match / rougeL overall, per category, per task.
+
+  Args:
+    targets: postprocessed targets; dicts with "references" (list of str) and
+      optionally "task" and "category" enable the grouped metrics.
+    predictions: postprocessed model outputs (str).
+
+  Returns:
+    {"exact_match", "rougeL"} plus "{metric}_for_{category}" and
+    "{metric}_for_{task}" for every category and task present in `targets`.
+  """
+  refs = [references_of(t) for t in targets]
+  preds = [p.decode("utf-8", errors="replace") if isinstance(p, bytes) else p
+           for p in predictions]
+  results = compute_metrics(preds, refs)
+  dict_targets = [t for t in targets if isinstance(t, Mapping)]
+  if len(dict_targets) == len(targets) and targets:
+    if all(t.get("category") for t in dict_targets):
+      results.update(compute_grouped_metrics(
+          preds, refs, [category_key(t["category"]) for t in dict_targets]))
+    if all(t.get("task") for t in dict_targets):
+      results.update(compute_grouped_metrics(
+          preds, refs, [t["task"] for t in dict_targets]))
+  return results
+
+
+def exact_match(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, float]:
+  """seqio metric fn: SuperNI-normalised exact match, max over references, x100."""
+  refs = [references_of(t) for t in targets]
+  if not refs:
+    return {"exact_match": 0.0}
+  em = sum(metric_max_over_references(exact_match_score, p, r)
+           for p, r in zip(predictions, refs))
+  return {"exact_match": round(100.0 * em / len(refs), 4)}
+
+
+def strict_exact_match(targets: Sequence[Target],
+                       predictions: Sequence[str]) -> Dict[str, float]:
+  """seqio metric fn: case- and punctuation-sensitive exact match, x100.
+
+  Only surrounding whitespace is ignored. The embedded instruction families need
+  this: "HELLO" vs "hello" (uppercase task) and "1, 2" vs "1 2" must differ, which
+  SuperNI's normalisation would hide.
+  """
+  refs = [references_of(t) for t in targets]
+  if not refs:
+    return {"strict_exact_match": 0.0}
+  em = sum(max(float(p.strip() == r.strip()) for r in rs)
+           for p, rs in zip(predictions, refs))
+  return {"strict_exact_match": round(100.0 * em / len(refs), 4)}
+
+
+def accuracy(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, float]:
+  """seqio metric fn: classification accuracy x100 on SuperNI-normalised labels.
+
+  A prediction is correct when it matches any reference, so multi-reference
+  targets (equivalent label spellings) are accepted.
+  """
+  refs = [references_of(t) for t in targets]
+  if not refs:
+    return {"accuracy": 0.0}
+  correct = sum(normalize_answer(p) in {normalize_answer(r) for r in rs}
+                for p, rs in zip(predictions, refs))
+  return {"accuracy": round(100.0 * correct / len(refs), 4)}
+
+
+def f1(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, float]:
+  """seqio metric fn: token F1 (max over references) averaged, x100."""
+  refs = [references_of(t) for t in targets]
+  if not refs:
+    return {"f1": 0.0}
+  total = sum(metric_max_over_references(token_f1_score, p, r)
+              for p, r in zip(predictions, refs))
+  return {"f1": round(100.0 * total / len(refs), 4)}

@@ -1,0 +1,103 @@
+"""Sharded training on fake CPU devices, for tests/test_partitioning.py (run as a script).
+
+Usage:
+  python tests/sharded_worker.py OUT_DIR MESH[,MESH...]          one process, 8 devices
+  python tests/sharded_worker.py OUT_DIR MESH PROCESS_ID NUM_PROCESSES PORT
+                                                                 one of several processes
+MESH is DATAxMODEL ("4x2"), optionally with "+fsdp"; "1x1" uses one device. For each mesh
+it trains 3 steps and writes OUT_DIR/MESH.npz: losses, gathered params, and the sharding
+spec of every param and optimizer-state leaf. With "ckpt" in MESH it also saves the state
+to OUT_DIR/ckpt (after training) and, with "restore", restores that checkpoint instead.
+XLA_FLAGS must be set before jax is imported, hence a separate process.
+"""
+
+import os
+import sys
+
+
+def _key(path):
+  return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
+def config():
+  from t5x_lite import network  # pylint: disable=g-import-not-at-top
+  # d_model 128 makes the attention/MLP kernels big enough for Adafactor to factor them.
+  return network.T5Config(vocab_size=128, d_model=128, d_ff=256, d_kv=16, num_heads=8,
+                          num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
+                          feed_forward="gated-gelu", tie_word_embeddings=False)
+
+
+def batches():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  out = []
+  for _ in range(3):
+    tgt = rng.randint(2, 128, (8, 12)).astype(np.int32)
+    tgt[:, 10:] = 0
+    enc = rng.randint(2, 128, (8, 16)).astype(np.int32)
+    enc[:, 13:] = 0
+    dec = np.concatenate([np.zeros((8, 1), np.int32), tgt[:, :-1]], 1)
+    out.append(dict(encoder_input_tokens=enc, decoder_input_tokens=dec, decoder_target_tokens=tgt,
+                    decoder_loss_weights=(tgt > 0).astype(np.int32)))
+  return out
+
+
+def run_mesh(out_dir, mesh):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from t5x_lite import checkpoints, models, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top
+
+  shape = tuple(int(x) for x in mesh.split("+")[0].split("x"))
+  devices = jax.devices()[:1] if shape == (1, 1) else jax.devices()
+  part = partitioning.Partitioner(
+      mesh_shape=shape, devices=devices,
+      logical_axis_rules=partitioning.standard_logical_axis_rules(fsdp="fsdp" in mesh))
+  t = trainer.Trainer(models.EncoderDecoderModel(config()), optimizers.adafactor(), part)
+  data = batches()
+  shapes = {k: v.shape for k, v in data[0].items()}
+  losses = []
+  if "restore" in mesh:
+    abstract, shardings = t.state_shardings(shapes)
+    abstract = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    state = checkpoints.CheckpointManager(os.path.join(out_dir, "ckpt")).restore(abstract)
+  else:
+    state = t.init_state(shapes)
+    per_process = 8 // jax.process_count()
+    for batch in data:
+      local = {k: v[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+               for k, v in batch.items()}
+      state, metrics = t.train_step(state, partitioning.host_local_batch_to_global(local, part))
+      losses.append(float(metrics["loss"]))
+  if "ckpt" in mesh:
+    manager = checkpoints.CheckpointManager(os.path.join(out_dir, "ckpt"))
+    manager.save(state, force=True)
+    manager.wait()
+  flat = {"losses": np.array(losses)}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+    flat["param:" + _key(path)] = np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    flat["spec:" + _key(path)] = np.array(str(tuple(leaf.sharding.spec)))
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]:
+    flat["optshape:" + _key(path)] = np.array(leaf.shape)
+    flat["optspec:" + _key(path)] = np.array(str(tuple(leaf.sharding.spec)))
+  if jax.process_index() == 0:
+    np.savez(os.path.join(out_dir, mesh + ".npz"), **flat)
+
+
+def main():
+  out_dir, meshes = sys.argv[1], sys.argv[2].split(",")
+  multiprocess = len(sys.argv) == 6
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 if multiprocess else 8}"
+  import jax  # pylint: disable=g-import-not-at-top
+  if multiprocess:
+    process_id, num_processes, port = (int(x) for x in sys.argv[3:])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
+                               num_processes=num_processes, process_id=process_id)
+  for mesh in meshes:
+    run_mesh(out_dir, mesh)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,91 @@
+"""t5x_lite's T5 network against HF transformers' PyTorch T5 (the numerics reference).
+
+Every case builds a random-weight HF T5ForConditionalGeneration (float32, eval mode), saves
+it with save_pretrained (safetensors) or as a pytorch_model.bin, imports it with
+t5x_lite.convert, and compares logits on padded random batches.
+
+Logits are compared at non-padded decoder positions only: t5x_lite masks attention by
+segment ids, so a padded query attends only to padded keys (its row never becomes empty),
+while HF lets padded queries attend to the real keys. Padded positions are outputs nobody
+uses (the loss and decoding ignore them); real positions see the same keys in both.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import hf_utils
+from t5x_lite import convert, kernels, network
+
+# (name, T5Config fields): both families, num_heads * d_kv != d_model, unequal depths, and
+# non-default relative attention settings with sequences longer than max_distance.
+SHAPES = {
+    "relu_tied": dict(vocab_size=96, d_model=32, d_ff=48, d_kv=12, num_heads=3,
+                      num_encoder_layers=3, num_decoder_layers=2),
+    "gated_untied": dict(vocab_size=80, d_model=24, d_ff=40, d_kv=8, num_heads=4,
+                         num_encoder_layers=2, num_decoder_layers=3, feed_forward="gated-gelu",
+                         tie_word_embeddings=False),
+    "gated_untied_buckets": dict(vocab_size=64, d_model=16, d_ff=32, d_kv=8, num_heads=2,
+                                 num_encoder_layers=1, num_decoder_layers=2,
+                                 feed_forward="gated-gelu", tie_word_embeddings=False,
+                                 relative_attention_num_buckets=16,
+                                 relative_attention_max_distance=12),
+}
+# (shape, file format, scan_layers): every shape with both formats and both layouts overall.
+CASES = [("relu_tied", "safetensors", False), ("relu_tied", "bin", True),
+         ("gated_untied", "safetensors", True), ("gated_untied", "bin", False),
+         ("gated_untied_buckets", "safetensors", False), ("gated_untied_buckets", "bin", True)]
+
+
+def _save(model, directory, fmt):
+  if fmt == "safetensors":
+    model.save_pretrained(directory)
+  else:  # HF's legacy format: a torch state dict (with the tied aliases), read weights_only.
+    model.config.save_pretrained(directory)
+    torch.save(model.state_dict(), os.path.join(directory, "pytorch_model.bin"))
+
+
+@pytest.mark.parametrize("shape,fmt,scan", CASES)
+def test_logits_match_hf(shape, fmt, scan, tmp_path):
+  config = network.T5Config(dropout_rate=0.0, **SHAPES[shape])
+  model = hf_utils.hf_model(config)
+  _save(model, str(tmp_path), fmt)
+  assert os.path.exists(tmp_path / ("model.safetensors" if fmt == "safetensors"
+                                    else "pytorch_model.bin"))
+
+  loaded_config, params = convert.load_hf_checkpoint(str(tmp_path), dropout_rate=0.0,
+                                                     scan_layers=scan)
+  assert loaded_config == network.T5Config(dropout_rate=0.0, scan_layers=scan, **SHAPES[shape])
+  if scan:
+    assert "layers" in params["encoder"] and "layers_0" not in params["encoder"]
+
+  long = shape == "gated_untied_buckets"  # longer than max_distance: exercises the log buckets
+  enc, dec_in, tgt = hf_utils.random_batch(config, enc_len=40 if long else 11,
+                                           dec_len=30 if long else 7)
+  expected = hf_utils.hf_logits(model, enc, dec_in, tgt)
+  logits = np.asarray(network.Transformer(loaded_config).apply({"params": params}, enc, dec_in,
+                                                               tgt))
+  real = tgt > 0
+  assert real.sum() < real.size  # the batch does have padding
+  diff = np.abs(logits - expected)[real]
+  assert diff.max() <= 1e-4, f"max abs diff {diff.max()}"
+  assert np.abs(expected[real]).mean() > 0.1  # not trivially small logits
+
+
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 40)])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_relative_position_bucket_matches_hf(num_buckets, max_distance, bidirectional):
+  from transformers.models.t5.modeling_t5 import T5Attention
+  distances = np.arange(-300, 301)  # key position - query position
+  expected = T5Attention._relative_position_bucket(  # pylint: disable=protected-access
+      torch.from_numpy(distances), bidirectional=bidirectional, num_buckets=num_buckets,
+      max_distance=max_distance).numpy()
+  got = np.asarray(kernels.relative_position_bucket(
+      distances, bidirectional=bidirectional, num_buckets=num_buckets,
+      max_distance=max_distance))
+  np.testing.assert_array_equal(got, expected)
+  # The range reaches every bucket (the positive-side bucket of distance 0 is never used:
+  # distance 0 lands in bucket 0).
+  assert len(np.unique(got)) == (num_buckets - 1 if bidirectional else num_buckets)

@@ -1,0 +1,97 @@
+"""Sharded training on 8 fake CPU devices: every mesh layout gives the single-device result.
+
+The runs happen in subprocesses (tests/sharded_worker.py) because the fake device count
+must be set before jax is imported.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from t5x_lite import partitioning
+
+WORKER = os.path.join(os.path.dirname(__file__), "sharded_worker.py")
+MESHES = ["1x1", "8x1", "4x2+ckpt", "2x4+restore", "1x8", "4x2+fsdp", "1x1+restore"]
+
+
+def _run(args):
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+  return subprocess.Popen([sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(proc, timeout=900):
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out[-4000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  out = tmp_path_factory.mktemp("sharded")
+  _wait(_run([str(out), ",".join(MESHES)]))
+  return {m: dict(np.load(out / f"{m}.npz")) for m in MESHES}
+
+
+def _params(result):
+  return {k: v for k, v in result.items() if k.startswith("param:")}
+
+
+@pytest.mark.parametrize("mesh", ["8x1", "4x2+ckpt", "1x8", "4x2+fsdp"])
+def test_losses_and_params_equal_single_device(runs, mesh):
+  reference = runs["1x1"]
+  np.testing.assert_allclose(runs[mesh]["losses"], reference["losses"], rtol=1e-5)
+  for key, value in _params(reference).items():
+    np.testing.assert_allclose(runs[mesh][key], value, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("mesh", ["2x4+restore", "1x1+restore"])
+def test_checkpoint_from_4x2_restores_on_other_meshes(runs, mesh):
+  for key, value in _params(runs["4x2+ckpt"]).items():
+    np.testing.assert_array_equal(runs[mesh][key], value, err_msg=key)
+
+
+def test_params_and_optimizer_state_are_sharded_by_the_rules(runs):
+  tp = runs["4x2+ckpt"]
+  assert tp["spec:encoder/layers_0/mlp/wi_0/kernel"] == "(None, 'model')"
+  assert tp["spec:encoder/layers_0/mlp/wo/kernel"] == "('model', None)"
+  assert tp["spec:encoder/layers_0/attention/query/kernel"] == "(None, 'model')"
+  assert tp["spec:decoder/logits_dense/kernel"] == "(None, 'model')"
+  assert tp["spec:token_embedder/embedding"] == "('model', None)"
+  fsdp = runs["4x2+fsdp"]
+  assert fsdp["spec:encoder/layers_0/mlp/wi_0/kernel"] == "('data', 'model')"
+  assert fsdp["spec:encoder/layers_0/attention/out/kernel"] == "('model', None, 'data')"
+  # Adafactor's factored statistics of wi_0 [128, 256]: v_row [128] keeps the 'embed'
+  # sharding, v_col [256] keeps the 'mlp' sharding.
+  assert list(fsdp["optshape:0/v_row/encoder/layers_0/mlp/wi_0/kernel"]) == [128]
+  assert fsdp["optspec:0/v_row/encoder/layers_0/mlp/wi_0/kernel"] == "('data',)"
+  assert fsdp["optspec:0/v_col/encoder/layers_0/mlp/wi_0/kernel"] == "('model',)"
+  # Unfactored second moments are shaped and sharded like their parameter.
+  assert fsdp["optspec:0/v/encoder/layers_0/pre_mlp_layer_norm/scale"] == "('data',)"
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_process_with_eight_devices(runs, tmp_path):
+  port = _free_port()
+  procs = [_run([str(tmp_path), "4x2", str(i), "2", str(port)]) for i in range(2)]
+  for proc in procs:
+    _wait(proc)
+  result = dict(np.load(tmp_path / "4x2.npz"))
+  np.testing.assert_allclose(result["losses"], runs["4x2+ckpt"]["losses"], rtol=1e-5)
+  for key, value in _params(runs["4x2+ckpt"]).items():
+    np.testing.assert_allclose(result[key], value, atol=1e-5, err_msg=key)
+
+
+def test_partitioner_errors_name_the_setting():
+  with pytest.raises(ValueError, match="num_partitions=3"):
+    partitioning.Partitioner(num_partitions=3, devices=[object()] * 4)
+  rules = dict(partitioning.standard_logical_axis_rules(fsdp=True))
+  assert rules["embed"] == "data" and rules["heads"] == "model"
