@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
+DEMO_STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
@@ -15,10 +16,15 @@ $(STAMP): setup.py | $(PY)
 	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
+# The demo needs no test extras (no torch).
+$(DEMO_STAMP): setup.py | $(PY)
+	$(PY) -m pip install --quiet -e . --config-settings editable_mode=compat
+	touch $(DEMO_STAMP)
+
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(PY) -m t5x_lite.main --gin_file=recipes/quickstart.gin --gin.MODEL_DIR=runs/demo --run_mode=demo
+demo: $(DEMO_STAMP)
+	$(PY) -m t5x_lite.main --gin_file=recipes/quickstart.gin --gin.MODEL_DIR=runs/demo --run_mode=train
 
 # pytest exits 5 when it collects no test: that is a failure here too.
 test: $(STAMP)

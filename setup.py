@@ -24,6 +24,7 @@ setuptools.setup(
         "safetensors>=0.4,<1",
         "rouge-score>=0.1.2,<0.2",
         "numpy>=1.26,<3",
+        "tensorboard>=2.21,<2.22",
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",
     ],

@@ -1,7 +1,7 @@
 """Orbax checkpoints: save periodically, keep N (or the best), restore with dtype cast and resharding.
 
 Layout: MODEL_DIR/checkpoints/<step>/state (the TrainState as an orbax PyTree) and
-MODEL_DIR/checkpoints/<step>/dataset/process_<i> (each process's input-pipeline position,
+MODEL_DIR/checkpoints/dataset_state/<step> (each process's input-pipeline position,
 so a resumed run continues the data order exactly).
 """
 
@@ -104,8 +104,7 @@ class CheckpointManager:
     self.manager.close()
 
   def _dataset_dir(self, step):
-    return os.path.join(self.directory, "dataset_state", str(step),
-                        f"process_{jax.process_index()}")
+    return os.path.join(self.directory, "dataset_state", str(step))
 
   def restore(self, abstract_state: TrainState, step: Optional[int] = None,
               dataset_iterator=None) -> TrainState:

@@ -204,6 +204,8 @@ class MultiHeadAttention(nn.Module):
       key, value = key_projection(inputs_kv), value_projection(inputs_kv)
       if decode:
         key, value, query_offset = self._update_cache(key, value)
+        # One query against the whole cache: the causal mask at query_offset is the mask.
+        query_segment_ids = kv_segment_ids = None
     query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
     key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
     value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))

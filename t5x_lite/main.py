@@ -64,6 +64,8 @@ def main(argv: Optional[Sequence[str]] = None):
   args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
+  # seqio warns once per task that rates come from uncached example counts: expected here.
+  logging.getLogger().addFilter(lambda record: "not cached so using" not in record.getMessage())
   initialize_distributed(args)
   gin_utils.parse(args.gin_file, bindings)
   run_fn = _resolve(RUN_MODES[args.run_mode])

@@ -182,7 +182,7 @@ def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     eval_ds = data.get_dataset(eval_mixture_or_task_name or mixture_or_task_name,
                                task_feature_lengths, split=eval_split, batch_size=local_batch,
                                shuffle=False, seed=seed, pack=pack, shard_info=_shard_info(),
-                               num_epochs=1, drop_remainder=True)
+                               num_epochs=1)
     metrics = trainer_lib.evaluate_loss(
         trainer, state.params, _global_batches(eval_ds.as_numpy_iterator(), partitioner),
         max_batches=eval_steps)
@@ -214,8 +214,6 @@ def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
       eval_metrics = run_eval(done)
       bar.write(f"step {done}: eval " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
   bar.close()
-  if start < train_steps or manager.latest_step() != train_steps:
-    manager.save(state, iterator, force=True)
   manager.wait()
   if eval_steps:
     eval_metrics = run_eval(train_steps)

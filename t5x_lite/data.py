@@ -1,0 +1,255 @@
+"""SeqIO tasks/mixtures -> batches of numpy arrays for the encoder-decoder model.
+
+`get_dataset` runs `seqio.get_dataset` with `seqio.EncDecFeatureConverter` and returns a
+batched `tf.data.Dataset` with, per example of a batch of size B:
+  encoder_input_tokens     [B, inputs_length]  int32
+  decoder_input_tokens     [B, targets_length] int32  (targets shifted right, 0 first)
+  decoder_target_tokens    [B, targets_length] int32
+  decoder_loss_weights     [B, targets_length] int32
+and, when packed, encoder_segment_ids / encoder_positions / decoder_segment_ids /
+decoder_positions (same shapes; segment 0 is padding).
+
+Over-long examples are truncated, never dropped or fatal: a feature whose task appends
+EOS keeps its EOS as the last token. Truncations are counted per feature
+(`TruncationStats`) and a summary is logged by `DatasetIterator`.
+
+`DatasetIterator` yields numpy batches and saves/restores its position with
+`tf.train.Checkpoint` (as t5x does), so resuming at step N costs no replay.
+"""
+
+import difflib
+import logging
+import os
+from typing import Dict, Iterator, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+
+def _check_name(name: str) -> None:
+  """Raises ValueError naming the closest registered tasks/mixtures if `name` is unknown."""
+  registered = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+  if name in registered:
+    return
+  close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
+  hint = f" Closest registered names: {', '.join(close)}." if close else ""
+  raise ValueError(
+      f"No seqio Task or Mixture named {name!r} (set MIXTURE_OR_TASK_NAME to a registered "
+      f"name; `import tasks` registers the built-in ones).{hint}")
+
+
+class TruncationStats:
+  """Per-feature counters of examples seen and examples truncated.
+
+  Counts live in a tf.Variable updated inside the input pipeline. They cover examples
+  the pipeline has processed, which runs ahead of the consumer by the prefetch buffers,
+  and are not part of the iterator checkpoint (they restart at 0 after a restore).
+  """
+
+  def __init__(self, task_feature_lengths: Mapping[str, int]):
+    self.feature_lengths = dict(task_feature_lengths)
+    self.features = sorted(self.feature_lengths)
+    # [num_features, 2]: (examples seen, examples truncated)
+    self._counts = tf.Variable(tf.zeros([len(self.features), 2], tf.int64), trainable=False)
+
+  def counts(self) -> Dict[str, Dict[str, int]]:
+    """{feature: {"examples": n, "truncated": n}}."""
+    values = self._counts.numpy()
+    return {f: {"examples": int(values[i, 0]), "truncated": int(values[i, 1])}
+            for i, f in enumerate(self.features)}
+
+  def summary(self) -> str:
+    parts = [f"{f}: {c['truncated']} of {c['examples']} examples longer than "
+             f"{self.feature_lengths[f]} tokens" for f, c in self.counts().items()]
+    return "Truncated examples: " + "; ".join(parts)
+
+  def log_summary(self) -> None:
+    logging.info(self.summary())
+
+  def count_and_trim(self, dataset: tf.data.Dataset,
+                     output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+    """Counts and truncates features longer than their length; EOS-features keep EOS."""
+    lengths = self.feature_lengths
+    features = self.features
+    counts = self._counts
+
+    def _fn(ex):
+      out = dict(ex)
+      seen, truncated = [], []
+      for name in features:
+        if name not in ex:
+          seen.append(tf.constant(0, tf.int64))
+          truncated.append(tf.constant(0, tf.int64))
+          continue
+        value, length = ex[name], lengths[name]
+        over = tf.shape(value)[0] > length
+        if name in output_features and output_features[name].add_eos:
+          value = tf.cond(over, lambda v=value, n=length: tf.concat([v[:n - 1], v[-1:]], 0),
+                          lambda v=value: v)
+        else:
+          value = value[:length]
+        out[name] = value
+        seen.append(tf.constant(1, tf.int64))
+        truncated.append(tf.cast(over, tf.int64))
+      update = counts.assign_add(tf.stack([tf.stack(seen), tf.stack(truncated)], axis=1))
+      with tf.control_dependencies([update]):
+        return {k: tf.identity(v) for k, v in out.items()}
+
+    # Sequential map: concurrent assign_add from parallel calls could race.
+    return dataset.map(_fn)
+
+
+class _CountingEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+  """EncDecFeatureConverter that first counts and truncates over-long task features."""
+
+  def __init__(self, stats: TruncationStats, output_features, **kwargs):
+    super().__init__(**kwargs)
+    self._stats = stats
+    self._output_features = output_features
+
+  def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
+    ds = self._stats.count_and_trim(ds, self._output_features)
+    return super().__call__(ds, task_feature_lengths)
+
+
+def host_shard_info() -> seqio.ShardInfo:
+  """This host's shard: ShardInfo(index=jax.process_index(), num_shards=jax.process_count())."""
+  import jax  # pylint: disable=g-import-not-at-top  # keep `import t5x_lite.data` light
+  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+@gin.configurable(denylist=["shard_info"])
+def get_dataset(mixture_or_task_name: str,
+                task_feature_lengths: Mapping[str, int],
+                split: str = "train",
+                batch_size: int = 8,
+                shuffle: bool = True,
+                seed: Optional[int] = 0,
+                pack: bool = True,
+                shard_info: Optional[seqio.ShardInfo] = None,
+                use_cached: bool = False,
+                num_epochs: Optional[int] = None,
+                truncation_stats: Optional[TruncationStats] = None) -> tf.data.Dataset:
+  """Batched model features for a registered seqio task or mixture; gin-configurable.
+
+  Args:
+    mixture_or_task_name: a name in seqio.TaskRegistry or seqio.MixtureRegistry.
+    task_feature_lengths: {"inputs": Li, "targets": Lt}; longer examples are truncated
+      and counted.
+    split: dataset split ("train", "validation", ...).
+    batch_size: examples (packed rows when `pack`) per batch on this host; the last
+      partial batch is dropped.
+    shuffle: shuffle examples (the task's shuffle buffer) with `seed`.
+    seed: seeds shuffling and seqio's random preprocessors (span corruption): the same
+      seed gives the same batches. None: non-deterministic.
+    pack: pack several examples per row (adds *_segment_ids and *_positions).
+    shard_info: this host's shard, e.g. `host_shard_info()`; None reads everything.
+      Shards are disjoint and together cover the split.
+    use_cached: read the task's offline cache (seqio cache_tasks_main).
+    num_epochs: passes over the data; None repeats forever (training).
+    truncation_stats: counters to fill; a new one is made if None. Available on the
+      result as `dataset.truncation_stats`.
+
+  Returns:
+    tf.data.Dataset of dicts of [batch_size, length] int32 tensors (see module doc).
+
+  Raises:
+    ValueError: unknown name (the message lists the closest registered names).
+  """
+  _check_name(mixture_or_task_name)
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  stats = truncation_stats or TruncationStats(task_feature_lengths)
+  converter = _CountingEncDecFeatureConverter(
+      stats, provider.output_features, pack=pack)
+  ds = seqio.get_dataset(
+      mixture_or_task_name,
+      task_feature_lengths=task_feature_lengths,
+      feature_converter=converter,
+      dataset_split=split,
+      use_cached=use_cached,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      shard_info=shard_info,
+      seed=seed,
+      batch_size=batch_size,
+      # Trimming happens in the converter, where it is counted.
+      trim_output_features=False,
+  )
+  options = tf.data.Options()
+  # The truncation counter is external state; without this, saving the iterator fails.
+  options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+  options.deterministic = True
+  ds = ds.with_options(options)
+  ds.truncation_stats = stats
+  return ds
+
+
+class DatasetIterator(Iterator[Dict[str, np.ndarray]]):
+  """Iterates numpy batches; its position can be saved and restored (no replay).
+
+  The underlying tf.data iterator state (shuffle buffers, packing state, file offsets)
+  is written with tf.train.Checkpoint, one file set per host:
+  `<directory>/data_iterator-<process_index>-of-<process_count>.*`.
+
+  Usage:
+    it = DatasetIterator(get_dataset(...))
+    batch = next(it)          # {"encoder_input_tokens": np.ndarray [B, L], ...}
+    it.save(step_dir); ...; it.restore(step_dir)   # continues at the next batch
+  """
+
+  def __init__(self, dataset: tf.data.Dataset, process_index: Optional[int] = None,
+               process_count: Optional[int] = None, log_every_n_batches: int = 1000):
+    if process_index is None or process_count is None:
+      shard = host_shard_info()
+      process_index, process_count = shard.index, shard.num_shards
+    self._prefix = f"data_iterator-{process_index:05d}-of-{process_count:05d}"
+    self._dataset = dataset
+    self._iterator = iter(dataset)
+    self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+    self._stats: Optional[TruncationStats] = getattr(dataset, "truncation_stats", None)
+    self._log_every = log_every_n_batches
+    self._batches = 0
+
+  @property
+  def truncation_stats(self) -> Optional[TruncationStats]:
+    return self._stats
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Dict[str, np.ndarray]:
+    try:
+      batch = next(self._iterator)
+    except StopIteration:
+      if self._stats is not None:
+        self._stats.log_summary()
+      raise
+    self._batches += 1
+    if self._stats is not None and self._log_every and self._batches % self._log_every == 0:
+      self._stats.log_summary()
+    return {k: v.numpy() for k, v in batch.items()}
+
+  def _path(self, directory: str) -> str:
+    return os.path.join(directory, self._prefix)
+
+  def save(self, directory: str) -> str:
+    """Writes the iterator position under `directory` (local or gs://); returns the path."""
+    tf.io.gfile.makedirs(directory)
+    return self._checkpoint.write(self._path(directory))
+
+  def restore(self, directory: str) -> None:
+    """Continues from the position saved in `directory` by `save` (same dataset)."""
+    path = self._path(directory)
+    if not tf.io.gfile.glob(path + "*"):
+      raise FileNotFoundError(
+          f"No data iterator checkpoint {path}.* (saved by DatasetIterator.save for "
+          f"this host's process index/count).")
+    self._checkpoint.read(path).assert_consumed()
+
+
+def non_pad_tokens(batches: Sequence[Mapping[str, np.ndarray]], key: str) -> np.ndarray:
+  """All non-padding tokens of `key` across `batches`, in order: [n] int32 (for checks)."""
+  return np.concatenate([b[key][b[key] != 0] for b in batches]) if batches else np.zeros(
+      [0], np.int32)

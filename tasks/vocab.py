@@ -1,0 +1,170 @@
+"""The default vocabulary: SentencePiece trained on the embedded corpus, cached on disk.
+
+T5 conventions: pad=0, eos=1, unk=2, no bos; `extra_ids` sentinels appended at the end
+(`<extra_id_0>` is the last id). Training is single-threaded with input order fixed, so
+the model file is byte-identical on every build of the same corpus and settings.
+
+The model lives in `$T5X_LITE_CACHE` (default `~/.cache/t5x_lite`) under a name keyed by a
+hash of the corpus and the trainer settings; it is built on first real use (tokenising,
+reading `vocab_size`), never at import time, and concurrent builders are safe: each writes
+a private temp file and publishes it with an atomic `os.replace` (identical bytes, so the
+last writer wins harmlessly).
+
+Any other SentencePiece model is one gin binding away:
+  `get_vocabulary.sentencepiece_model_path = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"`
+"""
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from typing import Optional
+
+import gin
+import seqio
+import sentencepiece as spm
+
+from tasks import corpora
+
+DEFAULT_EXTRA_IDS = 100
+
+# Unigram model as T5 used; 4000 pieces because the embedded corpus (~0.75M characters)
+# cannot support much more (sentencepiece refuses > ~7400) and it trains in about a second.
+# byte_fallback keeps text outside the corpus' alphabet lossless instead of <unk>.
+_TRAINER_SETTINGS = dict(
+    vocab_size=4000,
+    model_type="unigram",
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    character_coverage=1.0,
+    byte_fallback=True,
+    num_threads=1,  # multi-threaded EM changes float summation order -> different bytes
+    shuffle_input_sentence=False,
+    input_sentence_size=0,
+    max_sentence_length=8192,
+    split_digits=True,
+)
+
+
+def cache_dir() -> str:
+  """Directory for built artefacts: `$T5X_LITE_CACHE` or `~/.cache/t5x_lite`."""
+  return os.environ.get("T5X_LITE_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "t5x_lite")
+
+
+def _settings_key() -> str:
+  payload = json.dumps(
+      {"corpus": corpora.corpus_fingerprint(), "trainer": _TRAINER_SETTINGS,
+       "sentencepiece": spm.__version__},
+      sort_keys=True)
+  return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def train_model_bytes() -> bytes:
+  """Trains the default SentencePiece model on the embedded train split; returns its bytes."""
+  sentences = [line for doc in corpora.embedded_texts("train") for line in doc.split("\n")]
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences), model_writer=model, minloglevel=2,
+      **_TRAINER_SETTINGS)
+  return model.getvalue()
+
+
+def default_model_path() -> str:
+  """Path of the default SentencePiece model, building it on first call.
+
+  Safe when several processes call it at once: each trains into its own temp file in the
+  cache dir and publishes it with `os.replace`, which is atomic on POSIX, so a reader sees
+  either no file or a complete one.
+  """
+  directory = cache_dir()
+  path = os.path.join(directory, f"default_spm_{_settings_key()}.model")
+  if os.path.exists(path):
+    return path
+  os.makedirs(directory, exist_ok=True)
+  logging.info("Training the default SentencePiece vocabulary into %s", path)
+  data = train_model_bytes()
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".default_spm_", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache may be shared
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+class DefaultVocabulary(seqio.SentencePieceVocabulary):
+  """seqio.SentencePieceVocabulary over the default model, built lazily.
+
+  Constructing it is free (no corpus, no training), so tasks can be registered with it at
+  import time; the model is located or trained on the first tokenisation or size query.
+  """
+
+  def __init__(self, extra_ids: int = DEFAULT_EXTRA_IDS):
+    super().__init__(sentencepiece_model_file=None, extra_ids=extra_ids)
+
+  def _model_context(self):
+    if self._sentencepiece_model_file is None:
+      self._sentencepiece_model_file = default_model_path()
+    return super()._model_context()
+
+  @property
+  def sentencepiece_model_file(self) -> str:
+    if self._sentencepiece_model_file is None:
+      self._sentencepiece_model_file = default_model_path()
+    return self._sentencepiece_model_file
+
+  def __eq__(self, other):
+    # seqio compares vocabularies (e.g. across a mixture's tasks); compare what defines
+    # this one without triggering a build.
+    return isinstance(other, DefaultVocabulary) and self.extra_ids == other.extra_ids
+
+  def __hash__(self):
+    return hash(("DefaultVocabulary", self.extra_ids))
+
+  def __str__(self) -> str:
+    return f"DefaultVocabulary(extra_ids={self.extra_ids})"
+
+
+def default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> DefaultVocabulary:
+  """The default vocabulary (cheap: builds its model lazily on first use)."""
+  return DefaultVocabulary(extra_ids=extra_ids)
+
+
+@gin.configurable
+def get_vocabulary(sentencepiece_model_path: Optional[str] = None,
+                   extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Vocabulary:
+  """The vocabulary that tasks and models use; gin-configurable.
+
+  Args:
+    sentencepiece_model_path: a SentencePiece model file (local path or gs://); None
+      means the default vocabulary trained on the embedded corpus. The model must follow
+      T5's ids (pad=0, eos=1, unk=2) for the model's padding and EOS to be right.
+    extra_ids: number of sentinel ids appended after the model's pieces (T5: 100).
+
+  Returns:
+    A seqio.SentencePieceVocabulary; its `vocab_size` includes the extra ids.
+  """
+  if sentencepiece_model_path is None:
+    return default_vocabulary(extra_ids)
+  return seqio.SentencePieceVocabulary(sentencepiece_model_path, extra_ids=extra_ids)
+
+
+def padded_vocab_size(vocabulary: seqio.Vocabulary, multiple: int = 128) -> int:
+  """`vocabulary.vocab_size` rounded up to a multiple of `multiple` (T5: 32100 -> 32128).
+
+  The model's embedding uses the padded size so the vocab axis shards evenly and matmuls
+  hit aligned shapes; the extra rows are never produced by the tokenizer.
+  """
+  size = vocabulary.vocab_size
+  return -(-size // multiple) * multiple

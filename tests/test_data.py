@@ -1,0 +1,150 @@
+"""Tests for t5x_lite/data.py: batches, packing, sharding, determinism, resume, robustness."""
+
+import collections
+import logging
+import os
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from t5x_lite import data
+from tasks import pretraining
+
+TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
+                        "test_data/sentencepiece/sentencepiece.model")
+TINY = seqio.SentencePieceVocabulary(TINY_SPM, extra_ids=10)
+N = 30
+# (i % 6, i // 6) is unique per example: the tiny vocabulary maps digits to <unk>.
+INPUTS = [b"", b"bad \xff\xfe bytes"] + [b"ex " + b"cat " * (i % 6) for i in range(2, N)]
+TARGETS = [b"t " + b"dog " * (i // 6) for i in range(N)]
+TASK = "test_data_task"
+
+
+def _register():
+  if TASK in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(TASK)
+  seqio.TaskRegistry.add(
+      TASK,
+      source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {"inputs": INPUTS, "targets": TARGETS}), splits=["train"]),
+      preprocessors=[pretraining.sanitize_text, seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos],
+      output_features={"inputs": seqio.Feature(TINY), "targets": seqio.Feature(TINY)})
+
+
+_register()
+
+
+def _batches(**kwargs):
+  args = dict(split="train", batch_size=1, shuffle=False, seed=0, pack=False, num_epochs=1)
+  args.update(kwargs)
+  lengths = args.pop("lengths", {"inputs": 64, "targets": 32})
+  ds = data.get_dataset(TASK, lengths, **args)
+  return list(data.DatasetIterator(ds, 0, 1)), ds
+
+
+def _expected(text, length=None):
+  tokens = TINY.encode(text.decode("utf-8", errors="replace")) + [1]
+  return tokens if length is None or len(tokens) <= length else tokens[:length - 1] + [1]
+
+
+def test_unpacked_batches_keep_every_example_including_empty_and_bad_bytes():
+  batches, _ = _batches()
+  assert len(batches) == N  # nothing dropped
+  assert batches[0]["encoder_input_tokens"].shape == (1, 64)
+  assert batches[0]["encoder_input_tokens"][0, :2].tolist() == [1, 0]  # "" -> EOS only
+  for b, text in zip(batches, INPUTS):
+    tokens = b["encoder_input_tokens"][0]
+    assert tokens[tokens != 0].tolist() == _expected(text)
+  bad = batches[1]["encoder_input_tokens"][0]  # invalid bytes became U+FFFD, row kept
+  assert bad[bad != 0].tolist() == TINY.encode("bad \ufffd\ufffd bytes") + [1]
+  b = batches[3]
+  assert b["decoder_input_tokens"][0, 0] == 0
+  np.testing.assert_array_equal(b["decoder_input_tokens"][0, 1:],
+                                b["decoder_target_tokens"][0, :-1])
+
+
+def test_packing_preserves_every_token():
+  unpacked, _ = _batches(pack=False)
+  packed, _ = _batches(pack=True, lengths={"inputs": 64, "targets": 32})
+  assert len(packed) < len(unpacked)
+  for key in ("encoder_input_tokens", "decoder_target_tokens"):
+    np.testing.assert_array_equal(data.non_pad_tokens(unpacked, key),
+                                  data.non_pad_tokens(packed, key))
+  for b in packed:
+    seg, pos = b["encoder_segment_ids"][0], b["encoder_positions"][0]
+    assert np.all((seg == 0) == (b["encoder_input_tokens"][0] == 0))
+    for s in set(seg[seg > 0].tolist()):  # positions restart at 0 in every segment
+      assert pos[seg == s].tolist() == list(range(int(np.sum(seg == s))))
+  assert max(b["encoder_segment_ids"].max() for b in packed) >= 2
+
+
+def test_two_host_shards_are_disjoint_and_cover():
+  def examples(shard):
+    batches, _ = _batches(shard_info=shard)
+    return collections.Counter(
+        tuple(b["encoder_input_tokens"][0]) + tuple(b["decoder_target_tokens"][0])
+        for b in batches)
+
+  full = examples(None)
+  a, b = examples(seqio.ShardInfo(0, 2)), examples(seqio.ShardInfo(1, 2))
+  assert not set(a) & set(b)
+  assert a + b == full and sum(full.values()) == N
+
+
+def test_shuffle_is_deterministic_given_seed():
+  first = [b["encoder_input_tokens"] for b in _batches(shuffle=True, seed=7)[0]]
+  again = [b["encoder_input_tokens"] for b in _batches(shuffle=True, seed=7)[0]]
+  other = [b["encoder_input_tokens"] for b in _batches(shuffle=True, seed=8)[0]]
+  assert all(np.array_equal(x, y) for x, y in zip(first, again))
+  assert not all(np.array_equal(x, y) for x, y in zip(first, other))
+
+
+def test_iterator_restore_continues_exactly(tmp_path):
+  def make():
+    ds = data.get_dataset(TASK, {"inputs": 32, "targets": 16}, batch_size=2, shuffle=True,
+                          seed=3, pack=True, num_epochs=None)
+    return data.DatasetIterator(ds, 0, 1)
+
+  reference = [next(it) for it in [make()] for _ in range(8)]
+  it = make()
+  for _ in range(3):
+    next(it)
+  it.save(str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["data_iterator-00000-of-00001.data-00000-of-00001",
+                                         "data_iterator-00000-of-00001.index"]
+  restored = make()
+  restored.restore(str(tmp_path))
+  for k in range(3, 8):
+    batch = next(restored)
+    for key in reference[k]:
+      np.testing.assert_array_equal(batch[key], reference[k][key])
+  with pytest.raises(FileNotFoundError):
+    make().restore(str(tmp_path / "missing"))
+
+
+def test_unknown_name_lists_closest():
+  with pytest.raises(ValueError, match="closest|Closest") as e:
+    data.get_dataset("test_data_tsk", {"inputs": 8, "targets": 8})
+  assert TASK in str(e.value)
+
+
+def test_truncation_is_counted_and_logged(caplog):
+  lengths = {"inputs": 6, "targets": 4}
+  with caplog.at_level(logging.INFO):
+    batches, ds = _batches(lengths=lengths)
+  assert len(batches) == N
+  expected_in = sum(len(_expected(t)) > 6 for t in INPUTS)
+  expected_tg = sum(len(_expected(t)) > 4 for t in TARGETS)
+  assert 0 < expected_in < N and 0 < expected_tg <= N
+  assert ds.truncation_stats.counts() == {
+      "inputs": {"examples": N, "truncated": expected_in},
+      "targets": {"examples": N, "truncated": expected_tg}}
+  for b, text in zip(batches, INPUTS):  # truncated, EOS kept
+    tokens = b["encoder_input_tokens"][0]
+    assert tokens[tokens != 0].tolist() == _expected(text, 6)
+  assert (f"Truncated examples: inputs: {expected_in} of {N} examples longer than 6 tokens; "
+          f"targets: {expected_tg} of {N} examples longer than 4 tokens") in caplog.text

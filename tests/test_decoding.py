@@ -1,0 +1,257 @@
+"""Decoding (t5x_lite.decoding) against HF transformers' generate and against itself.
+
+Tiny random float32 HF T5 models of both families (relu + tied, gated-gelu + untied),
+converted with t5x_lite.convert. Random T5 weights at HF's init repeat one token forever,
+so the attention / feed-forward weights are scaled up (varied outputs) and the EOS output row
+is scaled (some sequences end early, at different steps, exercising EOS handling).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from t5x_lite import convert, decoding, network
+import hf_utils  # tests/hf_utils.py (pytest puts tests/ on sys.path)
+
+VOCAB, ENC_LEN, MAX_LEN = 128, 12, 16
+# family -> (tied, scale of attention / feed-forward weights, scale of the EOS output row)
+FAMILIES = {"relu": (True, 4.0, 3.0), "gated-gelu": (False, 2.0, 3.0)}
+
+
+def _config(family, scan_layers=False):
+  tied = FAMILIES[family][0]
+  return network.T5Config(vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=8, num_heads=4,
+                          num_encoder_layers=2, num_decoder_layers=2, feed_forward=family,
+                          tie_word_embeddings=tied, dropout_rate=0.0, scan_layers=scan_layers)
+
+
+@functools.lru_cache(maxsize=None)
+def _models(family, scaled=True):
+  """(HF model, t5x_lite config, params) with the same random weights (HF init if not scaled)."""
+  _, weight_scale, eos_scale = FAMILIES[family]
+  config = _config(family)
+  hf = hf_utils.hf_model(config)
+  if not scaled:
+    return hf, config, convert.params_from_hf_state_dict(hf.state_dict(), config)
+  with torch.no_grad():
+    for name, w in hf.named_parameters():
+      if any(s in name for s in ("SelfAttention", "EncDecAttention", "DenseReluDense")):
+        if "relative_attention_bias" not in name:
+          w.mul_(weight_scale)
+    (hf.shared if config.tie_word_embeddings else hf.lm_head).weight[1] *= eos_scale
+  return hf, config, convert.params_from_hf_state_dict(hf.state_dict(), config)
+
+
+def _inputs(batch=6):
+  """int32 [batch, ENC_LEN], ids >= 2, row r padded with 2r trailing zeros (row 0 unpadded)."""
+  x = np.random.RandomState(0).randint(2, VOCAB, size=(batch, ENC_LEN)).astype(np.int32)
+  for r in range(1, batch):
+    x[r, ENC_LEN - 2 * r:] = 0
+  return x
+
+
+def _normalise(tokens, eos_id=1):
+  """[n, len] -> [n, MAX_LEN]: generated tokens, 0 after the first EOS and to MAX_LEN.
+
+  HF pads finished greedy rows with pad (0) but fills beam outputs with eos_token_id (its
+  fill value is `pad_token_id or eos_token_id`, and pad is 0), and crops to the longest.
+  """
+  tokens = np.asarray(tokens)
+  out = np.zeros((tokens.shape[0], MAX_LEN), np.int64)
+  out[:, :tokens.shape[1]] = tokens
+  after_eos = np.cumsum(np.cumsum(out == eos_id, axis=1), axis=1) > 1
+  out[after_eos] = 0
+  return out
+
+
+def _hf_generate(hf, x, **kwargs):
+  with torch.no_grad():
+    return hf.generate(input_ids=torch.from_numpy(x).long(),
+                       attention_mask=torch.from_numpy((x > 0).astype(np.int64)),
+                       max_new_tokens=MAX_LEN, do_sample=False, return_dict_in_generate=True,
+                       output_scores=True, **kwargs)
+
+
+def _teacher_forced_log_probs(config, params, x, tokens):
+  """Independent scoring: [n, L] generated tokens -> per-token log-probs [n, L], 0 after EOS."""
+  model = network.Transformer(config)
+  n = tokens.shape[0]
+  enc = np.repeat(x, n // x.shape[0], axis=0)
+  dec_in = np.concatenate([np.zeros((n, 1), np.int32), tokens[:, :-1]], axis=1)
+  logits = model.apply({"params": params}, enc, dec_in)
+  log_probs = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
+  per_token = np.take_along_axis(log_probs, tokens[:, :, None].astype(np.int64), axis=-1)[..., 0]
+  upto_eos = np.cumsum(np.cumsum(tokens == 1, axis=1), axis=1) <= 1  # EOS itself counts
+  valid = upto_eos & ((tokens > 0) | (np.arange(tokens.shape[1]) == 0))
+  return np.where(valid, per_token, 0.0), valid.sum(axis=1)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_greedy_matches_hf_generate(family):
+  hf, config, params = _models(family)
+  x = _inputs()
+  expected = _normalise(_hf_generate(hf, x).sequences[:, 1:].numpy())
+  tokens, scores = decoding.decode(network.Transformer(config), params, x,
+                                   max_decode_length=MAX_LEN)
+  tokens = np.asarray(tokens)
+  assert tokens.shape == (6, 1, MAX_LEN) and scores.shape == (6, 1)
+  np.testing.assert_array_equal(tokens[:, 0], expected)
+  ends = [int(np.argmax(r == 1)) if (r == 1).any() else None for r in expected]
+  assert any(e is not None for e in ends) and any(e is None for e in ends), ends  # EOS exercised
+  log_probs, _ = _teacher_forced_log_probs(config, params, x, tokens[:, 0])
+  np.testing.assert_allclose(scores[:, 0], log_probs.sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,early_stopping", [
+    ("relu", False), ("gated-gelu", False), ("relu", True), ("gated-gelu", "never")])
+def test_beam_search_matches_hf_generate(family, early_stopping):
+  hf, config, params = _models(family)
+  x = _inputs()
+  out = _hf_generate(hf, x, num_beams=4, num_return_sequences=3, length_penalty=0.6,
+                     early_stopping=early_stopping)
+  expected = _normalise(out.sequences[:, 1:].numpy()).reshape(6, 3, MAX_LEN)
+  tokens, scores = decoding.decode(
+      network.Transformer(config), params, x, max_decode_length=MAX_LEN, method="beam",
+      num_beams=4, num_decodes=3, alpha=0.6, length_penalty="hf", early_stopping=early_stopping)
+  np.testing.assert_array_equal(np.asarray(tokens), expected)
+  np.testing.assert_allclose(np.asarray(scores), out.sequences_scores.numpy().reshape(6, 3),
+                             rtol=1e-5, atol=1e-5)
+  # Scores are summed log-probabilities (teacher-forced, independent) / length**alpha.
+  flat = np.asarray(tokens).reshape(18, MAX_LEN)
+  log_probs, lengths = _teacher_forced_log_probs(config, params, x, flat)
+  np.testing.assert_allclose(np.asarray(scores).reshape(18) * lengths ** 0.6,
+                             log_probs.sum(axis=1), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_cached_decoding_equals_uncached(family):
+  """Cached steps vs a full teacher-forced recomputation (no cache) at every step.
+
+  Logits: HF-init weights (the scaled test weights amplify float32 rounding to ~1e-4 in
+  both paths alike) fed random tokens, so every cache slot holds a different token.
+  Tokens: decode() on the scaled weights vs argmax of the recomputed logits.
+  """
+  x = jnp.asarray(_inputs())
+  batch = x.shape[0]
+  for scaled in (False, True):
+    _, config, params = _models(family, scaled)
+    model = network.Transformer(config)
+    encoded = model.apply({"params": params}, x, method=model.encode)
+    cache = decoding.init_cache(model, params, encoded, x, MAX_LEN)
+    step = jax.jit(decoding.make_tokens_to_logits(model, params, encoded, x))
+    full = jax.jit(functools.partial(model.apply, {"params": params}, x))  # no cache
+    feed = np.random.RandomState(1).randint(2, VOCAB, size=(batch, MAX_LEN)).astype(np.int32)
+    dec_in = np.zeros((batch, MAX_LEN), np.int32)
+    tokens = np.zeros((batch, MAX_LEN), np.int32)
+    for i in range(MAX_LEN):
+      cached_logits, cache = step(jnp.asarray(dec_in[:, i:i + 1]), cache)
+      uncached_logits = np.asarray(full(jnp.asarray(dec_in))[:, i])
+      if not scaled:
+        np.testing.assert_allclose(cached_logits, uncached_logits, rtol=1e-5, atol=1e-5)
+      tokens[:, i] = np.argmax(uncached_logits, axis=-1)
+      if i + 1 < MAX_LEN:
+        dec_in[:, i + 1] = tokens[:, i] if scaled else feed[:, i]
+    if scaled:
+      got, _ = decoding.decode(model, params, x, max_decode_length=MAX_LEN)
+      np.testing.assert_array_equal(np.asarray(got)[:, 0], _normalise(tokens))
+
+
+def test_beam_search_scan_layers_and_t5x_penalty():
+  """Stacked (scan) cache layout gives the same beams; t5x brevity penalty scores add up."""
+  family = "gated-gelu"
+  hf, config, params = _models(family)
+  x = _inputs()
+  kwargs = dict(max_decode_length=MAX_LEN, method="beam", num_beams=4, num_decodes=4, alpha=0.6)
+  tokens, scores = decoding.decode(network.Transformer(config), params, x, **kwargs)
+  scan_config = _config(family, scan_layers=True)
+  scan_params = convert.params_from_hf_state_dict(hf.state_dict(), scan_config)
+  scan_tokens, scan_scores = decoding.decode(network.Transformer(scan_config), scan_params, x,
+                                             **kwargs)
+  np.testing.assert_array_equal(np.asarray(scan_tokens), np.asarray(tokens))
+  np.testing.assert_allclose(scan_scores, scores, rtol=1e-5, atol=1e-5)
+  assert np.all(np.diff(np.asarray(scores), axis=1) <= 0)  # best first
+  log_probs, lengths = _teacher_forced_log_probs(config, params, x,
+                                                 np.asarray(tokens).reshape(24, MAX_LEN))
+  np.testing.assert_allclose(np.asarray(scores).reshape(24) * ((5.0 + lengths) / 6.0) ** 0.6,
+                             log_probs.sum(axis=1), rtol=1e-5, atol=1e-4)
+
+
+def test_sampling_reproducible_and_scored():
+  _, config, params = _models("relu")
+  model = network.Transformer(config)
+  x = _inputs(batch=2)
+  sample = functools.partial(decoding.decode, model, params, x, max_decode_length=MAX_LEN,
+                             method="sample", num_decodes=3, temperature=1.5, top_k=20, top_p=0.95)
+  tokens, scores = sample(rng=jax.random.PRNGKey(7))
+  again, again_scores = sample(rng=jax.random.PRNGKey(7))
+  other, _ = sample(rng=jax.random.PRNGKey(8))
+  assert tokens.shape == (2, 3, MAX_LEN)
+  np.testing.assert_array_equal(np.asarray(tokens), np.asarray(again))
+  np.testing.assert_array_equal(np.asarray(scores), np.asarray(again_scores))
+  assert not np.array_equal(np.asarray(tokens), np.asarray(other))
+  assert not np.array_equal(np.asarray(tokens[:, 0]), np.asarray(tokens[:, 1]))
+  # Scores are the model's own log-probabilities (not the warped distribution's).
+  log_probs, _ = _teacher_forced_log_probs(config, params, x, np.asarray(tokens).reshape(6, -1))
+  np.testing.assert_allclose(np.asarray(scores).reshape(6), log_probs.sum(axis=1),
+                             rtol=1e-5, atol=1e-4)
+
+
+def _fixed_distribution_step(logits):
+  """tokens_to_logits returning the same logits [vocab] for every row; cache counts calls."""
+  def step(tokens, cache):
+    return jnp.broadcast_to(logits, (tokens.shape[0], logits.shape[0])), cache + 1
+  return step
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p,allowed", [
+    (1.0, 3, 1.0, {0, 1, 2}),
+    (1.0, 0, 0.7, {0, 1, 2}),        # mass before token 3 is 0.75 >= 0.7
+    (1.0, 0, 0.76, {0, 1, 2, 3}),
+    (0.5, 0, 0.7, {0, 1}),           # sharper: p = .44, .31, .19, ...
+    (1.0, 2, 0.9, {0, 1}),           # top-k first, then top-p of the renormalised pair
+])
+def test_top_k_top_p_respected(temperature, top_k, top_p, allowed):
+  probs = np.array([0.3, 0.25, 0.2, 0.1, 0.08, 0.04, 0.02, 0.01], np.float32)
+  logits = jnp.log(jnp.asarray(probs))[jnp.asarray([0, 1, 2, 3, 4, 5, 6, 7])]
+  num, steps = 512, 4
+  tokens, _ = jax.jit(functools.partial(
+      decoding.greedy_or_sample, _fixed_distribution_step(logits), jnp.int32(0), num,
+      max_decode_length=steps, eos_id=-1, sample=True, temperature=temperature, top_k=top_k,
+      top_p=top_p))(rng=jax.random.PRNGKey(0))
+  assert set(np.unique(np.asarray(tokens)).tolist()) == allowed
+  # The same filtering as HF's warpers (temperature -> top-k -> top-p), as -inf masks.
+  hf_logits = torch.from_numpy(np.array(logits))[None]
+  for warper in ([transformers.TemperatureLogitsWarper(temperature)]
+                 + ([transformers.TopKLogitsWarper(top_k)] if top_k else [])
+                 + ([transformers.TopPLogitsWarper(top_p)] if top_p < 1.0 else [])):
+    hf_logits = warper(None, hf_logits)
+  ours = decoding.warp_logits(logits[None], temperature=temperature, top_k=top_k, top_p=top_p)
+  np.testing.assert_array_equal(np.isfinite(np.asarray(ours)), np.isfinite(hf_logits.numpy()))
+  # Frequencies follow the renormalised distribution (2048 draws: within 0.05).
+  kept = np.where(np.isfinite(np.asarray(ours[0])), probs ** (1.0 / temperature), 0.0)
+  freq = np.bincount(np.asarray(tokens).ravel(), minlength=8) / tokens.size
+  np.testing.assert_allclose(freq, kept / kept.sum(), atol=0.05)
+
+
+def test_eos_stops_and_pads_and_exits_early():
+  """A crafted step that emits EOS at a row-dependent step: padding after, early loop exit."""
+  calls = []
+
+  def step(tokens, count):
+    jax.debug.callback(lambda c: calls.append(int(c)), count)
+    # Row r puts all mass on token 5 before step r, then on EOS (id 1).
+    target = jnp.where(count >= jnp.arange(tokens.shape[0]), 1, 5)
+    return jax.nn.one_hot(target, 8) * 50.0, count + 1
+
+  tokens, scores = decoding.greedy_or_sample(step, jnp.int32(0), 3, max_decode_length=6)
+  np.testing.assert_array_equal(np.asarray(tokens), [[1, 0, 0, 0, 0, 0],
+                                                     [5, 1, 0, 0, 0, 0],
+                                                     [5, 5, 1, 0, 0, 0]])
+  np.testing.assert_allclose(scores, 0.0, atol=1e-5)
+  jax.effects_barrier()
+  assert sorted(calls) == [0, 1, 2]  # stopped once every row had ended: 3 steps, not 6

@@ -1,0 +1,302 @@
+"""Attention kernels vs the XLA reference (t5x_lite.kernels.reference), on CPU.
+
+Pallas runs in interpret mode here, which is slow, so shapes are small (B=2, H=2, L<=136,
+blocks of 32/64) while still covering ragged lengths, several tiles per row, packing,
+padding, causal decoding with a traced offset, and distances past max_distance.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5x_lite import kernels
+from t5x_lite.kernels import cudnn, flash, reference
+
+FWD_RTOL, FWD_ATOL = 1e-5, 1e-5
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5
+
+
+def _inputs(seed, batch, q_len, k_len, heads, dim, num_buckets=32):
+  ks = jax.random.split(jax.random.PRNGKey(seed), 5)
+  q = jax.random.normal(ks[0], (batch, q_len, heads, dim), jnp.float32)
+  k = jax.random.normal(ks[1], (batch, k_len, heads, dim), jnp.float32)
+  v = jax.random.normal(ks[2], (batch, k_len, heads, dim), jnp.float32)
+  table = jax.random.normal(ks[3], (heads, num_buckets), jnp.float32)
+  cot = jax.random.normal(ks[4], (batch, q_len, heads, dim), jnp.float32)
+  return q, k, v, table, cot
+
+
+def _segments(lengths, total):
+  """Packed segment ids [1]*n1 + [2]*n2 + ... then 0 padding up to `total`."""
+  ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)] + [np.zeros(
+      total - sum(lengths))])
+  return ids.astype(np.int32)
+
+
+def _compare(q, k, v, table, cot, *, block_q=32, block_k=32, grads=True, **kwargs):
+  """Asserts pallas == xla for the output and the gradients of <out, cot>."""
+  def loss(impl, q, k, v, table):
+    out = kernels.attention(q, k, v, bias_table=table, impl=impl, block_q=block_q,
+                            block_k=block_k, **kwargs)
+    return jnp.sum(out * cot), out
+
+  results = {}
+  for impl in ("xla", "pallas"):
+    fn = jax.jit(lambda *a, impl=impl: loss(impl, *a))
+    if grads:
+      argnums = (0, 1, 2, 3) if table is not None else (0, 1, 2)
+      fn = jax.jit(jax.grad(lambda *a, impl=impl: loss(impl, *a), argnums=argnums, has_aux=True))
+    results[impl] = fn(q, k, v, table)
+  if not grads:
+    np.testing.assert_allclose(results["pallas"][1], results["xla"][1], rtol=FWD_RTOL,
+                               atol=FWD_ATOL)
+    return results
+  (g_pallas, out_pallas), (g_xla, out_xla) = results["pallas"], results["xla"]
+  np.testing.assert_allclose(out_pallas, out_xla, rtol=FWD_RTOL, atol=FWD_ATOL)
+  for name, a, b in zip(("dq", "dk", "dv", "dtable"), g_pallas, g_xla):
+    np.testing.assert_allclose(a, b, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=name)
+  return results
+
+
+def test_encoder_packed_padded_ragged_length():
+  """Bidirectional buckets, 114 tokens (not a block multiple), 3 packed segments + padding."""
+  q, k, v, table, cot = _inputs(0, 2, 114, 114, 2, 32)
+  seg = jnp.asarray(np.stack([_segments([40, 50, 10], 114), _segments([114], 114)]))
+  _compare(q, k, v, table, cot, bidirectional=True, query_segment_ids=seg, kv_segment_ids=seg)
+
+
+def test_decoder_causal_packed():
+  """Causal buckets + causal mask (tile skipping) with packed targets and padding."""
+  q, k, v, table, cot = _inputs(1, 2, 114, 114, 2, 16)
+  seg = jnp.asarray(np.stack([_segments([30, 60], 114), _segments([100], 114)]))
+  _compare(q, k, v, table, cot, bidirectional=False, causal=True, query_segment_ids=seg,
+           kv_segment_ids=seg)
+
+
+def test_cross_attention_rows_without_keys():
+  """Lq != Lk, no bias table; padded decoder rows (segment 0) have no valid encoder key and
+  must average v uniformly over all Lk keys, as the reference does."""
+  q, k, v, _, cot = _inputs(2, 2, 50, 114, 2, 16)
+  q_seg = jnp.asarray(np.stack([_segments([20, 25], 50), _segments([50], 50)]))
+  kv_seg = jnp.asarray(np.stack([_segments([60, 54], 114), _segments([100], 114)]))
+  _compare(q, k, v, None, cot, query_segment_ids=q_seg, kv_segment_ids=kv_seg)
+
+
+def test_causal_rows_without_keys():
+  """Causal with rows that match no key segment: the kernel must still visit the tiles it
+  normally skips (forward) and give those rows' uniform P to every key (dk/dv)."""
+  q, k, v, table, cot = _inputs(3, 2, 64, 64, 2, 16)
+  q_seg = jnp.asarray(np.stack([np.r_[np.full(40, 1), np.full(24, 3)],
+                                np.full(64, 1)]).astype(np.int32))
+  kv_seg = jnp.asarray(np.stack([np.full(64, 1), np.full(64, 1)]).astype(np.int32))
+  q_seg = q_seg.at[0, 5].set(7)  # one empty row in the first q tile too
+  _compare(q, k, v, table, cot, bidirectional=False, causal=True, query_segment_ids=q_seg,
+           kv_segment_ids=kv_seg)
+
+
+def test_long_distances_use_the_last_buckets():
+  """Length 136 > max_distance 128: far keys share the last bucket; gradients reach it."""
+  q, k, v, table, cot = _inputs(4, 1, 136, 136, 2, 16)
+  rel = jnp.arange(136)[None, :] - jnp.arange(136)[:, None]
+  buckets = reference.relative_position_bucket(rel, bidirectional=True)
+  used = np.zeros(32, bool)
+  used[np.unique(np.asarray(buckets))] = True
+  assert used[15] and used[31]  # the saturated "farther than max_distance" buckets
+  results = _compare(q, k, v, table, cot, block_q=64, block_k=64, bidirectional=True)
+  # Gradient exactly where buckets occur (16, "distance +0", never does), across all heads.
+  np.testing.assert_array_equal(np.abs(np.asarray(results["pallas"][0][3])) > 0,
+                                np.broadcast_to(used, (2, 32)))
+
+
+def test_small_max_distance():
+  """max_distance 16 with 16 buckets: most pairs sit in the logarithmic / saturated buckets."""
+  q, k, v, table, cot = _inputs(5, 2, 48, 48, 2, 16, num_buckets=16)
+  _compare(q, k, v, table, cot, block_q=16, block_k=16, bidirectional=False, causal=True,
+           max_distance=16)
+
+
+def test_decode_step_traced_offset():
+  """Lq=1 against a KV cache of 40, causal, offset traced under jit (one compile, many steps)."""
+  q, k, v, table, _ = _inputs(6, 2, 1, 40, 2, 16)
+
+  @jax.jit
+  def step(offset):
+    kw = dict(bias_table=table, bidirectional=False, causal=True, query_offset=offset)
+    return (flash.flash_attention(q, k, v, block_q=32, block_k=32, **kw),
+            reference.xla_attention(q, k, v, **kw))
+
+  for offset in (0, 17, 39):
+    got, want = step(jnp.int32(offset))
+    np.testing.assert_allclose(got, want, rtol=FWD_RTOL, atol=FWD_ATOL)
+  # The offset matters: step 17 differs from step 39.
+  assert not np.allclose(step(jnp.int32(17))[0], step(jnp.int32(39))[0])
+
+
+def test_bfloat16_output_dtype_and_value():
+  q, k, v, table, _ = _inputs(7, 2, 40, 40, 2, 16)
+  q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+  kw = dict(bias_table=table, bidirectional=True)
+  got = flash.flash_attention(q, k, v, block_q=32, block_k=32, **kw)
+  want = reference.xla_attention(q, k, v, **kw)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2e-2,
+                             atol=2e-2)
+
+
+def test_bad_block_size_names_the_gin_binding():
+  q, k, v, _, _ = _inputs(8, 1, 16, 16, 1, 16)
+  with pytest.raises(ValueError, match="attention_block_q"):
+    flash.flash_attention(q, k, v, block_q=24)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cudnn_matches_reference(causal):
+  """On CPU cudnn_attention runs jax.nn.dot_product_attention's XLA implementation."""
+  q, k, v, table, cot = _inputs(9, 2, 30, 30, 2, 16)
+  seg = jnp.asarray(np.stack([_segments([10, 15], 30), _segments([30], 30)]))
+  kw = dict(bias_table=table, bidirectional=not causal, causal=causal, query_segment_ids=seg,
+            kv_segment_ids=seg)
+
+  def loss(fn, q, k, v, t):
+    return jnp.sum(fn(q, k, v, **dict(kw, bias_table=t)) * cot)
+
+  np.testing.assert_allclose(jax.jit(lambda *a: cudnn.cudnn_attention(*a, **kw))(q, k, v),
+                             jax.jit(lambda *a: reference.xla_attention(*a, **kw))(q, k, v),
+                             rtol=1e-5, atol=1e-6)
+  grad = lambda fn: jax.jit(jax.grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2, 3)))  # noqa
+  g_c = grad(cudnn.cudnn_attention)(q, k, v, table)
+  g_x = grad(reference.xla_attention)(q, k, v, table)
+  for a, b in zip(g_c, g_x):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _tensor_sizes(hlo_text):
+  """Element counts of every tensor type in StableHLO text."""
+  sizes = set()
+  for dims in re.findall(r"tensor<((?:\d+x)+)[a-z]", hlo_text):
+    sizes.add(int(np.prod([int(d) for d in dims.rstrip("x").split("x")])))
+  return sizes
+
+
+def test_no_dense_bias_or_logits_in_pallas_forward_and_backward():
+  """96 x 96 with blocks of 32: an [Lq, Lk] (9216), [H, Lq, Lk] or [B, H, Lq, Lk] array would
+  show up as a tensor of that many elements; tiles are 32 x 32 and q/k/v have 6144."""
+  batch, heads, length, dim = 2, 2, 96, 16
+  q, k, v, table, cot = _inputs(10, batch, length, length, heads, dim)
+  seg = jnp.ones((batch, length), jnp.int32)
+  dense = {length * length, heads * length * length, batch * heads * length * length}
+
+  def lowered(impl):
+    def loss(q, k, v, t):
+      out = kernels.attention(q, k, v, bias_table=t, bidirectional=False, causal=True,
+                              query_segment_ids=seg, kv_segment_ids=seg, impl=impl,
+                              block_q=32, block_k=32)
+      return jnp.sum(out * cot)
+    fwd = jax.jit(loss).lower(q, k, v, table).as_text()
+    bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(q, k, v, table).as_text()
+    return _tensor_sizes(fwd), _tensor_sizes(bwd)
+
+  xla_fwd, xla_bwd = lowered("xla")
+  assert dense & xla_fwd and dense & xla_bwd  # the check can fail: the reference has them
+  pallas_fwd, pallas_bwd = lowered("pallas")
+  assert not dense & pallas_fwd, sorted(dense & pallas_fwd)
+  assert not dense & pallas_bwd, sorted(dense & pallas_bwd)
+
+
+def test_tiny_t5_same_loss_and_gradients_with_pallas():
+  """A whole T5 (encoder self, causal decoder self and cross-attention, padded batch) gives
+  the same loss and parameter gradients with attention_impl "pallas" as with "xla"."""
+  from t5x_lite import network  # pylint: disable=g-import-not-at-top
+
+  def make(impl):
+    return network.Transformer(network.T5Config(
+        vocab_size=64, d_model=32, d_ff=64, d_kv=16, num_heads=2, num_encoder_layers=1,
+        num_decoder_layers=1, dropout_rate=0.0, attention_impl=impl, attention_block_q=32,
+        attention_block_k=32))
+
+  rng = np.random.RandomState(0)
+  enc = rng.randint(2, 64, size=(2, 40)).astype(np.int32)
+  enc[1, 29:] = 0  # padding
+  tgt = rng.randint(2, 64, size=(2, 24)).astype(np.int32)
+  tgt[0, 17:] = 0
+  dec_in = np.concatenate([np.zeros((2, 1), np.int32), tgt[:, :-1]], axis=1)
+  params = make("xla").init(jax.random.PRNGKey(0), enc, dec_in, tgt)["params"]
+
+  def loss(params, impl):
+    logits = make(impl).apply({"params": params}, enc, dec_in, tgt).astype(jnp.float32)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * (tgt > 0)) / jnp.sum(tgt > 0)
+
+  loss_x, grads_x = jax.jit(jax.value_and_grad(lambda p: loss(p, "xla")))(params)
+  loss_p, grads_p = jax.jit(jax.value_and_grad(lambda p: loss(p, "pallas")))(params)
+  np.testing.assert_allclose(loss_p, loss_x, rtol=1e-4)
+  flat_x = jax.tree_util.tree_leaves_with_path(grads_x)
+  flat_p = jax.tree_util.tree_leaves(grads_p)
+  assert len(flat_x) == len(flat_p) > 10
+  for (path, g_x), g_p in zip(flat_x, flat_p):
+    np.testing.assert_allclose(g_p, g_x, rtol=1e-4, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_forward_and_backward_lower_to_triton():
+  """Cross-lowers for platform "cuda" on this CPU machine: every primitive in the kernels
+  has a Triton lowering and every loaded tile has a power-of-two size (not compiled to PTX)."""
+  q = jnp.zeros((2, 100, 2, 64), jnp.bfloat16)
+  table = jnp.zeros((2, 32), jnp.float32)
+  seg = jnp.ones((2, 100), jnp.int32)
+
+  def fwd_bwd(q, k, v, table):
+    def f(q, k, v, table):
+      out = flash.flash_attention(q, k, v, bias_table=table, bidirectional=False, causal=True,
+                                  query_segment_ids=seg, kv_segment_ids=seg, block_q=64,
+                                  block_k=32, interpret=False, backend="gpu")
+      return jnp.sum(out.astype(jnp.float32))
+    return jax.value_and_grad(f, argnums=(0, 1, 2, 3))(q, k, v, table)
+
+  triton = "__gpu$xla.gpu.triton"
+  exported = jax.export.export(
+      jax.jit(fwd_bwd), platforms=["cuda"],
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(triton)])(q, q, q, table)
+  assert exported.mlir_module().count(f"@{triton}") == 3  # forward, dq + dtable, dk + dv
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_tile_bucket_range_holds_every_bucket_of_the_tile(bidirectional):
+  """The kernels loop only over [lo, hi] per tile: that range must cover the tile's buckets."""
+  cfg = flash._Config(block_q=16, block_k=16, q_len=0, k_len=0, num_buckets=32,
+                      bidirectional=bidirectional, max_distance=128, causal=False,
+                      has_segments=False, interpret=True, platform="cpu")
+  tile_buckets = jax.jit(lambda qpos, kpos: flash._tile_buckets(qpos, kpos, cfg))
+  tiles = widths = 0
+  for q0 in range(0, 400, 16):
+    for k0 in range(0, 400, 16):
+      qpos, kpos = jnp.arange(q0, q0 + 16), jnp.arange(k0, k0 + 16)
+      bucket, lo, hi = (np.asarray(x) for x in tile_buckets(qpos, kpos))
+      assert lo <= bucket.min() and bucket.max() <= hi, (q0, k0, lo, hi)
+      tiles, widths = tiles + 1, widths + (hi - lo + 1)
+  assert widths < 0.5 * tiles * 32  # and the ranges are mostly narrow (far tiles: one bucket)
+
+
+def test_cached_greedy_decoding_same_with_pallas():
+  """Decoding steps run the kernel with Lq=1 against the KV cache at a traced query_offset
+  (decoding.decode's loop): same tokens and scores as with xla attention."""
+  from t5x_lite import decoding, network  # pylint: disable=g-import-not-at-top
+
+  def make(impl):
+    return network.Transformer(network.T5Config(
+        vocab_size=64, d_model=32, d_ff=64, d_kv=16, num_heads=2, num_encoder_layers=1,
+        num_decoder_layers=1, dropout_rate=0.0, attention_impl=impl))
+
+  enc = np.random.RandomState(1).randint(2, 64, size=(2, 12)).astype(np.int32)
+  enc[1, 7:] = 0
+  params = make("xla").init(jax.random.PRNGKey(1), enc, enc)["params"]
+  # Larger weights than the init so that the greedy path varies from step to step.
+  params = jax.tree_util.tree_map(lambda p: p * 3.0, params)
+  tokens_x, scores_x = decoding.decode(make("xla"), params, enc, max_decode_length=8)
+  tokens_p, scores_p = decoding.decode(make("pallas"), params, enc, max_decode_length=8)
+  assert len(set(np.asarray(tokens_x).ravel().tolist())) > 2  # not one repeated token
+  np.testing.assert_array_equal(tokens_p, tokens_x)
+  np.testing.assert_allclose(scores_p, scores_x, rtol=1e-4)

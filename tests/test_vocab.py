@@ -1,0 +1,74 @@
+"""Tests for tasks/vocab.py: the default vocabulary (build, cache, determinism, safety)."""
+
+import os
+import multiprocessing
+
+import gin
+import seqio
+
+from tasks import vocab
+
+TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
+                        "test_data/sentencepiece/sentencepiece.model")
+
+
+def test_default_vocabulary_is_lazy_and_follows_t5_ids(tmp_path, monkeypatch):
+  monkeypatch.setenv("T5X_LITE_CACHE", str(tmp_path))
+  v = vocab.default_vocabulary()
+  assert os.listdir(tmp_path) == []  # constructing it trains nothing
+  assert v == vocab.default_vocabulary() and v != vocab.default_vocabulary(extra_ids=5)
+  assert v.vocab_size == 4000 + 100
+  assert vocab.padded_vocab_size(v) == 4224
+  assert (v.pad_id, v.eos_id, v.unk_id, v.bos_id) == (0, 1, 2, -1)
+  assert v.decode([v.vocab_size - 1]) == "<extra_id_0>"
+  text = "The quick brown fox jumps over the lazy dog."
+  assert v.decode(v.encode(text)) == text
+  files = os.listdir(tmp_path)
+  assert len(files) == 1 and files[0].startswith("default_spm_") and files[0].endswith(".model")
+
+
+def test_build_is_deterministic(tmp_path, monkeypatch):
+  paths = []
+  for name in ("a", "b"):
+    monkeypatch.setenv("T5X_LITE_CACHE", str(tmp_path / name))
+    paths.append(vocab.default_model_path())
+  assert os.path.basename(paths[0]) == os.path.basename(paths[1])
+  with open(paths[0], "rb") as f0, open(paths[1], "rb") as f1:
+    assert f0.read() == f1.read()
+
+
+def _build_in_child(cache, queue):
+  os.environ["T5X_LITE_CACHE"] = cache
+  queue.put(vocab.default_model_path())
+
+
+def test_concurrent_builds_are_safe(tmp_path):
+  vocab.train_model_bytes()  # materialise the corpus before forking: children only train
+  # fork (not spawn): children reuse the parent's imports; they touch no TensorFlow.
+  ctx = multiprocessing.get_context("fork")
+  queue = ctx.Queue()
+  procs = [ctx.Process(target=_build_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
+  for p in procs:
+    p.start()
+  outs = [queue.get(timeout=120) for _ in procs]
+  for p in procs:
+    p.join(timeout=120)
+  assert all(p.exitcode == 0 for p in procs)
+  assert outs[0] == outs[1]
+  assert os.listdir(tmp_path) == [os.path.basename(outs[0])]  # no temp files left
+  with open(outs[0], "rb") as f:
+    assert f.read() == vocab.train_model_bytes()
+
+
+def test_get_vocabulary_is_one_gin_binding_away():
+  assert isinstance(vocab.get_vocabulary(), vocab.DefaultVocabulary)
+  with gin.unlock_config():
+    gin.parse_config([f"get_vocabulary.sentencepiece_model_path = '{TINY_SPM}'",
+                      "get_vocabulary.extra_ids = 10"])
+  try:
+    v = vocab.get_vocabulary()
+    assert isinstance(v, seqio.SentencePieceVocabulary)
+    assert v.sentencepiece_model_file == TINY_SPM
+    assert v.vocab_size == 36 and vocab.padded_vocab_size(v) == 128
+  finally:
+    gin.clear_config()
