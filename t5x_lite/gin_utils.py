@@ -3,6 +3,7 @@
 import ast
 import difflib
 import inspect
+import logging
 import os
 import pathlib
 import re
@@ -12,6 +13,14 @@ import gin
 
 # The project's gin/ directory (models/, runs/, recipes/) is always on the search path.
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+
+
+class _QuietIncludeProbe(logging.Filter):
+  """gin logs an ERROR each time it probes an include relative to the working directory
+  before trying the search path; the file is then found, so the message only misleads."""
+
+  def filter(self, record):
+    return not record.getMessage().startswith("Path not found:")
 
 
 def _is_gin_literal(value: str) -> bool:
@@ -39,13 +48,17 @@ def normalize_binding(binding: str) -> str:
 
 
 def _registered_names():
-  return sorted({name for key in gin.config._REGISTRY  # pylint: disable=protected-access
-                 for name in (key if isinstance(key, tuple) else (key,))})
+  return sorted(selector for selector, _ in gin.config._REGISTRY.items())  # pylint: disable=protected-access
 
 
 def _explain(error: Exception) -> str:
   """Adds the closest valid names to gin's 'no configurable' / 'no parameter' errors."""
   message = str(error)
+  match = re.search(r"(\w+)/macro.value set to `%gin.REQUIRED`", message)
+  if match:
+    return (f"{message}\nThe macro {match.group(1)} is required: set it with "
+            f"--gin.{match.group(1)}=VALUE or in a gin file (the run file's header lists the "
+            "required macros).")
   match = re.search(r"No configurable matching '([^']+)'", message)
   if match:
     names = [n.split(".")[-1] for n in _registered_names()]
@@ -82,13 +95,19 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
   """
   _import_configurables()
   gin.add_config_file_search_path(str(GIN_DIR))
+  logging.getLogger().addFilter(_QuietIncludeProbe())
+  resolved = []
   for gin_file in gin_files:
-    if not (os.path.exists(gin_file) or (GIN_DIR / gin_file).exists()):
+    if os.path.exists(gin_file):
+      resolved.append(gin_file)
+    elif (GIN_DIR / gin_file).exists():
+      resolved.append(str(GIN_DIR / gin_file))
+    else:
       raise ValueError(f"--gin_file={gin_file}: no such file here or under the package's gin "
                        f"directory ({', '.join(sorted(p.name for p in GIN_DIR.iterdir()))}/...).")
   try:
     gin.parse_config_files_and_bindings(
-        list(gin_files), [normalize_binding(b) for b in bindings], finalize_config=finalize,
+        resolved, [normalize_binding(b) for b in bindings], finalize_config=finalize,
         skip_unknown=False)
   except (ValueError, KeyError, TypeError, SyntaxError) as e:
     raise ValueError(f"Gin configuration error: {_explain(e)}") from e

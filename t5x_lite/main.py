@@ -11,6 +11,7 @@ Also installed as the `t5x-lite` console script. Flags:
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -62,6 +63,7 @@ def _resolve(target: str):
 
 def main(argv: Optional[Sequence[str]] = None):
   args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here.
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   # seqio warns once per task that rates come from uncached example counts: expected here.

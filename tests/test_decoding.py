@@ -115,6 +115,8 @@ def test_beam_search_matches_hf_generate(family, early_stopping):
   out = _hf_generate(hf, x, num_beams=4, num_return_sequences=3, length_penalty=0.6,
                      early_stopping=early_stopping)
   expected = _normalise(out.sequences[:, 1:].numpy()).reshape(6, 3, MAX_LEN)
+  ended = (expected == 1).any(axis=-1)
+  assert ended.any() and not ended.all(), ended  # beams ending by EOS and by max length
   tokens, scores = decoding.decode(
       network.Transformer(config), params, x, max_decode_length=MAX_LEN, method="beam",
       num_beams=4, num_decodes=3, alpha=0.6, length_penalty="hf", early_stopping=early_stopping)
