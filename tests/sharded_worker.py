@@ -42,6 +42,15 @@ def batches():
   return out
 
 
+def part_input(array, part):
+  """This process's rows of a global [8, ...] batch, as a global array sharded over data."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from t5x_lite import partitioning  # pylint: disable=g-import-not-at-top
+  per_process = array.shape[0] // jax.process_count()
+  local = array[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+  return partitioning.host_local_batch_to_global(local, part)
+
+
 def run_mesh(out_dir, mesh):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -64,23 +73,31 @@ def run_mesh(out_dir, mesh):
     state = checkpoints.CheckpointManager(os.path.join(out_dir, "ckpt")).restore(abstract)
   else:
     state = t.init_state(shapes)
-    per_process = 8 // jax.process_count()
     for batch in data:
-      local = {k: v[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
-               for k, v in batch.items()}
-      state, metrics = t.train_step(state, partitioning.host_local_batch_to_global(local, part))
+      state, metrics = t.train_step(state, {k: part_input(v, part) for k, v in batch.items()})
       losses.append(float(metrics["loss"]))
+  from t5x_lite import decoding  # pylint: disable=g-import-not-at-top
+  with part.mesh:
+    tokens, _ = decoding.decode(t.model.module, state.params,
+                                part_input(data[0]["encoder_input_tokens"], part),
+                                max_decode_length=6, method="beam", num_decodes=2)
   if "ckpt" in mesh:
     manager = checkpoints.CheckpointManager(os.path.join(out_dir, "ckpt"))
     manager.save(state, force=True)
     manager.wait()
-  flat = {"losses": np.array(losses)}
+  flat = {"losses": np.array(losses),
+          "decoded": np.asarray(multihost_utils.process_allgather(tokens, tiled=True))}
   for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
     flat["param:" + _key(path)] = np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
     flat["spec:" + _key(path)] = np.array(str(tuple(leaf.sharding.spec)))
   for path, leaf in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]:
     flat["optshape:" + _key(path)] = np.array(leaf.shape)
     flat["optspec:" + _key(path)] = np.array(str(tuple(leaf.sharding.spec)))
+  def device_bytes(tree):  # bytes on one device, ignoring Adafactor's (1,) placeholders
+    return sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree_util.tree_leaves(tree)
+               if leaf.size > 1)
+  flat["param_bytes"] = np.array(device_bytes(state.params))
+  flat["opt_bytes"] = np.array(device_bytes(state.opt_state))
   if jax.process_index() == 0:
     np.savez(os.path.join(out_dir, mesh + ".npz"), **flat)
 

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from t5x_lite import partitioning
+from t5x_lite import memory_planner, partitioning
 
 WORKER = os.path.join(os.path.dirname(__file__), "sharded_worker.py")
 MESHES = ["1x1", "8x1", "4x2+ckpt", "2x4+restore", "1x8", "4x2+fsdp", "1x1+restore"]
@@ -48,6 +48,12 @@ def test_losses_and_params_equal_single_device(runs, mesh):
     np.testing.assert_allclose(runs[mesh][key], value, atol=1e-5, err_msg=key)
 
 
+@pytest.mark.parametrize("mesh", ["8x1", "4x2+ckpt", "1x8", "4x2+fsdp"])
+def test_beam_search_gives_the_same_tokens_on_every_mesh(runs, mesh):
+  np.testing.assert_array_equal(runs[mesh]["decoded"], runs["1x1"]["decoded"])
+  assert runs["1x1"]["decoded"].shape == (8, 2, 6)
+
+
 @pytest.mark.parametrize("mesh", ["2x4+restore", "1x1+restore"])
 def test_checkpoint_from_4x2_restores_on_other_meshes(runs, mesh):
   for key, value in _params(runs["4x2+ckpt"]).items():
@@ -58,7 +64,7 @@ def test_params_and_optimizer_state_are_sharded_by_the_rules(runs):
   tp = runs["4x2+ckpt"]
   assert tp["spec:encoder/layers_0/mlp/wi_0/kernel"] == "(None, 'model')"
   assert tp["spec:encoder/layers_0/mlp/wo/kernel"] == "('model', None)"
-  assert tp["spec:encoder/layers_0/attention/query/kernel"] == "(None, 'model')"
+  assert tp["spec:encoder/layers_0/attention/query/kernel"] == "(None, 'model', None)"
   assert tp["spec:decoder/logits_dense/kernel"] == "(None, 'model')"
   assert tp["spec:token_embedder/embedding"] == "('model', None)"
   fsdp = runs["4x2+fsdp"]
@@ -71,6 +77,17 @@ def test_params_and_optimizer_state_are_sharded_by_the_rules(runs):
   assert fsdp["optspec:0/v_col/encoder/layers_0/mlp/wi_0/kernel"] == "('model',)"
   # Unfactored second moments are shaped and sharded like their parameter.
   assert fsdp["optspec:0/v/encoder/layers_0/pre_mlp_layer_norm/scale"] == "('data',)"
+
+
+@pytest.mark.parametrize("mesh", ["1x1", "8x1", "4x2+ckpt", "1x8", "4x2+fsdp"])
+def test_memory_planner_matches_the_bytes_each_device_holds(runs, mesh):
+  import sharded_worker  # pylint: disable=g-import-not-at-top  (tests/ is on sys.path)
+  data, model = (int(x) for x in mesh.split("+")[0].split("x"))
+  plan = memory_planner.plan(sharded_worker.config(), {"data": data, "model": model},
+                             batch_size=8, inputs_length=16, targets_length=12,
+                             fsdp="fsdp" in mesh)
+  assert plan.params == int(runs[mesh]["param_bytes"])
+  assert plan.optimizer_state == int(runs[mesh]["opt_bytes"])
 
 
 def _free_port():
@@ -86,6 +103,7 @@ def test_two_processes_train_like_one_process_with_eight_devices(runs, tmp_path)
     _wait(proc)
   result = dict(np.load(tmp_path / "4x2.npz"))
   np.testing.assert_allclose(result["losses"], runs["4x2+ckpt"]["losses"], rtol=1e-5)
+  np.testing.assert_array_equal(result["decoded"], runs["4x2+ckpt"]["decoded"])
   for key, value in _params(runs["4x2+ckpt"]).items():
     np.testing.assert_allclose(result[key], value, atol=1e-5, err_msg=key)
 
