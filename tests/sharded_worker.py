@@ -5,12 +5,13 @@ Usage:
   python tests/sharded_worker.py OUT_DIR MESH PROCESS_ID NUM_PROCESSES PORT
                                                                  one of several processes
 MESH is DATAxMODEL ("4x2"), optionally with "+fsdp"; "1x1" uses one device. For each mesh
-it trains 3 steps and writes OUT_DIR/MESH.npz: losses, gathered params, and the sharding
+it trains 3 steps (with "+pallas", through the Pallas kernel under shard_map) and writes OUT_DIR/MESH.npz: losses, gathered params, and the sharding
 spec of every param and optimizer-state leaf. With "ckpt" in MESH it also saves the state
 to OUT_DIR/ckpt (after training) and, with "restore", restores that checkpoint instead.
 XLA_FLAGS must be set before jax is imported, hence a separate process.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -62,7 +63,11 @@ def run_mesh(out_dir, mesh):
   part = partitioning.Partitioner(
       mesh_shape=shape, devices=devices,
       logical_axis_rules=partitioning.standard_logical_axis_rules(fsdp="fsdp" in mesh))
-  t = trainer.Trainer(models.EncoderDecoderModel(config()), optimizers.adafactor(), part)
+  cfg = config()
+  if "pallas" in mesh:  # small tiles: interpret mode runs every tile as XLA ops
+    cfg = dataclasses.replace(cfg, attention_impl="pallas", attention_block_q=16,
+                              attention_block_k=16)
+  t = trainer.Trainer(models.EncoderDecoderModel(cfg), optimizers.adafactor(), part)
   data = batches()
   shapes = {k: v.shape for k, v in data[0].items()}
   losses = []

@@ -15,7 +15,8 @@ import pytest
 from t5x_lite import memory_planner, partitioning
 
 WORKER = os.path.join(os.path.dirname(__file__), "sharded_worker.py")
-MESHES = ["1x1", "8x1", "4x2+ckpt", "2x4+restore", "1x8", "4x2+fsdp", "1x1+restore"]
+MESHES = ["1x1", "8x1", "4x2+ckpt", "2x4+restore", "1x8", "4x2+fsdp", "1x1+restore",
+          "4x2+pallas"]
 
 
 def _run(args):
@@ -40,7 +41,7 @@ def _params(result):
   return {k: v for k, v in result.items() if k.startswith("param:")}
 
 
-@pytest.mark.parametrize("mesh", ["8x1", "4x2+ckpt", "1x8", "4x2+fsdp"])
+@pytest.mark.parametrize("mesh", ["8x1", "4x2+ckpt", "1x8", "4x2+fsdp", "4x2+pallas"])
 def test_losses_and_params_equal_single_device(runs, mesh):
   reference = runs["1x1"]
   np.testing.assert_allclose(runs[mesh]["losses"], reference["losses"], rtol=1e-5)
@@ -48,7 +49,7 @@ def test_losses_and_params_equal_single_device(runs, mesh):
     np.testing.assert_allclose(runs[mesh][key], value, atol=1e-5, err_msg=key)
 
 
-@pytest.mark.parametrize("mesh", ["8x1", "4x2+ckpt", "1x8", "4x2+fsdp"])
+@pytest.mark.parametrize("mesh", ["8x1", "4x2+ckpt", "1x8", "4x2+fsdp", "4x2+pallas"])
 def test_beam_search_gives_the_same_tokens_on_every_mesh(runs, mesh):
   np.testing.assert_array_equal(runs[mesh]["decoded"], runs["1x1"]["decoded"])
   assert runs["1x1"]["decoded"].shape == (8, 2, 6)

@@ -6,6 +6,11 @@
   - "cudnn":  jax.nn.dot_product_attention with a materialised bias (GPU comparison point).
 """
 
+import functools
+
+import jax
+from jax.sharding import PartitionSpec as P
+
 from t5x_lite.kernels.reference import relative_position_bucket, xla_attention
 
 IMPLS = ("xla", "pallas", "cudnn")
@@ -48,9 +53,41 @@ def attention(query, key, value, *, bias_table=None, bidirectional=True, max_dis
         "T5Config.attention_dropout_rate = 0.0 in gin (other dropout stays) or use impl 'xla'.")
   if impl == "pallas":
     from t5x_lite.kernels import flash  # pylint: disable=g-import-not-at-top
-    return flash.flash_attention(query, key, value, block_q=block_q, block_k=block_k, **kwargs)
+    kernel = functools.partial(flash.flash_attention, block_q=block_q, block_k=block_k)
+    return _per_shard(kernel, query, key, value, **kwargs)
   from t5x_lite.kernels import cudnn  # pylint: disable=g-import-not-at-top
   return cudnn.cudnn_attention(query, key, value, **kwargs)
+
+
+def _per_shard(kernel, query, key, value, *, bias_table, query_segment_ids, kv_segment_ids,
+               query_offset, **static):
+  """Runs a custom kernel on each device's batch/head shard under the ambient mesh.
+
+  XLA cannot partition a Pallas call: under a multi-device mesh it would gather q/k/v onto
+  every device. shard_map hands each device its own [B/data, L, H/model, D] block instead
+  (attention is independent per example and per head). Without a mesh, a plain call.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  call = lambda q, k, v, table, qs, ks, off: kernel(
+      q, k, v, bias_table=table, query_segment_ids=qs, kv_segment_ids=ks, query_offset=off,
+      **static)
+  if mesh.empty or mesh.size == 1:
+    return call(query, key, value, bias_table, query_segment_ids, kv_segment_ids, query_offset)
+  data = tuple(a for a in ("replica", "data") if a in mesh.axis_names)
+  data_size = 1
+  for a in data:
+    data_size *= mesh.shape[a]
+  batch_axes = data if data and query.shape[0] % data_size == 0 else None
+  heads = query.shape[2]
+  head_axis = "model" if "model" in mesh.axis_names and heads % mesh.shape["model"] == 0 else None
+  qkv = P(batch_axes, None, head_axis, None)
+  segments = P(batch_axes, None)
+  spec = lambda x, s: None if x is None else s
+  in_specs = (qkv, qkv, qkv, spec(bias_table, P(head_axis, None)),
+              spec(query_segment_ids, segments), spec(kv_segment_ids, segments), P())
+  return jax.shard_map(call, in_specs=in_specs, out_specs=qkv, check_vma=False)(
+      query, key, value, bias_table, query_segment_ids, kv_segment_ids,
+      jax.numpy.asarray(query_offset, jax.numpy.int32))
 
 
 __all__ = ["attention", "relative_position_bucket", "xla_attention", "IMPLS"]
