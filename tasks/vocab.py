@@ -103,11 +103,22 @@ def default_model_path() -> str:
   return path
 
 
+def _configured_model_path() -> str:
+  """The gin-bound `get_vocabulary.sentencepiece_model_path`, else the default model."""
+  try:
+    path = gin.query_parameter("get_vocabulary.sentencepiece_model_path")
+  except ValueError:  # not bound
+    path = None
+  return path or default_model_path()
+
+
 class DefaultVocabulary(seqio.SentencePieceVocabulary):
-  """seqio.SentencePieceVocabulary over the default model, built lazily.
+  """The vocabulary the built-in tasks register with: resolved lazily, on first use.
 
   Constructing it is free (no corpus, no training), so tasks can be registered with it at
-  import time; the model is located or trained on the first tokenisation or size query.
+  import time. On the first tokenisation or size query it takes the SentencePiece model
+  bound as `get_vocabulary.sentencepiece_model_path` in gin (so one binding switches every
+  built-in task, e.g. to T5's cc_all.32000 model), else locates or trains the default one.
   """
 
   def __init__(self, extra_ids: int = DEFAULT_EXTRA_IDS):
@@ -115,13 +126,13 @@ class DefaultVocabulary(seqio.SentencePieceVocabulary):
 
   def _model_context(self):
     if self._sentencepiece_model_file is None:
-      self._sentencepiece_model_file = default_model_path()
+      self._sentencepiece_model_file = _configured_model_path()
     return super()._model_context()
 
   @property
   def sentencepiece_model_file(self) -> str:
     if self._sentencepiece_model_file is None:
-      self._sentencepiece_model_file = default_model_path()
+      self._sentencepiece_model_file = _configured_model_path()
     return self._sentencepiece_model_file
 
   def __eq__(self, other):

@@ -72,3 +72,16 @@ def test_get_vocabulary_is_one_gin_binding_away():
     assert v.vocab_size == 36 and vocab.padded_vocab_size(v) == 128
   finally:
     gin.clear_config()
+
+
+def test_the_gin_binding_also_switches_the_registered_tasks_vocabulary():
+  with gin.unlock_config():
+    gin.parse_config([f"get_vocabulary.sentencepiece_model_path = '{TINY_SPM}'"])
+  try:
+    task_vocab = vocab.default_vocabulary()  # what the built-in tasks hold, not yet resolved
+    assert task_vocab.sentencepiece_model_file == TINY_SPM
+    reference = seqio.SentencePieceVocabulary(TINY_SPM, extra_ids=vocab.DEFAULT_EXTRA_IDS)
+    assert task_vocab.encode("hello world") == reference.encode("hello world")
+    assert task_vocab.vocab_size == reference.vocab_size
+  finally:
+    gin.clear_config()
