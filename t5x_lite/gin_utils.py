@@ -85,6 +85,7 @@ def _import_configurables():
   # pylint: disable=g-import-not-at-top,unused-import
   import tasks
   from t5x_lite import checkpoints, model_sizes, models, network, optimizers, partitioning, train
+  from t5x_lite import eval, export, infer  # pylint: disable=redefined-builtin
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = True):

@@ -21,6 +21,10 @@ from t5x_lite import gin_utils
 
 RUN_MODES = {
     "train": "t5x_lite.train:train",
+    "eval": "t5x_lite.eval:evaluate",
+    "infer": "t5x_lite.infer:infer",
+    "score": "t5x_lite.infer:score",
+    "export": "t5x_lite.export:export",
 }
 
 
@@ -67,7 +71,9 @@ def main(argv: Optional[Sequence[str]] = None):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   # seqio warns once per task that rates come from uncached example counts: expected here.
-  logging.getLogger().addFilter(lambda record: "not cached so using" not in record.getMessage())
+  # (A logger's filter sees only its own records, so it goes on absl's logger.)
+  logging.getLogger("absl").addFilter(
+      lambda record: "not cached so using" not in record.getMessage())
   initialize_distributed(args)
   gin_utils.parse(args.gin_file, bindings)
   run_fn = _resolve(RUN_MODES[args.run_mode])

@@ -6,12 +6,14 @@ decoder_loss_weights [B, Lt], and, when packed, encoder_segment_ids, decoder_seg
 (and positions, which T5's relative attention does not need).
 """
 
+import dataclasses
 from typing import Optional
 
 import gin
 import jax
 import jax.numpy as jnp
 
+from t5x_lite import decoding
 from t5x_lite import network
 
 NORMALIZERS = ("NUM_REAL_TARGET_TOKENS", "NONE")
@@ -54,6 +56,32 @@ def cross_entropy_with_z_loss(logits, targets, weights, *, z_loss=1e-4, label_sm
 
 
 @gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DecodingSettings:
+  """How predict_batch generates (gin: `DecodingSettings.method = 'beam'`, ...).
+
+  Attributes (gin):
+    method: "greedy", "sample" (temperature / top_k / top_p) or "beam" (alpha, length_penalty).
+    num_decodes: candidates per input (samples or beams); predict_batch returns the one
+      with the highest score.
+    temperature, top_k, top_p: sampling settings (decoding.warp_logits).
+    alpha: beam-search length-penalty exponent; length_penalty "t5x" or "hf".
+    max_decode_length: generated tokens per input; None uses the batch's targets length
+      (TASK_FEATURE_LENGTHS['targets']).
+    seed: PRNG seed for sampling when predict_batch gets no rng.
+  """
+  method: str = "greedy"
+  num_decodes: int = 1
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  alpha: float = 0.6
+  length_penalty: str = "t5x"
+  max_decode_length: Optional[int] = None
+  seed: int = 0
+
+
+@gin.configurable
 class EncoderDecoderModel:
   """T5 model = network + loss; what the trainer, evaluator and decoders call.
 
@@ -64,11 +92,14 @@ class EncoderDecoderModel:
     loss_normalizing_factor: "NUM_REAL_TARGET_TOKENS" (mean over real target tokens of the
       whole batch, microbatches included), "NONE" (sum), or a number to divide the sum by
       (t5x pretraining uses a constant, e.g. 233472).
+    decoding: DecodingSettings for predict_batch (default: greedy, targets length).
   """
 
   def __init__(self, config: Optional[network.T5Config] = None, z_loss: float = 1e-4,
-               label_smoothing: float = 0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS"):
+               label_smoothing: float = 0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
+               decoding: Optional[DecodingSettings] = None):
     self.config = config if config is not None else network.T5Config()
+    self.decoding = decoding if decoding is not None else DecodingSettings()
     self.module = network.Transformer(self.config)
     self.z_loss = z_loss
     self.label_smoothing = label_smoothing
@@ -138,3 +169,39 @@ class EncoderDecoderModel:
     token_log_probs = jnp.take_along_axis(
         log_probs, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
     return jnp.sum(token_log_probs * self.loss_weights(batch), axis=-1)
+
+  def predict_batch_with_aux(self, params, batch, rng=None):
+    """Generates targets for batch["encoder_input_tokens"] with self.decoding.
+
+    Args:
+      params: unboxed params.
+      batch: needs encoder_input_tokens [B, Li]; decoder_input_tokens [B, Lt] (if present)
+        sets the default decode length Lt.
+      rng: PRNG key for sampling (default: PRNGKey(self.decoding.seed)).
+
+    Returns:
+      (tokens int32 [B, L], {"scores": float32 [B]}): per input the best of num_decodes
+      candidates by score (summed log-probability; beam: divided by the length penalty),
+      0 after EOS.
+    """
+    settings = self.decoding
+    length = settings.max_decode_length
+    if length is None:
+      if "decoder_input_tokens" not in batch:
+        raise ValueError("predict_batch needs DecodingSettings.max_decode_length or a batch "
+                         "with decoder_input_tokens (whose length is the targets length).")
+      length = batch["decoder_input_tokens"].shape[1]
+    if rng is None:
+      rng = jax.random.PRNGKey(settings.seed)
+    tokens, scores = decoding.decode(
+        self.module, params, batch["encoder_input_tokens"], max_decode_length=length,
+        method=settings.method, num_decodes=settings.num_decodes,
+        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+        alpha=settings.alpha, length_penalty=settings.length_penalty, rng=rng)
+    best = jnp.argmax(scores, axis=1)  # [B]
+    rows = jnp.arange(tokens.shape[0])
+    return tokens[rows, best], {"scores": scores[rows, best]}
+
+  def predict_batch(self, params, batch, rng=None):
+    """Generated tokens [B, L] (see predict_batch_with_aux)."""
+    return self.predict_batch_with_aux(params, batch, rng)[0]

@@ -4,7 +4,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import gin
 import jax
@@ -16,33 +16,15 @@ import tqdm
 import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
 from t5x_lite import checkpoints as checkpoints_lib
 from t5x_lite import data
+from t5x_lite import eval as eval_lib
 from t5x_lite import gin_utils
 from t5x_lite import models as models_lib
 from t5x_lite import optimizers
 from t5x_lite import partitioning
 from t5x_lite import trainer as trainer_lib
+from t5x_lite.summaries import SummaryWriter
 
 log = logging.getLogger(__name__)
-
-
-class SummaryWriter:
-  """TensorBoard scalars (tf.summary) + a JSONL history; written by process 0 only."""
-
-  def __init__(self, model_dir: str, name: str):
-    self.enabled = jax.process_index() == 0
-    self.history_path = os.path.join(model_dir, f"{name}_metrics.jsonl")
-    if self.enabled:
-      self.writer = tf.summary.create_file_writer(os.path.join(model_dir, name))
-
-  def write(self, step: int, scalars: Mapping[str, float]):
-    if not self.enabled:
-      return
-    with self.writer.as_default():
-      for key, value in scalars.items():
-        tf.summary.scalar(key, value, step=step)
-    self.writer.flush()
-    with tf.io.gfile.GFile(self.history_path, "a") as f:
-      f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
 
 
 def plot_loss_curve(model_dir: str) -> Optional[str]:
@@ -120,7 +102,30 @@ def restore_or_init(trainer: trainer_lib.Trainer, input_shapes, manager, dataset
   return trainer.init_state(input_shapes)
 
 
-@gin.configurable(denylist=["after_eval"])
+def _report(model_dir, manager, loss_png, eval_writer, predictions_path, rows, metrics,
+            print_examples):
+  """Prints (process 0) a few infer-eval predictions, the final metrics and where outputs are."""
+  lines = []
+  if rows and print_examples:
+    lines += ["Generated examples (greedy unless DecodingSettings says otherwise):",
+              eval_lib.format_examples(rows, print_examples)]
+  if metrics:
+    lines.append(f"Final eval metrics (all in {eval_writer.history_path}): "
+                 f"{eval_lib.brief(metrics)}")
+  steps = ", ".join(str(s) for s in manager.all_steps())
+  lines += [f"Outputs in {model_dir}:",
+            f"  checkpoints   {manager.directory} (steps {steps})",
+            f"  TensorBoard   tensorboard --logdir {model_dir}  (train/, eval/)",
+            f"  metrics       {os.path.join(model_dir, 'train_metrics.jsonl')}, "
+            f"{eval_writer.history_path}",
+            f"  loss curve    {loss_png}",
+            f"  config        {os.path.join(model_dir, 'config.gin')}"]
+  if predictions_path:
+    lines.append(f"  predictions   {predictions_path}")
+  print("\n".join(lines), flush=True)
+
+
+@gin.configurable
 def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = gin.REQUIRED,
@@ -131,7 +136,9 @@ def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
           log_period: int = 10, eval_period: int = 0, eval_steps: int = 20,
           eval_split: str = "validation", eval_mixture_or_task_name: Optional[str] = None,
-          after_eval: Optional[Callable] = None, progress_bar: bool = True):
+          infer_eval_mixture_or_task_name: Optional[str] = None,
+          infer_eval_split: str = "validation", infer_eval_num_examples: Optional[int] = None,
+          print_examples: int = 0, progress_bar: bool = True):
   """Trains `model` on a seqio task/mixture; resumable, with checkpoints and summaries.
 
   Args (gin; the run files gin/runs/*.gin bind the macros in capitals):
@@ -153,9 +160,16 @@ def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     checkpoint_period, keep_checkpoints: save every N steps, keep the last K.
     log_period: write train summaries every N steps.
     eval_period: teacher-forced eval every N steps (0: only at the end).
-    eval_steps: batches per evaluation.
+    eval_steps: batches per evaluation (0: no teacher-forced eval).
     eval_split, eval_mixture_or_task_name: what to evaluate (default: the training mixture).
-    after_eval: called as after_eval(step, params) after each evaluation (infer-eval hook).
+    infer_eval_mixture_or_task_name: also decode this task/mixture's infer_eval_split at every
+      evaluation and at the end, and compute its metric fns with seqio.Evaluator (decoding
+      per DecodingSettings); metrics go to the eval summaries ("<task>/<metric>"), the
+      predictions to MODEL_DIR/infer_eval_predictions/<step>.jsonl. None: off.
+    infer_eval_split: the split infer-eval decodes.
+    infer_eval_num_examples: at most this many examples per task (None: the whole split).
+    print_examples: at the end, print this many infer-eval predictions (input / target /
+      prediction), the final metrics and where the outputs are.
     progress_bar: show a tqdm bar with loss, tokens/s and ETA.
 
   Returns:
@@ -178,18 +192,28 @@ def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
                           restore_optimizer_state)
   gin_utils.write_operative_config(model_dir)
   train_writer, eval_writer = SummaryWriter(model_dir, "train"), SummaryWriter(model_dir, "eval")
+  # Built once: the Evaluator caches the tokenized eval examples for every later evaluation.
+  infer_evaluator = infer_eval_mixture_or_task_name and eval_lib.InferEvaluator(
+      model, partitioner, infer_eval_mixture_or_task_name, task_feature_lengths, batch_size,
+      split=infer_eval_split, num_examples=infer_eval_num_examples)
+  predictions = {"path": None, "rows": []}
 
   def run_eval(step):
-    eval_ds = data.get_dataset(eval_mixture_or_task_name or mixture_or_task_name,
-                               task_feature_lengths, split=eval_split, batch_size=local_batch,
-                               shuffle=False, seed=seed, pack=pack, shard_info=_shard_info(),
-                               num_epochs=1)
-    metrics = trainer_lib.evaluate_loss(
-        trainer, state.params, _global_batches(eval_ds.as_numpy_iterator(), partitioner),
-        max_batches=eval_steps)
+    metrics = {}
+    if eval_steps:
+      eval_ds = data.get_dataset(eval_mixture_or_task_name or mixture_or_task_name,
+                                 task_feature_lengths, split=eval_split, batch_size=local_batch,
+                                 shuffle=False, seed=seed, pack=pack, shard_info=_shard_info(),
+                                 num_epochs=1)
+      metrics = trainer_lib.evaluate_loss(
+          trainer, state.params, _global_batches(eval_ds.as_numpy_iterator(), partitioner),
+          max_batches=eval_steps)
+    if infer_evaluator:
+      infer_metrics, predictions["rows"] = infer_evaluator.evaluate(state.params, step)
+      metrics.update(infer_metrics)
+      predictions["path"] = os.path.join(model_dir, "infer_eval_predictions", f"{step}.jsonl")
+      eval_lib.write_jsonl(predictions["rows"], predictions["path"])
     eval_writer.write(step, metrics)
-    if after_eval is not None:
-      metrics.update(after_eval(step, state.params) or {})
     return metrics
 
   start = int(jax.device_get(state.step))
@@ -211,15 +235,17 @@ def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
                       tok_s=f"{metrics['tokens_per_second']:.0f}")
     bar.update(1)
     manager.save(state, iterator, force=done == train_steps)
-    if eval_period and done % eval_period == 0 and done != train_steps:
+    if (eval_period and done % eval_period == 0 and done != train_steps and
+        (eval_steps or infer_evaluator)):
       eval_metrics = run_eval(done)
-      bar.write(f"step {done}: eval " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
+      bar.write(f"step {done}: eval {eval_lib.brief(eval_metrics)}")
   bar.close()
   manager.wait()
-  if eval_steps:
+  if eval_steps or infer_evaluator:
     eval_metrics = run_eval(train_steps)
-  loss_png = plot_loss_curve(model_dir) if jax.process_index() == 0 else None
-  log.info("Done: checkpoints in %s, summaries in %s, loss curve %s.", manager.directory,
-           model_dir, loss_png)
+  if jax.process_index() == 0:
+    loss_png = plot_loss_curve(model_dir)
+    _report(model_dir, manager, loss_png, eval_writer, predictions["path"], predictions["rows"],
+            eval_metrics, print_examples)
   manager.close()
   return state, eval_metrics

@@ -1,0 +1,51 @@
+"""The export run mode: a t5x_lite checkpoint -> a HF transformers directory.
+
+The directory (config.json + model.safetensors) loads with
+`transformers.T5ForConditionalGeneration.from_pretrained(OUTPUT_DIR)` and gives the same
+logits as t5x_lite (convert.py maps every parameter; tests/test_export.py checks it).
+"""
+
+import logging
+from typing import Optional
+
+import gin
+import jax
+import numpy as np
+
+from t5x_lite import convert
+from t5x_lite import eval as eval_lib
+from t5x_lite import models as models_lib
+from t5x_lite import partitioning
+
+log = logging.getLogger(__name__)
+
+
+@gin.configurable
+def export(*, checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
+           model: Optional[models_lib.EncoderDecoderModel] = None,
+           partitioner: Optional[partitioning.Partitioner] = None) -> str:
+  """Writes the parameters of a checkpoint as a HF-loadable T5 directory.
+
+  Args (gin; gin/runs/export.gin binds the macros in capitals):
+    checkpoint_path: CHECKPOINT_PATH — MODEL_DIR/checkpoints/<step> (or a checkpoints dir:
+      its latest step).
+    output_dir: OUTPUT_DIR — the HF directory to write (config.json, model.safetensors).
+    model: the EncoderDecoderModel the checkpoint was trained with (its model gin file).
+    partitioner: mesh and rules for restoring; default partitioning.Partitioner().
+
+  Returns:
+    output_dir.
+  """
+  model = model or models_lib.EncoderDecoderModel()
+  partitioner = partitioner or partitioning.Partitioner()
+  params = eval_lib.restore_params(model, partitioner, checkpoint_path)
+  # process_allgather: on several processes each holds only its shards of the parameters.
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    params = multihost_utils.process_allgather(params, tiled=True)
+  params = jax.tree_util.tree_map(np.asarray, jax.device_get(params))
+  if jax.process_index() == 0:
+    convert.save_hf_checkpoint(params, model.config, output_dir)
+    log.info("Exported %s to %s (transformers.T5ForConditionalGeneration.from_pretrained).",
+             checkpoint_path, output_dir)
+  return output_dir

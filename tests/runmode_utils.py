@@ -1,0 +1,77 @@
+"""Shared helpers for the run-mode tests (eval, infer, score, export): a tiny model and a
+tiny learnable task with a prediction metric and a score (rank-classification) metric."""
+
+import functools
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+import tasks  # noqa: F401
+from tasks import metrics as task_metrics
+from tasks import vocab
+from t5x_lite import models, network, optimizers, train
+
+TASK = "runmode_test_yes_no"
+LENGTHS = {"inputs": 16, "targets": 4}
+NUM_VALIDATION = 24
+
+
+def mean_target_log_likelihood(targets, scores):
+  """A score metric (seqio passes the model's log-likelihood of each target)."""
+  del targets
+  return {"mean_log_likelihood": float(np.mean(scores))}
+
+
+def _examples(split, shuffle_files=False, seed=None):
+  del shuffle_files, seed
+  start, n = {"train": (0, 512), "validation": (5000, NUM_VALIDATION)}[split]
+  rng = np.random.RandomState(start)
+  answers = ["yes" if rng.rand() < 0.5 else "no" for _ in range(n)]
+  inputs = [f"say {a} {start + i}" for i, a in enumerate(answers)]
+  return tf.data.Dataset.from_tensor_slices({"inputs": inputs, "targets": answers})
+
+
+def register():
+  features = {k: seqio.Feature(vocab.default_vocabulary(), add_eos=True)
+              for k in ("inputs", "targets")}
+  seqio.TaskRegistry.remove(TASK)
+  seqio.TaskRegistry.add(
+      TASK, source=seqio.FunctionDataSource(_examples, splits=("train", "validation")),
+      output_features=features,
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      metric_fns=[task_metrics.exact_match, mean_target_log_likelihood])
+
+
+register()
+
+
+def tiny_model(**decoding):
+  cfg = network.T5Config(vocab_size=4224, d_model=64, d_ff=128, d_kv=16, num_heads=4,
+                         num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
+  return models.EncoderDecoderModel(cfg, decoding=models.DecodingSettings(**decoding))
+
+
+TINY_GIN = ["--gin.T5Config.vocab_size=4224", "--gin.T5Config.d_model=64",
+            "--gin.T5Config.d_ff=128", "--gin.T5Config.d_kv=16", "--gin.T5Config.num_heads=4",
+            "--gin.T5Config.num_encoder_layers=2", "--gin.T5Config.num_decoder_layers=2",
+            "--gin.T5Config.dropout_rate=0.0"]
+
+
+def train_tiny(model_dir, steps, **kwargs):
+  args = dict(model_dir=str(model_dir), train_steps=steps, mixture_or_task_name=TASK,
+              task_feature_lengths=LENGTHS, batch_size=8, model=tiny_model(), pack=False,
+              optimizer=optimizers.adafactor(optimizers.constant_schedule(1e-2)),
+              checkpoint_period=1000, keep_checkpoints=None, log_period=1000, eval_steps=0,
+              progress_bar=False)
+  args.update(kwargs)
+  return train.train(**args)
+
+
+def read_jsonl(path):
+  import json  # pylint: disable=g-import-not-at-top
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+common = functools.partial(dict, mixture_or_task_name=TASK, task_feature_lengths=LENGTHS)

@@ -1,0 +1,39 @@
+"""export run mode: a checkpoint becomes a HF directory with the same logits as t5x_lite."""
+
+import gin
+import jax
+import numpy as np
+import torch
+import transformers
+
+import runmode_utils as u
+from t5x_lite import eval as eval_lib, main, partitioning
+
+
+def test_export_gives_hf_model_with_the_same_logits(tmp_path):
+  u.train_tiny(tmp_path / "run", 2)
+  gin.clear_config()
+  try:
+    out = main.main(["--run_mode=export", "--gin_file=runs/export.gin",
+                     f"--gin.CHECKPOINT_PATH={tmp_path / 'run' / 'checkpoints'}",
+                     f"--gin.OUTPUT_DIR={tmp_path / 'hf'}"] + u.TINY_GIN)
+  finally:
+    gin.clear_config()
+  assert out == str(tmp_path / "hf")
+  hf = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
+  model = u.tiny_model()
+  params = eval_lib.restore_params(model, partitioning.Partitioner(),
+                                   str(tmp_path / "run" / "checkpoints" / "2"))
+  rng = np.random.RandomState(0)
+  enc = rng.randint(2, 4224, (2, 10)).astype(np.int32)
+  enc[1, 7:] = 0
+  tgt = rng.randint(2, 4224, (2, 6)).astype(np.int32)
+  dec = np.concatenate([np.zeros((2, 1), np.int32), tgt[:, :-1]], 1)
+  ours = np.asarray(model.module.apply({"params": params}, enc, dec, tgt))
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.tensor(enc, dtype=torch.long),
+                attention_mask=torch.tensor(enc > 0, dtype=torch.long),
+                decoder_input_ids=torch.tensor(dec, dtype=torch.long)).logits.numpy()
+  assert sum(p.numel() for p in hf.parameters()) == sum(
+      x.size for x in jax.tree_util.tree_leaves(params))
+  np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,136 @@
+"""infer / score run modes: resumable chunked JSONL (a killed run resumes with no duplicate or
+missing row), disjoint and complete sharding, and scores equal to independently computed
+target log-likelihoods; predict_batch equals decoding.decode."""
+
+import os
+
+import gin
+import jax
+import numpy as np
+import pytest
+import seqio
+
+import runmode_utils as u
+from t5x_lite import decoding, eval as eval_lib, infer
+
+
+# The module fixture trains a checkpoint once: keep the file on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_infer")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("run")
+  u.train_tiny(model_dir, 6)
+  return str(model_dir / "checkpoints" / "6")
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def run(mode, checkpoint, output_dir, **kwargs):
+  args = dict(u.common(), checkpoint_path=checkpoint, output_dir=str(output_dir), batch_size=4,
+              model=u.tiny_model(), chunk_batches=1)
+  args.update(kwargs)
+  return getattr(infer, mode)(**args)
+
+
+@pytest.mark.parametrize("mode", ["infer", "score"])
+def test_killed_run_resumes_without_duplicate_or_missing_rows(mode, checkpoint, tmp_path,
+                                                               monkeypatch):
+  straight = u.read_jsonl(run(mode, checkpoint, tmp_path / "straight"))
+  assert [r["index"] for r in straight] == list(range(u.NUM_VALIDATION))
+
+  # Kill 1: the 3rd chunk's rows reach the file but its state commit never happens.
+  commits = {"n": 0}
+  real_commit = infer._commit_state
+
+  def dying_commit(path, state):
+    commits["n"] += 1
+    if commits["n"] == 3:
+      raise KeyboardInterrupt("killed")
+    real_commit(path, state)
+
+  monkeypatch.setattr(infer, "_commit_state", dying_commit)
+  with pytest.raises(KeyboardInterrupt):
+    run(mode, checkpoint, tmp_path / "killed")
+  monkeypatch.setattr(infer, "_commit_state", real_commit)
+  kind = "predictions" if mode == "infer" else "scores"
+  path = str(tmp_path / "killed" / f"{kind}-00000-of-00001.jsonl")
+  assert len(u.read_jsonl(path)) == 12  # 3 chunks of 4 on disk, only 2 committed
+  # Kill 2: a clean stop after one more chunk (max_chunks), then run to the end.
+  run(mode, checkpoint, tmp_path / "killed", max_chunks=1)
+  assert len(u.read_jsonl(path)) == 12  # the uncommitted chunk was dropped and redone
+  run(mode, checkpoint, tmp_path / "killed")
+  resumed = u.read_jsonl(path)
+  assert resumed == straight
+  run(mode, checkpoint, tmp_path / "killed")  # complete: a rerun appends nothing
+  assert u.read_jsonl(path) == straight
+  with pytest.raises(ValueError, match="split"):
+    run(mode, checkpoint, tmp_path / "killed", split="train")
+
+
+def test_shards_are_disjoint_and_complete(checkpoint, tmp_path):
+  whole = {r["index"]: r for r in u.read_jsonl(run("infer", checkpoint, tmp_path / "all"))}
+  seen = []
+  for shard_id in range(3):
+    rows = u.read_jsonl(run("infer", checkpoint, tmp_path / "sharded", shard_id=shard_id,
+                            num_shards=3))
+    assert all(r["index"] % 3 == shard_id for r in rows)
+    for r in rows:
+      assert {k: r[k] for k in ("task", "inputs", "targets", "prediction")} == {
+          k: whole[r["index"]][k] for k in ("task", "inputs", "targets", "prediction")}
+      assert r["score"] == pytest.approx(whole[r["index"]]["score"], abs=1e-4)
+    seen += [r["index"] for r in rows]
+  assert sorted(seen) == list(range(u.NUM_VALIDATION))
+  assert len(os.listdir(tmp_path / "sharded")) == 6  # 3 JSONL + 3 state files
+
+
+def _restored(checkpoint, model):
+  from t5x_lite import partitioning  # pylint: disable=g-import-not-at-top
+  return eval_lib.restore_params(model, partitioning.Partitioner(), checkpoint)
+
+
+def test_scores_equal_independent_teacher_forced_log_likelihood(checkpoint, tmp_path):
+  rows = u.read_jsonl(run("score", checkpoint, tmp_path))
+  model = u.tiny_model()
+  params = _restored(checkpoint, model)
+  vocabulary = seqio.get_mixture_or_task(u.TASK).output_features["targets"].vocabulary
+  pad = lambda ids, n: np.array([ids + [0] * (n - len(ids))], np.int32)
+  for row in rows[:6]:
+    enc = pad(vocabulary.encode(row["inputs"]) + [1], u.LENGTHS["inputs"])
+    target_ids = vocabulary.encode(row["targets"]) + [1]
+    tgt = pad(target_ids, u.LENGTHS["targets"])
+    dec = np.concatenate([[[0]], tgt[:, :-1]], axis=1).astype(np.int32)
+    logits = np.asarray(model.module.apply({"params": params}, enc, dec, tgt), np.float64)[0]
+    log_probs = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1,
+                                       keepdims=True)) - logits.max(-1, keepdims=True)
+    expected = sum(log_probs[i, t] for i, t in enumerate(target_ids))
+    assert row["score"] == pytest.approx(expected, abs=1e-4), row
+
+
+def test_predictions_are_greedy_decodes_of_the_inputs(checkpoint, tmp_path):
+  rows = u.read_jsonl(run("infer", checkpoint, tmp_path, max_examples=4))
+  assert len(rows) == 4
+  model = u.tiny_model()
+  params = _restored(checkpoint, model)
+  vocabulary = seqio.get_mixture_or_task(u.TASK).output_features["targets"].vocabulary
+  enc = np.zeros((4, u.LENGTHS["inputs"]), np.int32)
+  for i, row in enumerate(rows):
+    ids = vocabulary.encode(row["inputs"]) + [1]
+    enc[i, :len(ids)] = ids
+  tokens, scores = decoding.decode(model.module, params, enc,
+                                   max_decode_length=u.LENGTHS["targets"])
+  assert [r["prediction"] for r in rows] == [vocabulary.decode(t.tolist()) for t in tokens[:, 0]]
+  np.testing.assert_allclose([r["score"] for r in rows], scores[:, 0], atol=1e-4)
+  # predict_batch is the same greedy decode.
+  batch = {"encoder_input_tokens": enc,
+           "decoder_input_tokens": np.zeros((4, u.LENGTHS["targets"]), np.int32)}
+  np.testing.assert_array_equal(model.predict_batch(params, batch), tokens[:, 0])
+  sampled, aux = u.tiny_model(method="sample", num_decodes=3, temperature=2.0).\
+      predict_batch_with_aux(params, batch, jax.random.PRNGKey(1))
+  assert sampled.shape == (4, u.LENGTHS["targets"]) and aux["scores"].shape == (4,)
