@@ -52,8 +52,11 @@ class CheckpointManager:
     directory: where checkpoints go (MODEL_DIR/checkpoints).
     save_period: save every this many steps (and always at the end of training).
     keep: keep this many most recent checkpoints (None keeps all).
-    keep_best_metric: if set (e.g. "eval/loss"), keep the `keep` best by this metric
-      instead of the most recent; keep_best_mode "min" or "max".
+    keep_best_metric: if set (an eval metric name, e.g. "loss" or "average/exact_match"),
+      keep the `keep` best checkpoints by this metric instead of the most recent;
+      keep_best_mode "min" or "max". Training passes eval metrics with the checkpoints of
+      evaluation steps; others are eligible for deletion, so set
+      train.checkpoint_period = train.eval_period.
     async_save: write in a background thread while training continues.
   """
 

@@ -11,7 +11,6 @@ log-likelihoods (rank classification) from `score_batch`. Per evaluated step it 
 are evaluated, "average/<metric>" is the unweighted mean over the tasks that report it.
 """
 
-import contextlib
 import json
 import logging
 import os
@@ -31,14 +30,6 @@ from t5x_lite import partitioning
 from t5x_lite.summaries import SummaryWriter
 
 log = logging.getLogger(__name__)
-
-
-def partitioner_context(partitioner: partitioning.Partitioner):
-  """Mesh + logical activation rules, as the Trainer's jitted steps use them."""
-  stack = contextlib.ExitStack()
-  stack.enter_context(jax.set_mesh(partitioner.mesh))
-  stack.enter_context(partitioner.activation_rules())
-  return stack
 
 
 def restore_params(model: models_lib.EncoderDecoderModel, partitioner: partitioning.Partitioner,
@@ -85,7 +76,7 @@ def run_batches(fn, batch: Mapping[str, np.ndarray], batch_size: int,
                      f"{partitioner.data_parallel_size}-way data axis (gin: BATCH_SIZE).")
   local = batch_size // count
   padded = {k: v[index * local:(index + 1) * local] for k, v in padded.items()}
-  with partitioner_context(partitioner):
+  with partitioner.context():
     out = fn(partitioning.host_local_batch_to_global(padded, partitioner))
   if count > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top

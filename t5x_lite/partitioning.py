@@ -6,6 +6,7 @@ or to None (replicated). t5x's standard rules shard heads/mlp/vocab over 'model'
 batch over 'data'; the FSDP option also shards `embed` over 'data'.
 """
 
+import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -115,9 +116,13 @@ class Partitioner:
     specs = nn.get_partition_spec(boxed_params)
     return nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
 
-  def activation_rules(self):
-    """Context for nn.with_logical_constraint inside jitted steps."""
-    return nn.logical_axis_rules(self.rules)
+  def context(self):
+    """The mesh and the logical rules, for tracing jitted steps: with it, the model's
+    nn.with_logical_constraint calls shard activations (and decode caches) by the rules."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
 
   def opt_state_shardings(self, opt_state_shapes, params_shapes, params_shardings):
     """Optimizer state follows its parameter: a slot shaped like the param takes its

@@ -234,14 +234,18 @@ def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}",
                       tok_s=f"{metrics['tokens_per_second']:.0f}")
     bar.update(1)
-    manager.save(state, iterator, force=done == train_steps)
-    if (eval_period and done % eval_period == 0 and done != train_steps and
-        (eval_steps or infer_evaluator)):
+    evaluating = bool(eval_steps or infer_evaluator) and (
+        done == train_steps or bool(eval_period and done % eval_period == 0))
+    if evaluating:
       eval_metrics = run_eval(done)
       bar.write(f"step {done}: eval {eval_lib.brief(eval_metrics)}")
+    # After evaluating, so keep-best checkpointing (CheckpointManager.keep_best_metric)
+    # ranks this step by its eval metrics.
+    manager.save(state, iterator, metrics=eval_metrics if evaluating else None,
+                 force=done == train_steps)
   bar.close()
   manager.wait()
-  if eval_steps or infer_evaluator:
+  if start >= train_steps and (eval_steps or infer_evaluator):  # nothing to train: evaluate
     eval_metrics = run_eval(train_steps)
   if jax.process_index() == 0:
     loss_png = plot_loss_curve(model_dir)

@@ -1,6 +1,5 @@
 """TrainState and the jitted, sharded train / eval steps (with microbatching)."""
 
-import contextlib
 from typing import Any, Optional
 
 import flax
@@ -76,15 +75,9 @@ class Trainer:
   def init_state(self, input_shapes) -> TrainState:
     """Fresh TrainState, created directly sharded (never whole on one device)."""
     _, shardings = self.state_shardings(input_shapes)
-    with self._rules():
+    with self.partitioner.context():
       init = jax.jit(self._init_fn(input_shapes), out_shardings=shardings)
       return init(jax.random.PRNGKey(self.seed))
-
-  def _rules(self):
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.set_mesh(self.partitioner.mesh))
-    stack.enter_context(self.partitioner.activation_rules())
-    return stack
 
   # ---- steps ------------------------------------------------------------------------------
 
@@ -144,7 +137,7 @@ class Trainer:
           self._train_step_fn, in_shardings=(shardings, self.partitioner.batch_sharding()),
           out_shardings=(shardings, self.partitioner.sharding(jax.sharding.PartitionSpec())),
           donate_argnums=(0,))
-    with self._rules():
+    with self.partitioner.context():
       return self._train_step(state, batch)
 
   def _eval_step_fn(self, params, batch):
@@ -158,7 +151,7 @@ class Trainer:
           self._eval_step_fn, in_shardings=(
               jax.tree_util.tree_map(lambda x: x.sharding, params),
               self.partitioner.batch_sharding()))
-    with self._rules():
+    with self.partitioner.context():
       return self._eval_step(params, batch)
 
 

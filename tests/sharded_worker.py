@@ -82,7 +82,7 @@ def run_mesh(out_dir, mesh):
       state, metrics = t.train_step(state, {k: part_input(v, part) for k, v in batch.items()})
       losses.append(float(metrics["loss"]))
   from t5x_lite import decoding  # pylint: disable=g-import-not-at-top
-  with part.mesh:
+  with part.context():
     tokens, _ = decoding.decode(t.model.module, state.params,
                                 part_input(data[0]["encoder_input_tokens"], part),
                                 max_decode_length=6, method="beam", num_decodes=2)

@@ -14,10 +14,6 @@ from t5x_lite import eval as eval_lib, infer, main
 from tasks import metrics as task_metrics
 
 
-# The module fixture trains a checkpoint once: keep the file on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_eval")
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("run")

@@ -14,10 +14,6 @@ import runmode_utils as u
 from t5x_lite import decoding, eval as eval_lib, infer
 
 
-# The module fixture trains a checkpoint once: keep the file on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_infer")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("run")

@@ -14,9 +14,6 @@ import pytest
 
 from t5x_lite import memory_planner, partitioning
 
-# One worker runs this whole file: the sharded runs are a module fixture.
-pytestmark = pytest.mark.xdist_group("sharded")
-
 WORKER = os.path.join(os.path.dirname(__file__), "sharded_worker.py")
 MESHES = ["1x1", "8x1", "4x2+ckpt", "2x4+restore", "1x8", "4x2+fsdp", "1x1+restore",
           "4x2+pallas"]

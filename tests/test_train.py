@@ -130,6 +130,18 @@ def test_finetune_starts_from_checkpoint_and_resume_wins(tmp_path, caplog):
   assert "resuming from it" in caplog.text and "is ignored" in caplog.text
 
 
+def test_keep_best_checkpoint_by_eval_metric(tmp_path):
+  gin.bind_parameter("CheckpointManager.keep_best_metric", "loss")
+  gin.bind_parameter("CheckpointManager.keep_best_mode", "max")  # keep the worst: step 2
+  run(tmp_path, 6, checkpoint_period=2, eval_period=2, eval_steps=1, keep_checkpoints=1)
+  evals = {row["step"]: row["loss"] for row in (
+      json.loads(line) for line in open(tmp_path / "eval_metrics.jsonl"))}
+  assert sorted(evals) == [2, 4, 6]
+  worst = max(evals, key=evals.get)
+  kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert kept == [worst]
+
+
 def test_initial_checkpoint_with_wrong_shapes_names_each_parameter(tmp_path):
   run(tmp_path / "base", 1)
   with pytest.raises(ValueError) as error:
