@@ -89,3 +89,36 @@ def test_relative_position_bucket_matches_hf(num_buckets, max_distance, bidirect
   # The range reaches every bucket (the positive-side bucket of distance 0 is never used:
   # distance 0 lands in bucket 0).
   assert len(np.unique(got)) == (num_buckets - 1 if bidirectional else num_buckets)
+
+
+def test_remat_and_scan_give_the_same_loss_and_gradients():
+  """Activation checkpointing and scan over layers change memory and compile time only."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from t5x_lite import models  # pylint: disable=g-import-not-at-top
+  base = network.T5Config(vocab_size=64, d_model=32, d_ff=64, d_kv=8, num_heads=4,
+                          num_encoder_layers=2, num_decoder_layers=3, dropout_rate=0.0,
+                          feed_forward="gated-gelu", tie_word_embeddings=False)
+  rng = np.random.RandomState(0)
+  targets = rng.randint(2, 64, (2, 7)).astype(np.int32)
+  batch = {"encoder_input_tokens": rng.randint(2, 64, (2, 9)).astype(np.int32),
+           "decoder_input_tokens": np.concatenate([np.zeros((2, 1), np.int32), targets[:, :-1]], 1),
+           "decoder_target_tokens": targets}
+  shapes = {k: v.shape for k, v in batch.items()}
+  params = nn.unbox(models.EncoderDecoderModel(base).init(jax.random.PRNGKey(0), shapes))
+
+  def loss_and_grads(config, p):
+    return jax.value_and_grad(lambda q: models.EncoderDecoderModel(config).loss_fn(q, batch)[0])(p)
+
+  loss, grads = loss_and_grads(base, params)
+  for remat in ("full", "dots"):
+    other_loss, other_grads = loss_and_grads(dataclasses.replace(base, remat_policy=remat), params)
+    np.testing.assert_allclose(other_loss, loss, rtol=1e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                           other_grads, grads)
+  scanned = dataclasses.replace(base, scan_layers=True, remat_policy="full")
+  scan_loss, scan_grads = loss_and_grads(scanned, convert.stack_layers(params, base))
+  np.testing.assert_allclose(scan_loss, loss, rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         convert.unstack_layers(scan_grads, base), grads)
