@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def plot_loss_curve(model_dir: str) -> Optional[str]:
-  """MODEL_DIR/loss.png from the train (and eval) metric histories of all sessions."""
+  """MODEL_DIR/loss.png from the train (and eval) metric histories (all runs into this MODEL_DIR, resumed ones included)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

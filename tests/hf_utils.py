@@ -1,6 +1,6 @@
 """Shared helpers for the HF transformers parity tests: tiny random HF T5 models and batches.
 
-transformers 5.x facts these helpers encode (see DESIGN.md):
+transformers 5.x facts these helpers encode:
   - T5Config needs decoder_start_token_id / pad_token_id / eos_token_id set explicitly.
   - T5Config(tie_word_embeddings=False) turns off the d_model**-0.5 output scaling but still
     forces tie_word_embeddings=True; setting the attribute to False after construction gives
