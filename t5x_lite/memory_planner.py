@@ -74,7 +74,7 @@ def parameter_and_optimizer_bytes(config: network.T5Config, mesh_shape: Mapping[
   for shape, spec in zip(shapes, specs):
     num_params += math.prod(shape.shape)
     param_bytes += _nbytes(_shard_shape(shape.shape, spec, mesh_shape), shape.dtype)
-    dims = partitioning._factored_dims(shape.shape)  # pylint: disable=protected-access
+    dims = partitioning.factored_dims(shape.shape)
     if dims is None:  # full second moment, sharded like the parameter
       opt_bytes += _nbytes(_shard_shape(shape.shape, spec, mesh_shape), shape.dtype)
     else:  # row and column statistics, each missing one of the factored dims

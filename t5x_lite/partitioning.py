@@ -146,7 +146,7 @@ class Partitioner:
       if tuple(leaf.shape) == tuple(param_shape):
         return param_sharding
       field = _factored_field(path)
-      dims = _factored_dims(param_shape)
+      dims = factored_dims(param_shape)
       if field is None or dims is None or leaf.ndim != len(param_shape) - 1:
         return replicated
       row_dim, col_dim = dims  # v_row drops col_dim; v_col drops row_dim (as optax does).
@@ -173,8 +173,10 @@ def _factored_field(path):
   return None
 
 
-def _factored_dims(shape, min_dim_size_to_factor=128):
-  """The two dimensions optax.adafactor factors (mirrors optax's private rule)."""
+def factored_dims(shape, min_dim_size_to_factor=128):
+  """The two dimensions optax.adafactor factors, (row, col), or None: the rule of optax's
+  private `_factored_dims`, restated because shardings and memory plans need it before any
+  optimizer state exists. Matches optimizers.adafactor's default min_dim_size_to_factor."""
   if len(shape) < 2:
     return None
   order = np.argsort(shape)
