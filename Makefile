@@ -13,12 +13,12 @@ $(PY):
 
 # The [test] extra pins torch==2.13.0 (a CPU build) for the HF parity tests.
 $(STAMP): setup.py | $(PY)
-	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 # The demo needs no test extras (no torch).
 $(DEMO_STAMP): setup.py | $(PY)
-	$(PY) -m pip install --quiet -e . --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e .
 	touch $(DEMO_STAMP)
 
 install: $(STAMP)
