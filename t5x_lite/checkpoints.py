@@ -25,6 +25,12 @@ def _flat_shapes(tree):
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _absolute(path: str) -> str:
+  """Orbax needs absolute paths; remote ones (gs://...) already are."""
+  path = str(path)
+  return path if "://" in path else os.path.abspath(path)
+
+
 def check_shapes(saved_params, expected_params, source: str):
   """Raises one error listing every parameter path whose saved shape does not fit the model."""
   saved, expected = _flat_shapes(saved_params), _flat_shapes(expected_params)
@@ -63,7 +69,7 @@ class CheckpointManager:
   def __init__(self, directory: str, save_period: int = 1000, keep: Optional[int] = 3,
                keep_best_metric: Optional[str] = None, keep_best_mode: str = "min",
                async_save: bool = True):
-    self.directory = str(directory)
+    self.directory = _absolute(directory)
     best_fn = None
     if keep_best_metric is not None:
       best_fn = lambda metrics: metrics[keep_best_metric]
@@ -137,6 +143,7 @@ def _restore_args(abstract_tree):
 
 def restore_state(path: str, abstract_state: TrainState) -> TrainState:
   """Restores a TrainState saved at `path` (…/<step>/state), resharded and cast."""
+  path = _absolute(path)
   saved = _saved_tree_metadata(path)
   check_shapes(_get(saved, "params"), abstract_state.params, path)
   with ocp.PyTreeCheckpointer() as checkpointer:
@@ -146,6 +153,7 @@ def restore_state(path: str, abstract_state: TrainState) -> TrainState:
 
 def restore_params(path: str, abstract_params) -> Any:
   """Restores only the parameters from a checkpoint (finetuning without optimizer state)."""
+  path = _absolute(path)
   saved = _saved_tree_metadata(path)
   check_shapes(_get(saved, "params"), abstract_params, path)
   with ocp.PyTreeCheckpointer() as checkpointer:

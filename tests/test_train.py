@@ -152,14 +152,15 @@ def test_initial_checkpoint_with_wrong_shapes_names_each_parameter(tmp_path):
   assert "decoder/layers_0/mlp/wo/kernel: checkpoint (128, 64) vs model (96, 64)" in message
 
 
-def test_quickstart_recipe_parses_and_runs(tmp_path):
+def test_quickstart_recipe_parses_and_runs(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a relative MODEL_DIR, as `make demo` passes
   model_dir = tmp_path / "quick"
-  main.main(["--gin_file=recipes/quickstart.gin", f"--gin.MODEL_DIR={model_dir}",
+  main.main(["--gin_file=recipes/quickstart.gin", "--gin.MODEL_DIR=quick",
              "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2", "--gin.train.eval_steps=1",
              "--gin.train.log_period=1", "--gin.train.progress_bar=False"])
   assert os.path.isdir(model_dir / "checkpoints" / "2")
   operative = (model_dir / "config.gin").read_text()
-  assert "MODEL_DIR =" in operative and f"'{model_dir}'" in operative  # gin may wrap the line
+  assert "MODEL_DIR = 'quick'" in operative
   assert "T5Config.d_model = 256" in operative
   assert len(history(model_dir)) == 2
 
