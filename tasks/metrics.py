@@ -28,7 +28,7 @@ built from the example's own fields, which is how one metric fn can group by tas
 import collections
 import re
 import string
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Union
 
 from rouge_score import rouge_scorer
 
@@ -168,14 +168,20 @@ def superni_metrics(targets: Sequence[Target],
   return results
 
 
-def exact_match(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, float]:
-  """seqio metric fn: SuperNI-normalised exact match, max over references, x100."""
+def _averaged(name: str, targets: Sequence[Target], predictions: Sequence[str],
+              score: Callable[[str, List[str]], float]) -> Dict[str, float]:
+  """{name: 100 x the mean over examples of score(prediction, references)}; 0 if empty."""
   refs = [references_of(t) for t in targets]
   if not refs:
-    return {"exact_match": 0.0}
-  em = sum(metric_max_over_references(exact_match_score, p, r)
-           for p, r in zip(predictions, refs))
-  return {"exact_match": round(100.0 * em / len(refs), 4)}
+    return {name: 0.0}
+  total = sum(score(p, r) for p, r in zip(predictions, refs))
+  return {name: round(100.0 * total / len(refs), 4)}
+
+
+def exact_match(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, float]:
+  """seqio metric fn: SuperNI-normalised exact match, max over references, x100."""
+  return _averaged("exact_match", targets, predictions,
+                   lambda p, rs: metric_max_over_references(exact_match_score, p, rs))
 
 
 def strict_exact_match(targets: Sequence[Target],
@@ -186,12 +192,8 @@ def strict_exact_match(targets: Sequence[Target],
   this: "HELLO" vs "hello" (uppercase task) and "1, 2" vs "1 2" must differ, which
   SuperNI's normalisation would hide.
   """
-  refs = [references_of(t) for t in targets]
-  if not refs:
-    return {"strict_exact_match": 0.0}
-  em = sum(max(float(p.strip() == r.strip()) for r in rs)
-           for p, rs in zip(predictions, refs))
-  return {"strict_exact_match": round(100.0 * em / len(refs), 4)}
+  return _averaged("strict_exact_match", targets, predictions,
+                   lambda p, rs: max(float(p.strip() == r.strip()) for r in rs))
 
 
 def accuracy(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, float]:
@@ -200,19 +202,11 @@ def accuracy(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str,
   A prediction is correct when it matches any reference, so multi-reference
   targets (equivalent label spellings) are accepted.
   """
-  refs = [references_of(t) for t in targets]
-  if not refs:
-    return {"accuracy": 0.0}
-  correct = sum(normalize_answer(p) in {normalize_answer(r) for r in rs}
-                for p, rs in zip(predictions, refs))
-  return {"accuracy": round(100.0 * correct / len(refs), 4)}
+  return _averaged("accuracy", targets, predictions,
+                   lambda p, rs: float(normalize_answer(p) in {normalize_answer(r) for r in rs}))
 
 
 def f1(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, float]:
   """seqio metric fn: token F1 (max over references) averaged, x100."""
-  refs = [references_of(t) for t in targets]
-  if not refs:
-    return {"f1": 0.0}
-  total = sum(metric_max_over_references(token_f1_score, p, r)
-              for p, r in zip(predictions, refs))
-  return {"f1": round(100.0 * total / len(refs), 4)}
+  return _averaged("f1", targets, predictions,
+                   lambda p, rs: metric_max_over_references(token_f1_score, p, rs))
