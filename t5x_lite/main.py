@@ -15,7 +15,6 @@ import os
 import sys
 from typing import Optional, Sequence
 
-import gin
 
 from t5x_lite import gin_utils
 

@@ -6,7 +6,6 @@ import logging
 import os
 
 import gin
-import jax
 import numpy as np
 import pytest
 

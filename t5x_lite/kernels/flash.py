@@ -231,7 +231,7 @@ def _forward(q, k, v, table, qpos, qseg, kseg, cfg):
   """Padded [B, H, L, D] inputs -> (o [B, H, Lq_pad, D], m, l: f32 [B, H, Lq_pad])."""
   batch, heads, lq, d = q.shape
   lk = k.shape[2]
-  bq, bk = cfg.block_q, cfg.block_k
+  bq = cfg.block_q
   aux, aux_specs = _aux_inputs(qpos, qseg, kseg, table, cfg, tiled_q=True, tiled_k=False)
   kv_spec = pl.BlockSpec((None, None, lk, d), lambda b, h, i: (b, h, 0, 0))
   row_spec = pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i))
