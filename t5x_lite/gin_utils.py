@@ -11,8 +11,21 @@ from typing import Sequence
 
 import gin
 
-# The project's gin/ directory (models/, runs/, recipes/) is always on the search path.
-GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+
+
+def _gin_dir() -> pathlib.Path:
+  """The project's gin/ directory (models/, runs/, recipes/), always on the search path:
+  next to the package in a source checkout (editable installs), else the installed
+  `t5x_lite_gin` data package (setup.py maps gin/ to it)."""
+  checkout = pathlib.Path(__file__).resolve().parent.parent / "gin"
+  if checkout.is_dir():
+    return checkout
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec("t5x_lite_gin")  # a namespace package: one location
+  return pathlib.Path(list(spec.submodule_search_locations)[0]) if spec else checkout
+
+
+GIN_DIR = _gin_dir()
 
 
 class _QuietIncludeProbe(logging.Filter):
