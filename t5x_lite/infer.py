@@ -262,20 +262,7 @@ def score(*, checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED
   """Writes each example's target log-likelihood (summed over target tokens) to resumable
   JSONL: rank classification scores. See the module docstring for format and resuming.
 
-  Args (gin; gin/runs/score.gin binds the macros in capitals):
-    checkpoint_path: CHECKPOINT_PATH — MODEL_DIR/checkpoints/<step> (or a checkpoints dir).
-    output_dir: OUTPUT_DIR — where the JSONL and its .state.json go (local filesystem).
-    mixture_or_task_name: MIXTURE_OR_TASK_NAME — a registered task or mixture.
-    task_feature_lengths: TASK_FEATURE_LENGTHS — longer inputs/targets are truncated.
-    batch_size: BATCH_SIZE — global batch (all processes of this job together).
-    split: SPLIT — the split to read ("validation", "test", ...).
-    model: the EncoderDecoderModel (model gin file).
-    partitioner: mesh and rules; default partitioning.Partitioner().
-    shard_id, num_shards: SHARD_ID / NUM_SHARDS — this job does examples with
-      index % num_shards == shard_id and writes its own file.
-    chunk_batches: commit (fsync + state file) every this many batches.
-    max_examples: only the first N examples of the split (before sharding); None: all.
-    max_chunks: stop after this many chunks in this run (a rerun continues); None: all.
+  Args: as `infer` (gin/runs/score.gin binds the same macros); no decoding settings apply.
 
   Returns:
     The path of the JSONL file.
