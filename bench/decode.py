@@ -12,72 +12,30 @@ machine's speed drifts between runs. Tokens/s counts generated output tokens
 import argparse
 import os
 import statistics
+import sys
 import time
 
-import jax
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
 
-from t5x_lite import convert, decoding, network
-
-# T5-efficient (Scale Efficiently, arXiv 2109.10686) shapes.
-SIZES = {
-    "tiny": dict(d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4),
-    "mini": dict(d_model=384, d_ff=1536, d_kv=64, num_heads=8, num_layers=4),
-    "small": dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6),
-}
+import peers
+from t5x_lite import decoding, network
 
 
-def build(size, family, seed=0):
-  """(HF model, t5x_lite Transformer, params) sharing random weights."""
-  torch.manual_seed(seed)
-  hf_cfg = transformers.T5Config(
-      vocab_size=32128, feed_forward_proj=family, dropout_rate=0.0,
-      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **SIZES[size])
-  tied = family == "relu"
-  hf_cfg.tie_word_embeddings = tied  # transformers 5.x: the constructor argument is ignored
-  hf = transformers.T5ForConditionalGeneration(hf_cfg)
-  if not tied:  # untied v1.1 layout: embed_tokens must still be the shared embedding
-    hf.encoder.embed_tokens = hf.shared
-    hf.decoder.embed_tokens = hf.shared
-  hf.eval()
-  config = convert.config_from_hf(hf_cfg.to_dict(), dropout_rate=0.0,
-                                  tie_word_embeddings=tied)
-  params = convert.params_from_hf_state_dict(hf.state_dict(), config)
-  return hf, network.Transformer(config), jax.device_put(params)
-
-
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-  parser.add_argument("--family", choices=["relu", "gated-gelu"], default="relu")
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--input_len", type=int, default=64)
-  parser.add_argument("--max_new_tokens", type=int, default=64)
-  parser.add_argument("--num_beams", type=int, default=4)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--methods", default="greedy,beam")
-  parser.add_argument("--threads", type=int, choices=[0, 1], default=1,
-                      help="1: one CPU thread for torch and XLA (default: on a shared 2-core "
-                      "machine torch's spinning thread pool makes multi-thread timings of small "
-                      "ops erratic); 0: each library's default thread pool.")
-  args = parser.parse_args()
-  if args.threads == 1:
-    # Read when the XLA backend starts (the first computation below), so set before it.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_multi_thread_eigen=false")
-    torch.set_num_threads(1)
-
-  hf, model, params = build(args.size, args.family)
+def measure(args, hf, model, params, batch_size, device):
+  """Table rows (one per method) for one batch size."""
   rng = np.random.RandomState(0)
-  x = rng.randint(2, 32128, size=(args.batch, args.input_len)).astype(np.int32)
-  for r in range(1, args.batch, 2):  # every other row padded to half length
+  x = rng.randint(2, peers.VOCAB, size=(batch_size, args.input_len)).astype(np.int32)
+  for r in range(1, batch_size, 2):  # every other row padded to half length
     x[r, args.input_len // 2:] = 0
-  x_torch, mask_torch = torch.from_numpy(x).long(), torch.from_numpy((x > 0).astype(np.int64))
+  x_torch = torch.from_numpy(x).long().to(device)
+  mask_torch = torch.from_numpy((x > 0).astype(np.int64)).to(device)
   x_jax = jnp.asarray(x)
-
   settings = {
       "greedy": (dict(method="greedy"), dict(num_beams=1)),
       "beam": (dict(method="beam", num_beams=args.num_beams, alpha=0.6, length_penalty="hf",
@@ -97,7 +55,7 @@ def main():
       with torch.no_grad():
         out = hf.generate(input_ids=x_torch, attention_mask=mask_torch, do_sample=False,
                           max_new_tokens=args.max_new_tokens, **hf_kwargs)
-      return out[:, 1:].numpy()
+      return out[:, 1:].cpu().numpy()  # .cpu() waits for the GPU
 
     start = time.perf_counter()
     ours_tokens = run_ours()  # compiles
@@ -106,30 +64,56 @@ def main():
     # Tokens/s is only comparable if both ran every step: random weights rarely emit EOS.
     steps = hf_tokens.shape[1]
     agree = float(np.mean(ours_tokens[:, :steps] == hf_tokens))
-    ours_t, hf_t = [], []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      run_ours()
-      ours_t.append(time.perf_counter() - start)
-      start = time.perf_counter()
-      run_hf()
-      hf_t.append(time.perf_counter() - start)
-    n = args.batch * steps
-    ratios = [h / o for o, h in zip(ours_t, hf_t)]
-    rows.append((method, steps, n / statistics.median(ours_t), n / statistics.median(hf_t),
-                 statistics.median(ratios), min(ratios), max(ratios), compile_s, agree))
+    times = peers.interleaved({"ours": run_ours, "hf": run_hf}, args.repeats)
+    n = batch_size * steps
+    rows.append(f"| {method} | {batch_size} | {steps} | {n / statistics.median(times['ours']):.0f} "
+                f"| {n / statistics.median(times['hf']):.0f} | "
+                f"{peers.ratio_summary(times['ours'], times['hf'])} | {compile_s:.1f} | "
+                f"{agree:.1%} |")
+  return rows
 
-  print(f"\nsize={args.size} family={args.family} batch={args.batch} input_len={args.input_len} "
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", "--size", choices=sorted(peers.SHAPES), default="tiny")
+  parser.add_argument("--batch", default="8", help="batch size(s), comma-separated")
+  parser.add_argument("--input_len", type=int, default=64)
+  parser.add_argument("--max_new_tokens", type=int, default=64)
+  parser.add_argument("--num_beams", type=int, default=4)
+  parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                      help="bfloat16: weights and activations in bf16 on both sides")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--methods", default="greedy,beam")
+  parser.add_argument("--threads", type=int, choices=[0, 1], default=1,
+                      help="CPU only. 1: one CPU thread for torch and XLA (default: on a "
+                      "shared 2-core machine torch's spinning thread pool makes multi-thread "
+                      "timings of small ops erratic); 0: each library's default thread pool.")
+  args = parser.parse_args()
+  on_gpu = jax.default_backend() == "gpu"
+  if args.threads == 1 and not on_gpu:
+    # Read when the XLA backend starts (the first computation below), so set before it.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_multi_thread_eigen=false")
+    torch.set_num_threads(1)
+  device = torch.device("cuda" if on_gpu else "cpu")
+
+  hf, config, params = peers.build_hf_and_ours(args.model, dtype=args.dtype)
+  hf = hf.to(device, getattr(torch, args.dtype)).eval()
+  params = jax.device_put(jax.tree_util.tree_map(lambda p: p.astype(args.dtype), params))
+  model = network.Transformer(config)
+  rows = []
+  for batch_size in (int(b) for b in args.batch.split(",")):
+    rows += measure(args, hf, model, params, batch_size, device)
+
+  print(f"\nmodel={args.model} dtype={args.dtype} input_len={args.input_len} "
         f"max_new_tokens={args.max_new_tokens} num_beams={args.num_beams} "
-        f"repeats={args.repeats} jax={jax.__version__} ({jax.default_backend()}) "
+        f"repeats={args.repeats} jax={jax.__version__} ({jax.devices()[0].device_kind}) "
         f"torch={torch.__version__} threads={args.threads or 'default'} "
         f"transformers={transformers.__version__}\n")
-  print("| method | steps | t5x_lite tok/s | HF generate tok/s | speedup (median, min-max) "
-        "| t5x_lite compile s | tokens equal to HF |")
-  print("|---|---|---|---|---|---|---|")
-  for method, steps, ours, theirs, ratio, lo, hi, compile_s, agree in rows:
-    print(f"| {method} | {steps} | {ours:.0f} | {theirs:.0f} | {ratio:.2f}x ({lo:.2f}-{hi:.2f}) "
-          f"| {compile_s:.1f} | {agree:.1%} |")
+  print("| method | batch | steps | t5x_lite tok/s | HF generate tok/s | speedup (median, "
+        "min-max) | t5x_lite compile s | tokens equal to HF |")
+  print("|---|---:|---:|---:|---:|---|---:|---:|")
+  print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -2,55 +2,32 @@
 
 One optimizer step = forward, backward and an Adafactor update (optax's in t5x_lite,
 transformers.optimization.Adafactor with T5's settings in PyTorch), on a random batch of
-real-token inputs. Repeats are interleaved (ours, HF, ours, HF, ...) so machine noise hits
-both alike; compilation and warm-up steps are not timed. Prints a markdown table with target
-tokens per second and the per-repeat ratio (median, min-max).
+real-token inputs. Repeats are interleaved (HF, ours with each attention impl, HF, ...) so
+machine noise hits all alike; compilation and warm-up steps are not timed. Each timed repeat
+runs --steps steps and then waits for the device.
 
-  python bench/train_step.py --size tiny --batch 8 --inputs 512 --targets 114 --repeats 5
+On GPU, --dtype bfloat16 runs t5x_lite with bfloat16 activations and float32 parameters and
+HF under torch.autocast(bfloat16) with float32 parameters (mixed precision on both sides).
+MFU = model FLOPs (peers.forward_flops x 3) per second / --peak_tflops.
+
+  python bench/train_step.py --model tiny --batch 8 --inputs 512 --targets 114 --repeats 5
+  python bench/train_step.py --model t5_1_1_base --batch 128 --dtype bfloat16 \
+      --impls xla,cudnn,pallas --peak_tflops 989        # H100 SXM
 """
 
 import argparse
+import os
 import statistics
-import time
+import sys
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SIZES = {  # T5-efficient shapes (v1.0: relu, tied embeddings)
-    "tiny": dict(d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4),
-    "mini": dict(d_model=384, d_ff=1536, d_kv=64, num_heads=8, num_layers=4),
-    "small": dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6),
-}
-
-
-def build_models(size, vocab):
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  from t5x_lite import convert  # pylint: disable=g-import-not-at-top
-  shape = SIZES[size]
-  hf_config = transformers.T5Config(
-      vocab_size=vocab, d_model=shape["d_model"], d_ff=shape["d_ff"], d_kv=shape["d_kv"],
-      num_heads=shape["num_heads"], num_layers=shape["num_layers"],
-      num_decoder_layers=shape["num_layers"], dropout_rate=0.0, feed_forward_proj="relu",
-      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-  torch.manual_seed(0)
-  hf_model = transformers.T5ForConditionalGeneration(hf_config).train()
-  state_dict = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
-  config = convert.config_from_hf(hf_config.to_dict())
-  params = convert.params_from_hf_state_dict(state_dict, config)
-  return hf_model, config, params
-
-
-def make_batch(batch, inputs, targets, vocab):
-  rng = np.random.RandomState(0)
-  enc = rng.randint(2, vocab, (batch, inputs)).astype(np.int32)
-  tgt = rng.randint(2, vocab, (batch, targets)).astype(np.int32)
-  dec = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
-  return dict(encoder_input_tokens=enc, decoder_input_tokens=dec, decoder_target_tokens=tgt,
-              decoder_loss_weights=np.ones_like(tgt))
+import peers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def t5x_lite_step(config, params, batch):
-  """A jitted train step (no z-loss, mean loss: the same objective as HF's)."""
+  """(step, wait): step() runs one jitted train step (no z-loss, mean loss: HF's objective);
+  wait() blocks until the last one is done and returns its loss."""
   import jax  # pylint: disable=g-import-not-at-top
   from t5x_lite import models, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top
   model = models.EncoderDecoderModel(config, z_loss=0.0)
@@ -60,64 +37,118 @@ def t5x_lite_step(config, params, batch):
   state = t.init_state(shapes).replace(params=jax.device_put(params))
   state = state.replace(opt_state=t.tx.init(state.params))
   device_batch = jax.device_put(batch)
-  holder = {"state": state}
+  holder = {"state": state, "metrics": None}
 
   def step():
-    holder["state"], metrics = t.train_step(holder["state"], device_batch)
-    return float(metrics["loss"])
-  return step
+    holder["state"], holder["metrics"] = t.train_step(holder["state"], device_batch)
+
+  def wait():
+    return float(jax.block_until_ready(holder["metrics"])["loss"])
+  return step, wait
 
 
-def hf_step(hf_model, batch):
+def hf_step(hf_model, batch, device, dtype):
+  import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
   optimizer = Adafactor(hf_model.parameters(), lr=1e-3, scale_parameter=True,
                         relative_step=False, warmup_init=False, decay_rate=-0.8,
                         clip_threshold=1.0)
-  input_ids = torch.as_tensor(batch["encoder_input_tokens"], dtype=torch.long)
-  labels = torch.as_tensor(batch["decoder_target_tokens"], dtype=torch.long)
+  input_ids = torch.as_tensor(batch["encoder_input_tokens"], dtype=torch.long, device=device)
+  labels = torch.as_tensor(batch["decoder_target_tokens"], dtype=torch.long, device=device)
+  autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16"
+              else contextlib.nullcontext())
+  holder = {}
 
   def step():
     optimizer.zero_grad(set_to_none=True)
-    loss = hf_model(input_ids=input_ids, labels=labels).loss
+    with autocast:
+      loss = hf_model(input_ids=input_ids, labels=labels).loss
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
-  return step
+    holder["loss"] = loss
+
+  def wait():
+    if device.type == "cuda":
+      torch.cuda.synchronize()
+    return float(holder["loss"].detach())
+  return step, wait
+
+
+def run(args, batch_size):
+  """Benchmarks one batch size; returns markdown table rows."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  device = torch.device("cuda" if jax.default_backend() == "gpu" else "cpu")
+  hf_model, config, params = peers.build_hf_and_ours(args.model, dtype=args.dtype)
+  if args.hf_attn:
+    hf_model.set_attn_implementation(args.hf_attn)
+  hf_model = hf_model.to(device).train()
+  batch = peers.random_batch(batch_size, args.inputs, args.targets)
+  steps = {"HF": hf_step(hf_model, batch, device, args.dtype)}
+  for impl in args.impls.split(","):
+    cfg = dataclasses.replace(config, attention_impl=impl, attention_block_q=args.block_q,
+                              attention_block_k=args.block_k)
+    steps[impl] = t5x_lite_step(cfg, params, batch)
+  first = {}
+  for name, (step, wait) in steps.items():
+    step()  # compiles / warms up (twice: the first state's layout may differ from later ones)
+    first[name] = wait()
+    step()
+    wait()
+  print(f"first-step loss ({args.model}, batch {batch_size}): " +
+        ", ".join(f"{k} {v:.4f}" for k, v in first.items()), flush=True)
+
+  def timed(step, wait):
+    def fn():
+      for _ in range(args.steps):
+        step()
+      wait()
+    return fn
+  times = peers.interleaved({k: timed(*v) for k, v in steps.items()}, args.repeats)
+  flops = 3 * peers.forward_flops(args.model, args.inputs, args.targets) * batch_size
+  rows = []
+  for name, secs in times.items():
+    per_step = statistics.median(secs) / args.steps
+    mfu = (f"{100 * flops / per_step / 1e12 / args.peak_tflops:.1f}%" if args.peak_tflops
+           else "n/a")
+    vs_hf = "1.00x" if name == "HF" else peers.ratio_summary(secs, times["HF"])
+    label = f"HF ({args.hf_attn or 'default'} attention)" if name == "HF" else f"t5x_lite {name}"
+    rows.append(f"| {label} | {batch_size} | {batch_size / per_step:.1f} | "
+                f"{batch_size * args.targets / per_step:.0f} | "
+                f"{flops / per_step / 1e12:.1f} | {mfu} | {vs_hf} |")
+  return rows
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
-  parser.add_argument("--vocab", type=int, default=32128)
-  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--model", "--size", default="tiny", choices=sorted(peers.SHAPES))
+  parser.add_argument("--batch", default="8", help="batch size(s), comma-separated")
   parser.add_argument("--inputs", type=int, default=512)
   parser.add_argument("--targets", type=int, default=114)
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--impls", default="xla", help="t5x_lite attention impls to time")
+  parser.add_argument("--block_q", type=int, default=128)
+  parser.add_argument("--block_k", type=int, default=128)
+  parser.add_argument("--hf_attn", default="", help="HF attn_implementation (eager, sdpa)")
+  parser.add_argument("--peak_tflops", type=float, default=0.0,
+                      help="dense peak of the device for --dtype, e.g. 989 (H100 SXM bf16)")
   parser.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
 
-  hf_model, config, params = build_models(args.size, args.vocab)
-  batch = make_batch(args.batch, args.inputs, args.targets, args.vocab)
-  ours, theirs = t5x_lite_step(config, params, batch), hf_step(hf_model, batch)
-  first = ours(), theirs()  # compile / warm up; same weights and batch: same first loss
-  print(f"first-step loss: t5x_lite {first[0]:.4f}, HF {first[1]:.4f}")
-  tokens = args.batch * args.targets * args.steps
-  rates = {"t5x_lite": [], "HF": []}
-  for _ in range(args.repeats):
-    for name, fn in (("t5x_lite", ours), ("HF", theirs)):
-      start = time.perf_counter()
-      for _ in range(args.steps):
-        fn()
-      rates[name].append(tokens / (time.perf_counter() - start))
-  ratios = [a / b for a, b in zip(rates["t5x_lite"], rates["HF"])]
-  print(f"\n{args.size}, batch {args.batch}, lengths {args.inputs}/{args.targets}, vocab "
-        f"{args.vocab}, {args.repeats} interleaved repeats of {args.steps} steps\n")
-  print("| t5x_lite target tok/s | HF target tok/s | ratio (median, min-max) |")
-  print("|---:|---:|---|")
-  print(f"| {statistics.median(rates['t5x_lite']):.0f} | {statistics.median(rates['HF']):.0f} | "
-        f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
+  import jax  # pylint: disable=g-import-not-at-top
+  rows = []
+  for batch_size in (int(b) for b in args.batch.split(",")):
+    rows += run(args, batch_size)
+  print(f"\n{args.model}, lengths {args.inputs}/{args.targets}, vocab {peers.VOCAB}, "
+        f"{args.dtype}, {jax.devices()[0].device_kind}, {args.repeats} interleaved repeats of "
+        f"{args.steps} steps; medians, ratio = HF time / ours (median, min-max)\n")
+  print("| system | batch | seq/s | target tok/s | model TFLOP/s | MFU | vs HF |")
+  print("|---|---:|---:|---:|---:|---:|---|")
+  print("\n".join(rows))
 
 
 if __name__ == "__main__":

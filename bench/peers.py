@@ -1,0 +1,98 @@
+"""What the benchmarks share: model shapes, the HF transformers peer with the same weights,
+model FLOPs, and timing that works alike on CPU and GPU.
+
+Imported by the scripts in bench/ (run them from the repository root or anywhere: each puts
+the repository root on sys.path so an uninstalled checkout works too).
+"""
+
+import statistics
+import time
+
+import numpy as np
+
+# name -> T5 shape. T5-efficient (Scale Efficiently, arXiv 2109.10686): v1.0 style, relu,
+# tied embeddings. T5 v1.1 (google/t5-v1_1-*): gated-GELU, untied output layer.
+SHAPES = {
+    "tiny": dict(d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4,
+                 feed_forward_proj="relu"),
+    "mini": dict(d_model=384, d_ff=1536, d_kv=64, num_heads=8, num_layers=4,
+                 feed_forward_proj="relu"),
+    "small": dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6,
+                  feed_forward_proj="relu"),
+    "t5_1_1_small": dict(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8,
+                         feed_forward_proj="gated-gelu"),
+    "t5_1_1_base": dict(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12,
+                        feed_forward_proj="gated-gelu"),
+}
+VOCAB = 32128
+
+
+def build_hf_and_ours(name, *, vocab=VOCAB, seed=0, **config_overrides):
+  """(HF T5ForConditionalGeneration on CPU in float32, t5x_lite T5Config, params) sharing
+  the same random weights (converted with t5x_lite.convert)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from t5x_lite import convert  # pylint: disable=g-import-not-at-top
+  shape = dict(SHAPES[name])
+  torch.manual_seed(seed)
+  hf_cfg = transformers.T5Config(
+      vocab_size=vocab, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
+      eos_token_id=1, num_decoder_layers=shape["num_layers"], **shape)
+  tied = shape["feed_forward_proj"] == "relu"
+  hf_cfg.tie_word_embeddings = tied  # transformers 5.x ignores the constructor argument
+  hf = transformers.T5ForConditionalGeneration(hf_cfg)
+  if not tied:  # untied v1.1 layout: embed_tokens must still be the shared embedding
+    hf.encoder.embed_tokens = hf.shared
+    hf.decoder.embed_tokens = hf.shared
+  config = convert.config_from_hf(hf_cfg.to_dict(), dropout_rate=0.0, tie_word_embeddings=tied,
+                                  **config_overrides)
+  params = convert.params_from_hf_state_dict(
+      {k: v.detach().numpy() for k, v in hf.state_dict().items()}, config)
+  return hf, config, params
+
+
+def forward_flops(name, inputs, targets, vocab=VOCAB):
+  """Model FLOPs of one example's forward pass (matmuls only, 2 per multiply-add).
+
+  Attention scores and values count the full Lq x Lk product, causal or not (the usual MFU
+  convention); embedding lookups, norms and softmax are not counted. A training step is
+  3x this (forward + backward), with no recomputation counted.
+  """
+  s = SHAPES[name]
+  d, f, hk, n = s["d_model"], s["d_ff"], s["num_heads"] * s["d_kv"], s["num_layers"]
+  mlp = (3 if s["feed_forward_proj"] == "gated-gelu" else 2) * d * f
+  encoder = 2 * inputs * (4 * d * hk + mlp) + 4 * inputs * inputs * hk
+  decoder = (2 * targets * (4 * d * hk + mlp) + 4 * targets * targets * hk  # self + mlp
+             + 2 * targets * 2 * d * hk + 2 * inputs * 2 * d * hk        # cross q,o / k,v
+             + 4 * targets * inputs * hk)                                 # cross scores
+  return n * (encoder + decoder) + 2 * targets * d * vocab
+
+
+def interleaved(fns, repeats):
+  """Times each callable `repeats` times, interleaved (a, b, a, b, ...).
+
+  Each callable runs its work and blocks until it is done. Returns {name: [seconds]}.
+  """
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def ratio_summary(ours, theirs):
+  """'1.23x (1.10-1.30)': median and min-max of per-repeat ratios theirs/ours of times."""
+  ratios = [b / a for a, b in zip(ours, theirs)]
+  return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def random_batch(batch, inputs, targets, vocab=VOCAB, seed=0):
+  """Real-token (no padding) encoder inputs and targets, as a t5x_lite batch dict."""
+  rng = np.random.RandomState(seed)
+  enc = rng.randint(2, vocab, (batch, inputs)).astype(np.int32)
+  tgt = rng.randint(2, vocab, (batch, targets)).astype(np.int32)
+  dec = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
+  return dict(encoder_input_tokens=enc, decoder_input_tokens=dec, decoder_target_tokens=tgt,
+              decoder_loss_weights=np.ones_like(tgt))
