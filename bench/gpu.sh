@@ -52,13 +52,13 @@ tune() {
 }
 
 train() {
-  run train_small $py bench/train_step.py --model t5_1_1_small --batch 64,128 --dtype bfloat16 \
-    --impls xla,cudnn,pallas --hf_attn sdpa --peak_tflops "$peak" --block_q 128 --block_k 64
-  run train_base $py bench/train_step.py --model t5_1_1_base --batch 64,128 --dtype bfloat16 \
-    --impls xla,cudnn,pallas --hf_attn sdpa --peak_tflops "$peak" --block_q 128 --block_k 64
+  run train_small $py bench/train_step.py --model t5_1_1_small --batch 128 --dtype bfloat16 \
+    --impls xla,cudnn,pallas --hf_attn sdpa --peak_tflops "$peak" --block_q 64 --block_k 64
+  run train_base $py bench/train_step.py --model t5_1_1_base --batch 128 --dtype bfloat16 \
+    --impls xla,pallas --hf_attn sdpa --peak_tflops "$peak" --block_q 64 --block_k 64
   run train_base_long $py bench/train_step.py --model t5_1_1_base --batch 32 --inputs 1024 \
     --targets 256 --dtype bfloat16 --impls xla,pallas --hf_attn sdpa --peak_tflops "$peak" \
-    --block_q 128 --block_k 64
+    --block_q 64 --block_k 64
 }
 
 decode() {

@@ -91,12 +91,18 @@ def run(args, batch_size):
     cfg = dataclasses.replace(config, attention_impl=impl, attention_block_q=args.block_q,
                               attention_block_k=args.block_k)
     steps[impl] = t5x_lite_step(cfg, params, batch)
-  first = {}
-  for name, (step, wait) in steps.items():
-    step()  # compiles / warms up (twice: the first state's layout may differ from later ones)
-    first[name] = wait()
-    step()
-    wait()
+  first, failed = {}, []
+  for name, (step, wait) in list(steps.items()):
+    try:
+      step()  # compiles / warms up (twice: the first state's layout may differ from later ones)
+      first[name] = wait()
+      step()
+      wait()
+    except Exception as e:  # pylint: disable=broad-except
+      # Out of memory at a large batch, say: report it and time the others.
+      failed.append(f"| {name} | {batch_size} | {type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:100]} | | | | |")
+      del steps[name]
   print(f"first-step loss ({args.model}, batch {batch_size}): " +
         ", ".join(f"{k} {v:.4f}" for k, v in first.items()), flush=True)
 
@@ -113,12 +119,13 @@ def run(args, batch_size):
     per_step = statistics.median(secs) / args.steps
     mfu = (f"{100 * flops / per_step / 1e12 / args.peak_tflops:.1f}%" if args.peak_tflops
            else "n/a")
-    vs_hf = "1.00x" if name == "HF" else peers.ratio_summary(secs, times["HF"])
+    vs_hf = ("1.00x" if name == "HF" else
+             peers.ratio_summary(secs, times["HF"]) if "HF" in times else "n/a")
     label = f"HF ({args.hf_attn or 'default'} attention)" if name == "HF" else f"t5x_lite {name}"
     rows.append(f"| {label} | {batch_size} | {batch_size / per_step:.1f} | "
                 f"{batch_size * args.targets / per_step:.0f} | "
                 f"{flops / per_step / 1e12:.1f} | {mfu} | {vs_hf} |")
-  return rows
+  return rows + failed
 
 
 def main():

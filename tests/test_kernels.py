@@ -328,14 +328,18 @@ def test_tile_bucket_range_holds_every_bucket_of_the_tile(bidirectional):
   cfg = flash._Config(block_q=16, block_k=16, q_len=0, k_len=0, num_buckets=32,
                       bidirectional=bidirectional, max_distance=128, causal=False,
                       has_segments=False, interpret=True, platform="cpu")
-  tile_buckets = jax.jit(lambda qpos, kpos: flash._tile_buckets(qpos, kpos, cfg))
-  tiles = widths = 0
+  tile_buckets = jax.jit(lambda qpos, kpos: (flash._tile_buckets(qpos, kpos, cfg),)
+                         + flash._tile_bucket_range(qpos, kpos, cfg))
+  tiles = widths = single = 0
   for q0 in range(0, 400, 16):
     for k0 in range(0, 400, 16):
       qpos, kpos = jnp.arange(q0, q0 + 16), jnp.arange(k0, k0 + 16)
       bucket, lo, hi = (np.asarray(x) for x in tile_buckets(qpos, kpos))
       assert lo <= bucket.min() and bucket.max() <= hi, (q0, k0, lo, hi)
-      tiles, widths = tiles + 1, widths + (hi - lo + 1)
+      tiles, widths, single = tiles + 1, widths + (hi - lo + 1), single + int(lo == hi)
+      if lo == hi:  # the kernels' scalar fast path: the whole tile is that one bucket
+        assert (bucket == lo).all(), (q0, k0)
+  assert single > 0.5 * tiles
   assert widths < 0.5 * tiles * 32  # and the ranges are mostly narrow (far tiles: one bucket)
 
 

@@ -86,23 +86,29 @@ def _unpack(refs, cfg):
   return qpos, qseg, kseg, table, refs
 
 
-def _tile_buckets(qpos, kpos, cfg):
-  """Bucket ids of a tile, plus a range [lo, hi] of bucket ids that holds all of them.
+def _bucket_fn(cfg):
+  return functools.partial(relative_position_bucket, bidirectional=cfg.bidirectional,
+                           num_buckets=cfg.num_buckets, max_distance=cfg.max_distance)
+
+
+def _tile_bucket_range(qpos, kpos, cfg):
+  """A range [lo, hi] of bucket ids that holds every bucket of the tile (scalars only).
 
   Buckets are monotone in the distance on each side of 0, so the ids of a tile lie between
-  those of its extreme relative positions (from 0 if the tile straddles the diagonal). Far
-  tiles (beyond max_distance) hold one bucket: the loops over [lo, hi] then run once.
-
-  Returns:
-    bucket: int32 [bq, bk]; lo, hi: int32 scalars.
+  those of its extreme relative positions (from 0 if the tile straddles the diagonal). Most
+  tiles of a long sequence hold one bucket (lo == hi): distances past max_distance share the
+  last one, and the logarithmic buckets are wide.
   """
-  bucket_of = functools.partial(relative_position_bucket, bidirectional=cfg.bidirectional,
-                                num_buckets=cfg.num_buckets, max_distance=cfg.max_distance)
-  bucket = bucket_of(kpos[None, :] - qpos[:, None])
+  bucket_of = _bucket_fn(cfg)
   r_min, r_max = jnp.min(kpos) - jnp.max(qpos), jnp.max(kpos) - jnp.min(qpos)
   b_min, b_max = bucket_of(r_min), bucket_of(r_max)
   lo = jnp.where((r_min <= 0) & (r_max >= 0), 0, jnp.minimum(b_min, b_max))
-  return bucket, lo, jnp.maximum(b_min, b_max)
+  return lo, jnp.maximum(b_min, b_max)
+
+
+def _tile_buckets(qpos, kpos, cfg):
+  """Bucket ids of a tile: int32 [bq, bk] (a float log per element: only where lo < hi)."""
+  return _bucket_fn(cfg)(kpos[None, :] - qpos[:, None])
 
 
 def _tile_logits(q, k, qpos, kpos, qseg, kseg, table_ref, head, cfg):
@@ -115,16 +121,21 @@ def _tile_logits(q, k, qpos, kpos, qseg, kseg, table_ref, head, cfg):
   Returns:
     s: f32 [bq, bk] logits (masked entries = MASK_VALUE, padded keys = PAD_VALUE);
     valid: bool [bq, bk], True where the logit depends on q, k and the bias (its gradient
-      is nonzero only there); buckets: `_tile_buckets`'s (bucket, lo, hi), or None.
+      is nonzero only there); bucket_range: `_tile_bucket_range`'s (lo, hi), or None.
   """
   s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-  buckets = None
+  bucket_range = None
   if table_ref is not None:
-    buckets = bucket, lo, hi = _tile_buckets(qpos, kpos, cfg)
-    # A select per bucket instead of a gather: gathers do not lower on Triton / Mosaic.
-    bias = lax.fori_loop(lo, hi + 1, lambda b, acc: jnp.where(bucket == b, table_ref[head, b], acc),
-                         jnp.zeros_like(s))
-    s = s + bias
+    bucket_range = lo, hi = _tile_bucket_range(qpos, kpos, cfg)
+
+    def varied_bias():
+      # A select per bucket instead of a gather: gathers do not lower on Triton / Mosaic.
+      bucket = _tile_buckets(qpos, kpos, cfg)
+      return lax.fori_loop(lo, hi + 1,
+                           lambda b, acc: jnp.where(bucket == b, table_ref[head, b], acc),
+                           jnp.zeros_like(s))
+    # One bucket (most tiles): a scalar add, no per-element bucket computation.
+    s = lax.cond(lo == hi, lambda: s + table_ref[head, lo], lambda: s + varied_bias())
   valid = jnp.broadcast_to((kpos < cfg.k_len)[None, :], s.shape)
   mask = None
   if cfg.has_segments:
@@ -136,7 +147,7 @@ def _tile_logits(q, k, qpos, kpos, qseg, kseg, table_ref, head, cfg):
     s = jnp.where(mask, s, MASK_VALUE)  # replaced, not added: same as the reference
     valid = jnp.logical_and(valid, mask)
   s = jnp.where(kpos[None, :] < cfg.k_len, s, PAD_VALUE)
-  return s, valid, buckets
+  return s, valid, bucket_range
 
 
 def _causal_num_k_blocks(qpos, cfg, num_k_blocks):
@@ -271,22 +282,26 @@ def _dq_kernel(*refs, cfg):
     v = v_ref[pl.ds(start, bk), :]
     kpos = start + lax.broadcasted_iota(jnp.int32, (bk,), 0)
     kseg = kseg_ref[pl.ds(start, bk)] if kseg_ref is not None else None
-    s, valid, buckets = _tile_logits(q, k, qpos, kpos, qseg, kseg, table_ref, head, cfg)
+    s, valid, bucket_range = _tile_logits(q, k, qpos, kpos, qseg, kseg, table_ref, head, cfg)
     # exp(s - m) / l rather than exp(s - lse): for a row with no valid key m = -1e10 and
     # log(l) vanishes in float32 next to it, which would give P = 1 instead of 1 / Lk.
     p = jnp.exp(s - m[:, None]) * inv_l[:, None]
     dp = lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     ds = jnp.where(valid, p * (dp - delta[:, None]), 0.0)  # masked logits are constants
     dq = dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
-    if buckets is not None:
-      bucket, lo, hi = buckets
+    if bucket_range is not None:
+      lo, hi = bucket_range
       lane = lax.broadcasted_iota(jnp.int32, (nb_pad,), 0)
 
-      def add_bucket(b, dtab):
-        # One axis at a time: Triton's reduction lowering takes a single axis.
-        total = jnp.sum(jnp.sum(jnp.where(bucket == b, ds, 0.0), axis=1), axis=0)
-        return dtab + jnp.where(lane == b, total, 0.0)
-      dtab = lax.fori_loop(lo, hi + 1, add_bucket, dtab)
+      def tile_sum(x):  # one axis at a time: Triton's reduction lowering takes a single axis
+        return jnp.sum(jnp.sum(x, axis=1), axis=0)
+
+      def per_bucket(dtab):
+        bucket = _tile_buckets(qpos, kpos, cfg)
+        return lax.fori_loop(lo, hi + 1, lambda b, acc: acc + jnp.where(
+            lane == b, tile_sum(jnp.where(bucket == b, ds, 0.0)), 0.0), dtab)
+      dtab = lax.cond(lo == hi, lambda d: d + jnp.where(lane == lo, tile_sum(ds), 0.0),
+                      per_bucket, dtab)
     return dq, dtab
 
   # Tiles past the causal bound contribute nothing: there ds == 0 (masked), even for empty rows.
