@@ -81,7 +81,12 @@ def run(args, batch_size):
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   device = torch.device("cuda" if jax.default_backend() == "gpu" else "cpu")
+  import time  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  log = lambda msg: print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr,
+                          flush=True)
   hf_model, config, params = peers.build_hf_and_ours(args.model, dtype=args.dtype)
+  log("built HF model and converted weights")
   if args.hf_attn:
     hf_model.set_attn_implementation(args.hf_attn)
   hf_model = hf_model.to(device).train()
@@ -91,6 +96,7 @@ def run(args, batch_size):
     cfg = dataclasses.replace(config, attention_impl=impl, attention_block_q=args.block_q,
                               attention_block_k=args.block_k)
     steps[impl] = t5x_lite_step(cfg, params, batch)
+    log(f"t5x_lite {impl} state initialised")
   first, failed = {}, []
   for name, (step, wait) in list(steps.items()):
     try:
@@ -98,6 +104,7 @@ def run(args, batch_size):
       first[name] = wait()
       step()
       wait()
+      log(f"{name} compiled and warmed up")
     except Exception as e:  # pylint: disable=broad-except
       # Out of memory at a large batch, say: report it and time the others.
       failed.append(f"| {name} | {batch_size} | {type(e).__name__}: "
@@ -113,6 +120,7 @@ def run(args, batch_size):
       wait()
     return fn
   times = peers.interleaved({k: timed(*v) for k, v in steps.items()}, args.repeats)
+  log("timed")
   flops = 3 * peers.forward_flops(args.model, args.inputs, args.targets) * batch_size
   rows = []
   for name, secs in times.items():
