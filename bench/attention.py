@@ -89,8 +89,8 @@ def measure(args, impl, length, backward, block_q=None, block_k=None):
     # OOM for xla at long lengths, or cuDNN refusing a shape: report it, keep going.
     result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
     return result
-  stats = jax.devices()[0].memory_stats() or {}
-  result["peak_bytes"] = stats.get("peak_bytes_in_use")
+  if args.child:  # a fresh process: the device's peak is this measurement's alone
+    result["peak_bytes"] = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
   result["seconds"] = seconds
   result["tflops"] = _flops(args, batch, length, backward) / seconds / 1e12
   return result

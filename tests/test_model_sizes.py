@@ -121,6 +121,14 @@ def test_later_bindings_override_a_variant():
   assert _shape(config) == (512, 2048, 64, 4, 6, 16) and config.dtype == "bfloat16"
 
 
+def test_gpu_hardware_file_keeps_the_model_and_sets_the_tuned_kernel():
+  config = _config_from_gin([os.path.join(GIN_DIR, "models/t5_1_1/base.gin"),
+                             os.path.join(GIN_DIR, "hardware/gpu.gin")])
+  assert _shape(config) == T5_1_1["base"]
+  assert (config.attention_impl, config.attention_block_q, config.attention_block_k,
+          config.attention_dropout, config.dtype) == ("pallas", 64, 64, 0.0, "bfloat16")
+
+
 @pytest.mark.parametrize("bad,message", [
     ("huge-nl4", "base size 'huge'"), ("small-xx4", "suffix 'xx4'"), ("small-nl", "suffix 'nl'"),
     ("small-nl4-el2", "twice"), ("base-dm0", "suffix 'dm0'")])

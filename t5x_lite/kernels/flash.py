@@ -14,16 +14,15 @@ Lk keys exactly as the reference does, also under causal tile skipping: the forw
 visits the skipped tiles for that q block, the dk/dv kernel the q tiles holding such rows.
 
 Verification status: numerics checked against `reference.xla_attention` on CPU in Pallas
-interpret mode only (tests/test_kernels.py). The forward and backward also lower to Triton
-IR (jax.export for platform "cuda" on a CPU machine, also in the tests), but they have never
-been compiled to PTX nor run on a GPU, and never lowered through Mosaic (that needs a TPU).
-The code sticks to constructs both backends lower (static shapes, power-of-two tiles,
-single-axis reductions, dynamic-bound fori_loop and lax.cond, scalar table reads, SMEM for
-the table on TPU). Known TPU caveat: 1-D blocks of the row statistics and segment ids
-probably need block_q / block_k >= 128 to meet Mosaic's lane tiling.
-Known cost: the bias lookup (and the table gradient) is one select (one tile reduction) per
-bucket that the tile's distance range can hit: one for tiles beyond max_distance, up to NB
-near the diagonal; GPU benchmarks will say whether the near tiles need something smarter.
+interpret mode (tests/test_kernels.py) and, with the same tests, compiled by Triton on an NVIDIA
+H100 (bench/README.md). Never lowered through Mosaic (that needs a TPU). The code sticks to
+constructs both backends lower (static shapes, power-of-two tiles, single-axis reductions,
+dynamic-bound fori_loop and lax.cond, scalar table reads, SMEM for the table on TPU). Known
+TPU caveat: 1-D blocks of the row statistics and segment ids probably need block_q / block_k
+>= 128 to meet Mosaic's lane tiling.
+Cost of the bias: a tile whose distances all fall in one bucket (most tiles of a long
+sequence) adds one table entry as a scalar; other tiles (near the diagonal) compute bucket ids
+per element and do one select (one tile reduction for the table gradient) per bucket in range.
 """
 
 import dataclasses
