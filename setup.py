@@ -9,11 +9,12 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["t5x_lite", "t5x_lite.*", "tasks", "tasks.*"])
-    + ["t5x_lite_gin"],
-    # The top-level gin/ directory ships as the data package `t5x_lite_gin`, so a regular
+    packages=setuptools.find_packages(include=["t5x_lite", "t5x_lite.*"])
+    + ["t5x_lite.tasks", "t5x_lite_gin"],
+    # The top-level tasks/ folder installs as `t5x_lite.tasks` (no top-level module `tasks`
+    # to collide with a user's), and gin/ as the data package `t5x_lite_gin`, so a regular
     # (non-editable) install still finds models/, runs/ and recipes/.
-    package_dir={"t5x_lite_gin": "gin"},
+    package_dir={"t5x_lite.tasks": "tasks", "t5x_lite_gin": "gin"},
     package_data={"t5x_lite_gin": ["*.gin", "**/*.gin"]},
     install_requires=[
         "jax[cpu]>=0.10.2,<0.11",

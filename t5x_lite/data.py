@@ -37,7 +37,7 @@ def _check_name(name: str) -> None:
   hint = f" Closest registered names: {', '.join(close)}." if close else ""
   raise ValueError(
       f"No seqio Task or Mixture named {name!r} (set MIXTURE_OR_TASK_NAME to a registered "
-      f"name; `import tasks` registers the built-in ones).{hint}")
+      f"name; `import t5x_lite.tasks` registers the built-in ones).{hint}")
 
 
 class TruncationStats:

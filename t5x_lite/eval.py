@@ -23,7 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
+from t5x_lite import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
 from t5x_lite import checkpoints as checkpoints_lib
 from t5x_lite import models as models_lib
 from t5x_lite import partitioning

@@ -2,6 +2,7 @@
 
 import ast
 import difflib
+import importlib.util
 import inspect
 import logging
 import os
@@ -13,27 +14,42 @@ import gin
 
 
 
+_SENTINEL = pathlib.Path("recipes", "quickstart.gin")
+
+
 def _gin_dir() -> pathlib.Path:
-  """The project's gin/ directory (models/, runs/, recipes/), always on the search path:
-  next to the package in a source checkout (editable installs), else the installed
-  `t5x_lite_gin` data package (setup.py maps gin/ to it)."""
-  checkout = pathlib.Path(__file__).resolve().parent.parent / "gin"
-  if checkout.is_dir():
-    return checkout
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.find_spec("t5x_lite_gin")  # a namespace package: one location
-  return pathlib.Path(list(spec.submodule_search_locations)[0]) if spec else checkout
+  """The project's gin/ directory (models/, runs/, recipes/), always on the search path.
+
+  In a source checkout (editable install) it sits next to the package; a regular install
+  ships it as the data package `t5x_lite_gin`. A directory counts only if it holds the
+  project's files: `site-packages/gin` next to an installed package is the gin-config library.
+  """
+  candidates = [pathlib.Path(__file__).resolve().parent.parent / "gin"]
+  spec = importlib.util.find_spec("t5x_lite_gin")
+  if spec is not None:
+    candidates += [pathlib.Path(p) for p in spec.submodule_search_locations or ()]
+  for candidate in candidates:
+    if (candidate / _SENTINEL).is_file():
+      return candidate
+  raise FileNotFoundError(
+      f"The t5x_lite gin files are missing (looked for {_SENTINEL} in "
+      f"{', '.join(map(str, candidates))}): reinstall the package (pip install t5x_lite).")
 
 
 GIN_DIR = _gin_dir()
 
 
-class _QuietIncludeProbe(logging.Filter):
-  """gin logs an ERROR each time it probes an include relative to the working directory
-  before trying the search path; the file is then found, so the message only misleads."""
+def _use_explicit_search_path_only():
+  """Drops gin-config's package-path file reader (gin.resource_reader).
 
-  def filter(self, record):
-    return not record.getMessage().startswith("Path not found:")
+  That reader treats the head of a relative include (`runs/pretrain.gin`) as a Python package
+  and imports it: with the working directory on sys.path, a user's `runs/` or `models/`
+  directory is found as a namespace package and the include crashes or reads the wrong file.
+  Gin files are found on the search path alone: the working directory, then GIN_DIR.
+  """
+  gin.config._FILE_READERS[:] = [  # pylint: disable=protected-access
+      (reader, exists) for reader, exists in gin.config._FILE_READERS  # pylint: disable=protected-access
+      if getattr(reader, "__module__", "") != "gin.resource_reader"]
 
 
 def _is_gin_literal(value: str) -> bool:
@@ -96,7 +112,7 @@ def _explain(error: Exception) -> str:
 def _import_configurables():
   """Imports every module that registers gin configurables (and, via `tasks`, all tasks)."""
   # pylint: disable=g-import-not-at-top,unused-import
-  import tasks
+  from t5x_lite import tasks
   from t5x_lite import checkpoints, model_sizes, models, network, optimizers, partitioning, train
   from t5x_lite import eval, export, infer  # pylint: disable=redefined-builtin
 
@@ -108,8 +124,9 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
     ValueError naming the file/binding and, where gin allows, the closest valid name.
   """
   _import_configurables()
-  gin.add_config_file_search_path(str(GIN_DIR))
-  logging.getLogger().addFilter(_QuietIncludeProbe())
+  _use_explicit_search_path_only()
+  if str(GIN_DIR) not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+    gin.add_config_file_search_path(str(GIN_DIR))
   resolved = []
   for gin_file in gin_files:
     if os.path.exists(gin_file):

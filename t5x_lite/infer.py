@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import seqio
 
-import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
+from t5x_lite import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
 from t5x_lite import data
 from t5x_lite import eval as eval_lib
 from t5x_lite import models as models_lib

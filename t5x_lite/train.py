@@ -13,7 +13,7 @@ import seqio
 import tensorflow as tf
 import tqdm
 
-import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
+from t5x_lite import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
 from t5x_lite import checkpoints as checkpoints_lib
 from t5x_lite import data
 from t5x_lite import eval as eval_lib

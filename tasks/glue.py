@@ -26,8 +26,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import pretraining
-from tasks import vocab
+from t5x_lite.tasks import pretraining
+from t5x_lite.tasks import vocab
 
 GLUE_VERSION = "2.0.0"
 SUPER_GLUE_VERSION = "1.0.2"

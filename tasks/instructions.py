@@ -45,8 +45,8 @@ import gin
 import seqio
 import tensorflow as tf
 
-from tasks import metrics
-from tasks import vocab
+from t5x_lite.tasks import metrics
+from t5x_lite.tasks import vocab
 
 SEED = 20240611
 NUM_EVAL_EXAMPLES = 100  # per family, for each of validation and test

@@ -20,8 +20,8 @@ from typing import Mapping, Optional, Tuple
 import seqio
 import tensorflow as tf
 
-from tasks import corpora
-from tasks import vocab
+from t5x_lite.tasks import corpora
+from t5x_lite.tasks import vocab
 
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0

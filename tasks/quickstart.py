@@ -6,8 +6,8 @@ whose answers `make demo` prints; nothing needs a download.
 
 import seqio
 
-from tasks import instructions  # noqa: F401  (registers embedded_instructions_mixture)
-from tasks import pretraining  # noqa: F401  (registers embedded_span_corruption)
+from t5x_lite.tasks import instructions  # noqa: F401  (registers embedded_instructions_mixture)
+from t5x_lite.tasks import pretraining  # noqa: F401  (registers embedded_span_corruption)
 
 QUICKSTART_MIXTURE = "quickstart_mixture"
 

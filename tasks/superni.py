@@ -57,8 +57,8 @@ import gin
 import seqio
 import tensorflow as tf
 
-from tasks import metrics
-from tasks import vocab
+from t5x_lite.tasks import metrics
+from t5x_lite.tasks import vocab
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import gin
 import seqio
 import sentencepiece as spm
 
-from tasks import corpora
+from t5x_lite.tasks import corpora
 
 DEFAULT_EXTRA_IDS = 100
 

@@ -7,9 +7,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-import tasks  # noqa: F401
-from tasks import metrics as task_metrics
-from tasks import vocab
+from t5x_lite import tasks  # noqa: F401
+from t5x_lite.tasks import metrics as task_metrics
+from t5x_lite.tasks import vocab
 from t5x_lite import models, network, optimizers, train
 
 TASK = "runmode_test_yes_no"

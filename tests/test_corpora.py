@@ -4,7 +4,7 @@ import hashlib
 
 import tensorflow as tf
 
-from tasks import corpora
+from t5x_lite.tasks import corpora
 
 
 def test_clean_paragraphs_drops_code_and_short_fragments():

@@ -10,7 +10,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite import data
-from tasks import pretraining
+from t5x_lite.tasks import pretraining
 
 TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
                         "test_data/sentencepiece/sentencepiece.model")

@@ -11,7 +11,7 @@ import pytest
 
 import runmode_utils as u
 from t5x_lite import eval as eval_lib, infer, main
-from tasks import metrics as task_metrics
+from t5x_lite.tasks import metrics as task_metrics
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tasks import glue
+from t5x_lite.tasks import glue
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import gin
 import pytest
 import seqio
 
-from tasks import instructions as ins
-from tasks import vocab
+from t5x_lite.tasks import instructions as ins
+from t5x_lite.tasks import vocab
 
 _SPM = os.path.join(os.path.dirname(seqio.__file__),
                     "test_data/sentencepiece/sentencepiece.model")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks import metrics
+from t5x_lite.tasks import metrics
 
 
 def test_normalize_answer_matches_superni():

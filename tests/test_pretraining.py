@@ -9,7 +9,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tasks import pretraining as P
+from t5x_lite.tasks import pretraining as P
 
 TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
                         "test_data/sentencepiece/sentencepiece.model")

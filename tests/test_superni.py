@@ -7,8 +7,8 @@ import gin
 import pytest
 import seqio
 
-from tasks import superni
-from tasks import vocab
+from t5x_lite.tasks import superni
+from t5x_lite.tasks import vocab
 
 _SPM = os.path.join(os.path.dirname(seqio.__file__),
                     "test_data/sentencepiece/sentencepiece.model")

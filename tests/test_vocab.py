@@ -6,7 +6,7 @@ import multiprocessing
 import gin
 import seqio
 
-from tasks import vocab
+from t5x_lite.tasks import vocab
 
 TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
                         "test_data/sentencepiece/sentencepiece.model")
