@@ -24,7 +24,7 @@ $(DEMO_STAMP): setup.py | $(PY)
 install: $(STAMP)
 
 demo: $(DEMO_STAMP)
-	$(PY) -m t5x_lite.main --gin_file=recipes/quickstart.gin --gin.MODEL_DIR=runs/demo --run_mode=train
+	$(PY) -m t5x_lite.main --gin_file=recipes/quickstart.gin --gin.MODEL_DIR=experiments/demo --run_mode=train
 
 # pytest exits 5 when it collects no test: that is a failure here too.
 test: $(STAMP)

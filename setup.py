@@ -21,6 +21,7 @@ setuptools.setup(
         "flax>=0.12,<0.13",
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12,<0.13",
+        "clu>=0.0.12,<0.1",
         "seqio==0.0.20",
         "tensorflow>=2.21,<2.22",
         "tensorflow-text>=2.21,<2.22",

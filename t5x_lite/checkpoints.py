@@ -1,20 +1,20 @@
 """Orbax checkpoints: save periodically, keep N (or the best), restore with dtype cast and resharding.
 
-Layout: MODEL_DIR/checkpoints/<step>/state (the TrainState as an orbax PyTree) and
-MODEL_DIR/checkpoints/dataset_state/<step> (each process's input-pipeline position,
-so a resumed run continues the data order exactly).
+Layout (t5x_lite.run_dir): MODEL_DIR/checkpoints/<step>/state (the TrainState as an orbax
+PyTree) and MODEL_DIR/checkpoints/dataset_state/<step> (each process's input-pipeline
+position, so a resumed run continues the data order exactly).
 """
 
-import os
-import shutil
+import logging
 from typing import Any, Optional
 
-import gin
+import flax.linen as nn
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from t5x_lite import configs
+from t5x_lite import run_dir as run_dir_lib
 from t5x_lite.trainer import TrainState
 
 _STATE = "state"
@@ -23,12 +23,6 @@ _STATE = "state"
 def _flat_shapes(tree):
   return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _absolute(path: str) -> str:
-  """Orbax needs absolute paths; remote ones (gs://...) already are."""
-  path = str(path)
-  return path if "://" in path else os.path.abspath(path)
 
 
 def check_shapes(saved_params, expected_params, source: str):
@@ -50,33 +44,25 @@ def check_shapes(saved_params, expected_params, source: str):
                      "and T5Config bindings):\n" + "\n".join(problems))
 
 
-@gin.configurable
 class CheckpointManager:
-  """Wraps orbax.checkpoint.CheckpointManager for TrainStates.
+  """Wraps orbax.checkpoint.CheckpointManager for TrainStates of one run directory.
 
-  Attributes (gin):
-    directory: where checkpoints go (MODEL_DIR/checkpoints).
-    save_period: save every this many steps (and always at the end of training).
-    keep: keep this many most recent checkpoints (None keeps all).
-    keep_best_metric: if set (an eval metric name, e.g. "loss" or "average/exact_match"),
-      keep the `keep` best checkpoints by this metric instead of the most recent;
-      keep_best_mode "min" or "max". Training passes eval metrics with the checkpoints of
-      evaluation steps; others are eligible for deletion, so set
-      train.checkpoint_period = train.eval_period.
-    async_save: write in a background thread while training continues.
+  Args:
+    run_dir: the run's RunDir (checkpoints go to MODEL_DIR/checkpoints).
+    config: a configs.CheckpointConfig (period, keep, keep-best, async).
   """
 
-  def __init__(self, directory: str, save_period: int = 1000, keep: Optional[int] = 3,
-               keep_best_metric: Optional[str] = None, keep_best_mode: str = "min",
-               async_save: bool = True):
-    self.directory = _absolute(directory)
+  def __init__(self, run_dir: run_dir_lib.RunDir, config: configs.CheckpointConfig):
+    self.run_dir = run_dir
+    self.directory = run_dir.checkpoints
     best_fn = None
-    if keep_best_metric is not None:
-      best_fn = lambda metrics: metrics[keep_best_metric]
+    if config.keep_best_metric is not None:
+      best_fn = lambda metrics: metrics[config.keep_best_metric]
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_period, max_to_keep=keep, best_fn=best_fn,
-        best_mode=keep_best_mode, keep_checkpoints_without_metrics=keep_best_metric is None,
-        enable_async_checkpointing=async_save, create=True)
+        save_interval_steps=config.period, max_to_keep=config.keep, best_fn=best_fn,
+        best_mode=config.keep_best_mode,
+        keep_checkpoints_without_metrics=config.keep_best_metric is None,
+        enable_async_checkpointing=config.async_save, create=True)
     self.manager = ocp.CheckpointManager(
         epath.Path(self.directory), item_names=(_STATE,), options=options)
 
@@ -92,19 +78,19 @@ class CheckpointManager:
     saved = self.manager.save(step, args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeSave(state)}),
                               metrics=metrics, force=force)
     if saved and dataset_iterator is not None:
-      dataset_iterator.save(self._dataset_dir(step))
+      dataset_iterator.save(self.run_dir.dataset_state(step))
     if saved:
       self._prune_dataset_states()
     return saved
 
   def _prune_dataset_states(self):
     """Drops input-pipeline states of steps orbax no longer keeps."""
-    root = os.path.join(self.directory, "dataset_state")
+    root = epath.Path(self.run_dir.dataset_state())
     kept = {str(s) for s in self.manager.all_steps()}
-    if jax.process_index() == 0 and os.path.isdir(root):
-      for name in os.listdir(root):
-        if name not in kept:
-          shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    if jax.process_index() == 0 and root.exists():
+      for path in root.iterdir():
+        if path.name not in kept:
+          path.rmtree(missing_ok=True)
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -112,17 +98,14 @@ class CheckpointManager:
   def close(self):
     self.manager.close()
 
-  def _dataset_dir(self, step):
-    return os.path.join(self.directory, "dataset_state", str(step))
-
   def restore(self, abstract_state: TrainState, step: Optional[int] = None,
               dataset_iterator=None) -> TrainState:
     """Restores a full TrainState (resume) into abstract_state's shardings and dtypes."""
     step = self.latest_step() if step is None else step
-    state = restore_state(os.path.join(self.directory, str(step), _STATE), abstract_state)
+    state = restore_state(state_path(self.run_dir.checkpoint(step)), abstract_state)
     if dataset_iterator is not None:
-      dataset_dir = self._dataset_dir(step)
-      if not os.path.exists(dataset_dir):
+      dataset_dir = self.run_dir.dataset_state(step)
+      if not epath.Path(dataset_dir).exists():
         raise ValueError(f"Checkpoint step {step} has no input-pipeline state at {dataset_dir}; "
                          "cannot resume the data order exactly.")
       dataset_iterator.restore(dataset_dir)
@@ -143,7 +126,7 @@ def _restore_args(abstract_tree):
 
 def restore_state(path: str, abstract_state: TrainState) -> TrainState:
   """Restores a TrainState saved at `path` (…/<step>/state), resharded and cast."""
-  path = _absolute(path)
+  path = run_dir_lib.absolute(path)
   saved = _saved_tree_metadata(path)
   check_shapes(_get(saved, "params"), abstract_state.params, path)
   with ocp.PyTreeCheckpointer() as checkpointer:
@@ -153,7 +136,7 @@ def restore_state(path: str, abstract_state: TrainState) -> TrainState:
 
 def restore_params(path: str, abstract_params) -> Any:
   """Restores only the parameters from a checkpoint (finetuning without optimizer state)."""
-  path = _absolute(path)
+  path = run_dir_lib.absolute(path)
   saved = _saved_tree_metadata(path)
   check_shapes(_get(saved, "params"), abstract_params, path)
   with ocp.PyTreeCheckpointer() as checkpointer:
@@ -167,26 +150,52 @@ def _get(tree, key):
   return tree[key] if isinstance(tree, dict) else getattr(tree, key)
 
 
+def state_path(step_dir: str) -> str:
+  """The TrainState item of a checkpoint step directory."""
+  return str(epath.Path(step_dir) / _STATE)
+
+
 def resolve_checkpoint_path(path: str) -> str:
-  """Accepts MODEL_DIR/checkpoints/<step>, …/<step>/state, or a checkpoints dir (latest step)."""
-  path = str(path).rstrip("/")
-  if os.path.basename(path) == _STATE:
-    return path
-  if os.path.isdir(os.path.join(path, _STATE)):
-    return os.path.join(path, _STATE)
-  steps = sorted(int(name) for name in (os.listdir(path) if os.path.isdir(path) else [])
-                 if name.isdigit())
+  """Accepts MODEL_DIR/checkpoints/<step>, …/<step>/state, or a checkpoints dir (latest step).
+
+  Returns:
+    The absolute path of the TrainState item (…/<step>/state).
+  """
+  path = epath.Path(run_dir_lib.absolute(str(path).rstrip("/")))
+  if path.name == _STATE:
+    return str(path)
+  if (path / _STATE).is_dir():
+    return str(path / _STATE)
+  steps = sorted(ocp.utils.checkpoint_steps(path)) if path.is_dir() else []
   if steps:
-    return os.path.join(path, str(steps[-1]), _STATE)
-  raise ValueError(f"No checkpoint at {path!r}: expected MODEL_DIR/checkpoints/<step> or a "
+    return state_path(str(path / str(steps[-1])))
+  raise ValueError(f"No checkpoint at {str(path)!r}: expected MODEL_DIR/checkpoints/<step> or a "
                    "checkpoints directory with numbered steps (gin: INITIAL_CHECKPOINT_PATH or "
                    "CHECKPOINT_PATH).")
 
 
-def tree_max_abs_diff(a, b) -> float:
-  """Largest absolute difference between two trees of arrays (for tests and logs)."""
-  diffs = jax.tree_util.tree_map(
-      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))),
-      a, b)
-  return max(jax.tree_util.tree_leaves(diffs), default=0.0)
+def checkpoint_step(path: str) -> int:
+  """The step of MODEL_DIR/checkpoints/<step>[/state] (0 when the path names none)."""
+  name = epath.Path(resolve_checkpoint_path(path)).parent.name
+  return int(name) if name.isdigit() else 0
 
+
+def restore_model_params(model, partitioner, checkpoint_path: str):
+  """A model's parameters (no optimizer state) from a checkpoint, in the partitioner's shardings.
+
+  Args:
+    model: an EncoderDecoderModel (its init gives the parameter shapes).
+    partitioner: a partitioning.Partitioner.
+    checkpoint_path: MODEL_DIR/checkpoints/<step>, its .../state, or a checkpoints
+      directory (its latest step).
+  """
+  shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
+  # Parameter shapes do not depend on the batch shapes; eval_shape allocates nothing.
+  boxed = jax.eval_shape(lambda r: model.init(r, shapes), jax.random.PRNGKey(0))
+  shardings = partitioner.param_shardings(boxed)
+  abstract = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed),
+      shardings)
+  path = resolve_checkpoint_path(checkpoint_path)
+  logging.info("Restoring parameters from %s.", path)
+  return restore_params(path, abstract)

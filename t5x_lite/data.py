@@ -13,19 +13,21 @@ Over-long examples are truncated, never dropped or fatal: a feature whose task a
 EOS keeps its EOS as the last token. Truncations are counted per feature
 (`TruncationStats`) and a summary is logged by `DatasetIterator`.
 
-`DatasetIterator` yields numpy batches and saves/restores its position with
-`tf.train.Checkpoint` (as t5x does), so resuming at step N costs no replay.
+`DatasetIterator` yields numpy batches and saves/restores its position (clu's
+TfDatasetIterator, tf.train.Checkpoint as t5x does), so resuming at step N costs no replay.
 """
 
 import difflib
 import logging
-import os
-from typing import Dict, Iterator, Mapping, Optional, Sequence
+from typing import Dict, Iterator, Mapping, Optional
 
-import gin
+from clu import data as clu_data
+from etils import epath
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from t5x_lite import tasks  # noqa: F401  (the built-in tasks and mixtures resolve by name)
 
 
 def _check_name(name: str) -> None:
@@ -37,7 +39,7 @@ def _check_name(name: str) -> None:
   hint = f" Closest registered names: {', '.join(close)}." if close else ""
   raise ValueError(
       f"No seqio Task or Mixture named {name!r} (set MIXTURE_OR_TASK_NAME to a registered "
-      f"name; `import t5x_lite.tasks` registers the built-in ones).{hint}")
+      f"name, or import the module that registers yours).{hint}")
 
 
 class TruncationStats:
@@ -115,12 +117,14 @@ class _CountingEncDecFeatureConverter(seqio.EncDecFeatureConverter):
 
 
 def host_shard_info() -> seqio.ShardInfo:
-  """This host's shard: ShardInfo(index=jax.process_index(), num_shards=jax.process_count())."""
+  """This host's shard: ShardInfo(index=jax.process_index(), num_shards=jax.process_count()).
+
+  Process i of P reads shard i of P and holds rows i*B/P ... of the global batch.
+  """
   import jax  # pylint: disable=g-import-not-at-top  # keep `import t5x_lite.data` light
   return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
 
 
-@gin.configurable(denylist=["shard_info"])
 def get_dataset(mixture_or_task_name: str,
                 task_feature_lengths: Mapping[str, int],
                 split: str = "train",
@@ -132,7 +136,7 @@ def get_dataset(mixture_or_task_name: str,
                 use_cached: bool = False,
                 num_epochs: Optional[int] = None,
                 truncation_stats: Optional[TruncationStats] = None) -> tf.data.Dataset:
-  """Batched model features for a registered seqio task or mixture; gin-configurable.
+  """Batched model features for a registered seqio task or mixture.
 
   Args:
     mixture_or_task_name: a name in seqio.TaskRegistry or seqio.MixtureRegistry.
@@ -189,9 +193,10 @@ def get_dataset(mixture_or_task_name: str,
 class DatasetIterator(Iterator[Dict[str, np.ndarray]]):
   """Iterates numpy batches; its position can be saved and restored (no replay).
 
-  The underlying tf.data iterator state (shuffle buffers, packing state, file offsets)
-  is written with tf.train.Checkpoint, one file set per host:
-  `<directory>/data_iterator-<process_index>-of-<process_count>.*`.
+  clu's TfDatasetIterator does the iterating and writes the tf.data iterator state (shuffle
+  buffers, packing state, file offsets) with tf.train.Checkpoint; this class adds one file
+  set per host, `<directory>/data_iterator-<process_index>-of-<process_count>.*`, and the
+  periodic truncation log.
 
   Usage:
     it = DatasetIterator(get_dataset(...))
@@ -205,9 +210,7 @@ class DatasetIterator(Iterator[Dict[str, np.ndarray]]):
       shard = host_shard_info()
       process_index, process_count = shard.index, shard.num_shards
     self._prefix = f"data_iterator-{process_index:05d}-of-{process_count:05d}"
-    self._dataset = dataset
-    self._iterator = iter(dataset)
-    self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+    self._iterator = clu_data.TfDatasetIterator(dataset, checkpoint=True)
     self._stats: Optional[TruncationStats] = getattr(dataset, "truncation_stats", None)
     self._log_every = log_every_n_batches
     self._batches = 0
@@ -229,27 +232,21 @@ class DatasetIterator(Iterator[Dict[str, np.ndarray]]):
     self._batches += 1
     if self._stats is not None and self._log_every and self._batches % self._log_every == 0:
       self._stats.log_summary()
-    return {k: v.numpy() for k, v in batch.items()}
+    return batch
 
-  def _path(self, directory: str) -> str:
-    return os.path.join(directory, self._prefix)
+  def _path(self, directory: str) -> epath.Path:
+    return epath.Path(directory) / self._prefix
 
-  def save(self, directory: str) -> str:
-    """Writes the iterator position under `directory` (local or gs://); returns the path."""
-    tf.io.gfile.makedirs(directory)
-    return self._checkpoint.write(self._path(directory))
+  def save(self, directory: str) -> None:
+    """Writes the iterator position under `directory` (local or remote)."""
+    epath.Path(directory).mkdir(parents=True, exist_ok=True)
+    self._iterator.save(self._path(directory))
 
   def restore(self, directory: str) -> None:
     """Continues from the position saved in `directory` by `save` (same dataset)."""
     path = self._path(directory)
-    if not tf.io.gfile.glob(path + "*"):
+    if not list(path.parent.glob(path.name + "*")):
       raise FileNotFoundError(
           f"No data iterator checkpoint {path}.* (saved by DatasetIterator.save for "
           f"this host's process index/count).")
-    self._checkpoint.read(path).assert_consumed()
-
-
-def non_pad_tokens(batches: Sequence[Mapping[str, np.ndarray]], key: str) -> np.ndarray:
-  """All non-padding tokens of `key` across `batches`, in order: [n] int32 (for checks)."""
-  return np.concatenate([b[key][b[key] != 0] for b in batches]) if batches else np.zeros(
-      [0], np.int32)
+    self._iterator.restore(path)

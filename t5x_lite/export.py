@@ -8,21 +8,18 @@ logits as t5x_lite (convert.py maps every parameter; tests/test_export.py checks
 import logging
 from typing import Optional
 
-import gin
 import jax
 import numpy as np
 
+from t5x_lite import checkpoints
 from t5x_lite import convert
-from t5x_lite import eval as eval_lib
 from t5x_lite import models as models_lib
 from t5x_lite import partitioning
 
 log = logging.getLogger(__name__)
 
 
-@gin.configurable
-def export(*, checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
-           model: Optional[models_lib.EncoderDecoderModel] = None,
+def export(*, checkpoint_path: str, output_dir: str, model: models_lib.EncoderDecoderModel,
            partitioner: Optional[partitioning.Partitioner] = None) -> str:
   """Writes the parameters of a checkpoint as a HF-loadable T5 directory.
 
@@ -36,9 +33,8 @@ def export(*, checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRE
   Returns:
     output_dir.
   """
-  model = model or models_lib.EncoderDecoderModel()
   partitioner = partitioner or partitioning.Partitioner()
-  params = eval_lib.restore_params(model, partitioner, checkpoint_path)
+  params = checkpoints.restore_model_params(model, partitioner, checkpoint_path)
   # process_allgather: on several processes each holds only its shards of the parameters.
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top

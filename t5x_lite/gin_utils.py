@@ -10,6 +10,7 @@ import pathlib
 import re
 from typing import Sequence
 
+from etils import epath
 import gin
 
 
@@ -68,7 +69,7 @@ def normalize_binding(binding: str) -> str:
   Numbers, booleans, None, quoted strings, lists/dicts, @references and %macros pass as is.
   """
   if "=" not in binding:
-    raise ValueError(f"--gin.{binding}: a binding is NAME=VALUE, e.g. --gin.MODEL_DIR=runs/x")
+    raise ValueError(f"--gin.{binding}: a binding is NAME=VALUE, e.g. --gin.MODEL_DIR=experiments/x")
   name, value = binding.split("=", 1)
   name, value = name.strip(), value.strip()
   if not _is_gin_literal(value):
@@ -109,21 +110,13 @@ def _explain(error: Exception) -> str:
   return message
 
 
-def _import_configurables():
-  """Imports every module that registers gin configurables (and, via `tasks`, all tasks)."""
-  # pylint: disable=g-import-not-at-top,unused-import
-  from t5x_lite import tasks
-  from t5x_lite import checkpoints, model_sizes, models, network, optimizers, partitioning, train
-  from t5x_lite import eval, export, infer  # pylint: disable=redefined-builtin
-
-
 def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = True):
   """Parses gin files (searched on GIN_DIR too) and `NAME=VALUE` bindings, in that order.
 
   Raises:
     ValueError naming the file/binding and, where gin allows, the closest valid name.
   """
-  _import_configurables()
+  from t5x_lite import configurables  # pylint: disable=g-import-not-at-top,unused-import
   _use_explicit_search_path_only()
   if str(GIN_DIR) not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
     gin.add_config_file_search_path(str(GIN_DIR))
@@ -153,13 +146,12 @@ def explain_call_error(error: Exception) -> str:
     missing = match.group(2)
     return (f"{message}\nSet them in a gin file or on the command line, e.g. "
             f"--gin.{match.group(1)}.{missing.split(',')[0].strip(' ' + chr(39))}=...; the run "
-            "gin files' headers list the required macros (e.g. --gin.MODEL_DIR=runs/x).")
+            "gin files' headers list the required macros (e.g. --gin.MODEL_DIR=experiments/x).")
   return _explain(error)
 
 
-def write_operative_config(model_dir: str):
-  """MODEL_DIR/config.gin: every binding actually used by this run."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gs:// paths)
-  tf.io.gfile.makedirs(model_dir)
-  with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write(gin.operative_config_str())
+def write_operative_config(path: str):
+  """Writes every gin binding this run used (MODEL_DIR/config.gin) to `path`."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(gin.operative_config_str())

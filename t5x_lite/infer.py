@@ -26,14 +26,13 @@ import logging
 import os
 from typing import Dict, Iterator, List, Mapping, Optional
 
-import gin
 import jax
 import numpy as np
 import seqio
 
-from t5x_lite import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
+from t5x_lite import checkpoints
 from t5x_lite import data
-from t5x_lite import eval as eval_lib
+from t5x_lite import evaluation
 from t5x_lite import models as models_lib
 from t5x_lite import partitioning
 
@@ -141,7 +140,7 @@ def examples(mixture_or_task_name: str, split: str, task_feature_lengths: Mappin
       if (index - 1) % num_shards != shard_id:
         continue
       targets = _pad(ex["targets"], task_feature_lengths["targets"])
-      text = lambda key: eval_lib.as_text(
+      text = lambda key: evaluation.as_text(
           ex[f"{key}_pretokenized"] if f"{key}_pretokenized" in ex else vocabulary.decode(
               ex[key].tolist()))
       yield {"index": index - 1, "task": name, "inputs": text("inputs"), "targets": text("targets"),
@@ -159,7 +158,6 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
   """Shared loop of infer and score: restore, skip what is written, append chunk by chunk."""
   if not 0 <= shard_id < num_shards:
     raise ValueError(f"shard_id={shard_id} must be in [0, num_shards={num_shards}).")
-  model = model or models_lib.EncoderDecoderModel()
   partitioner = partitioner or partitioning.Partitioner()
   path = os.path.join(output_dir, f"{kind}-{shard_id:05d}-of-{num_shards:05d}.jsonl")
   run_config = {"checkpoint_path": os.path.abspath(str(checkpoint_path)),
@@ -176,8 +174,8 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
   if done:
     log.info("%s is complete (%d rows); nothing to do.", path, done_rows)
     return path
-  params = eval_lib.restore_params(model, partitioner, checkpoint_path)
-  predict, score = eval_lib.make_predict_fn(model), eval_lib.make_score_fn(model)
+  params = checkpoints.restore_model_params(model, partitioner, checkpoint_path)
+  predict, score = evaluation.make_predict_fn(model), evaluation.make_score_fn(model)
   stream = itertools.islice(examples(mixture_or_task_name, split, task_feature_lengths,
                                      shard_id, num_shards, max_examples), done_rows, None)
   chunks = 0
@@ -189,12 +187,12 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
         break
       features = {k: np.stack([ex["features"][k] for ex in batch]) for k in batch[0]["features"]}
       if kind == "predictions":
-        tokens, scores = eval_lib.run_batches(
+        tokens, scores = evaluation.run_batches(
             lambda b, i=batch[0]["index"]: predict(params, b, i), features, batch_size,
             partitioner)
       else:
-        tokens, scores = None, eval_lib.run_batches(lambda b: score(params, b), features,
-                                                    batch_size, partitioner)
+        tokens, scores = None, evaluation.run_batches(lambda b: score(params, b), features,
+                                                      batch_size, partitioner)
       for j, ex in enumerate(batch):
         row = {k: ex[k] for k in ("index", "task", "inputs", "targets")}
         if tokens is not None:
@@ -218,11 +216,9 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
   return path
 
 
-@gin.configurable
-def infer(*, checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
-          mixture_or_task_name: str = gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = gin.REQUIRED,
-          split: str = "validation", model: Optional[models_lib.EncoderDecoderModel] = None,
+def infer(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], batch_size: int,
+          model: models_lib.EncoderDecoderModel, split: str = "validation",
           partitioner: Optional[partitioning.Partitioner] = None, shard_id: int = 0,
           num_shards: int = 1, chunk_batches: int = 8, max_examples: Optional[int] = None,
           max_chunks: Optional[int] = None) -> str:
@@ -251,11 +247,9 @@ def infer(*, checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED
   return _run("predictions", **locals())
 
 
-@gin.configurable
-def score(*, checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
-          mixture_or_task_name: str = gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = gin.REQUIRED,
-          split: str = "validation", model: Optional[models_lib.EncoderDecoderModel] = None,
+def score(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], batch_size: int,
+          model: models_lib.EncoderDecoderModel, split: str = "validation",
           partitioner: Optional[partitioning.Partitioner] = None, shard_id: int = 0,
           num_shards: int = 1, chunk_batches: int = 8, max_examples: Optional[int] = None,
           max_chunks: Optional[int] = None) -> str:

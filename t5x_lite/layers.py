@@ -18,6 +18,13 @@ from t5x_lite import kernels
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
+# Logical names of activations (parameters use embed / mlp / heads / kv / vocab): separate
+# names keep activation sharding rules apart from parameter rules (partitioning.py).
+EMBED_ACTIVATION = ("activation_batch", "activation_length", "activation_embed")
+MLP_ACTIVATION = ("activation_batch", "activation_length", "activation_mlp")
+HEADS_ACTIVATION = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+VOCAB_ACTIVATION = ("activation_batch", "activation_length", "activation_vocab")
+
 # t5x's initialisers: fan-in scaled truncated normal for dense kernels; the 1/sqrt(head_dim)
 # that T5 leaves out of the attention logits is folded into the query initialiser.
 dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
@@ -133,7 +140,7 @@ class MlpBlock(nn.Module):
     else:
       raise ValueError(f"Unknown feed-forward activation {self.activation!r}; use 'relu' or "
                        "'gated-gelu' (gin: T5Config.feed_forward).")
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.with_logical_constraint(h, MLP_ACTIVATION)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     return dense(x.shape[-1], ("mlp", "embed"), "wo")(h)
 
@@ -206,9 +213,9 @@ class MultiHeadAttention(nn.Module):
         key, value, query_offset = self._update_cache(key, value)
         # One query against the whole cache: the causal mask at query_offset is the mask.
         query_segment_ids = kv_segment_ids = None
-    query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
-    key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
-    value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
+    query = nn.with_logical_constraint(query, HEADS_ACTIVATION)
+    key = nn.with_logical_constraint(key, HEADS_ACTIVATION)
+    value = nn.with_logical_constraint(value, HEADS_ACTIVATION)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:

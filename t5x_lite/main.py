@@ -3,7 +3,7 @@
 Also installed as the `t5x-lite` console script. Flags:
   --gin_file FILE        repeatable; searched here and in the project's gin/ directory.
   --gin.NAME=VALUE       repeatable gin binding; bare strings need no quotes
-                         (--gin.MODEL_DIR=runs/x).
+                         (--gin.MODEL_DIR=experiments/x).
   --run_mode MODE        train | eval | infer | score | export (default: train).
   --coordinator_address, --num_processes, --process_id
                          multi-process runs (jax.distributed); automatic on TPU pods.
@@ -18,20 +18,14 @@ from typing import Optional, Sequence
 
 from t5x_lite import gin_utils
 
-RUN_MODES = {
-    "train": "t5x_lite.train:train",
-    "eval": "t5x_lite.eval:evaluate",
-    "infer": "t5x_lite.infer:infer",
-    "score": "t5x_lite.infer:score",
-    "export": "t5x_lite.export:export",
-}
+RUN_MODES = ("train", "eval", "infer", "score", "export")
 
 
 def parse_flags(argv: Sequence[str]):
   parser = argparse.ArgumentParser(prog="t5x-lite", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--gin_file", action="append", default=[])
-  parser.add_argument("--run_mode", default="train", choices=sorted(RUN_MODES))
+  parser.add_argument("--run_mode", default="train", choices=RUN_MODES)
   parser.add_argument("--coordinator_address", default=None)
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
@@ -58,12 +52,6 @@ def initialize_distributed(args):
                                num_processes=args.num_processes, process_id=args.process_id)
 
 
-def _resolve(target: str):
-  module_name, fn_name = target.split(":")
-  module = __import__(module_name, fromlist=[fn_name])
-  return getattr(module, fn_name)
-
-
 def main(argv: Optional[Sequence[str]] = None):
   args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here.
@@ -75,9 +63,10 @@ def main(argv: Optional[Sequence[str]] = None):
       lambda record: "not cached so using" not in record.getMessage())
   initialize_distributed(args)
   gin_utils.parse(args.gin_file, bindings)
-  run_fn = _resolve(RUN_MODES[args.run_mode])
+  from t5x_lite import configurables  # pylint: disable=g-import-not-at-top
   try:
-    return run_fn()
+    configurables.configure_builtin_tasks()
+    return configurables.RUN_MODES[args.run_mode]()
   except (RuntimeError, TypeError, ValueError) as e:
     if "Required bindings" in str(e) or "gin" in type(e).__module__:
       raise ValueError(gin_utils.explain_call_error(e)) from e

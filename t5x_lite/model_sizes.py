@@ -4,9 +4,9 @@ A variant name is a base size followed by dash-separated changes, exactly as the
 google/t5-efficient-* checkpoints are named: `small-dl16`, `base-nl36`, `small-el16-dl8`,
 `large-dm256`, `base-kv256`, ... (an optional `t5-efficient-` prefix is accepted).
 
-How gin uses this (the one mechanism: model gin files bind `T5Config.*`, and the trainer
-calls `T5Config()`): gin/models/deep_narrow/variant.gin binds every shape field of
-T5Config to `@efficient_field()` evaluated for the macro T5_EFFICIENT_VARIANT, so
+How gin uses this (the one mechanism: model gin files bind `T5Config.*`):
+gin/models/deep_narrow/variant.gin binds every shape field of T5Config to
+`@efficient_field()` evaluated for the macro T5_EFFICIENT_VARIANT, so
 
   include 'models/deep_narrow/variant.gin'
   T5_EFFICIENT_VARIANT = 'small-dl16'
@@ -14,10 +14,7 @@ T5Config to `@efficient_field()` evaluated for the macro T5_EFFICIENT_VARIANT, s
 selects a variant, and any later `T5Config.x = ...` binding still overrides a field.
 """
 
-import dataclasses
 import re
-
-import gin
 
 from t5x_lite import network
 
@@ -43,9 +40,6 @@ SUFFIXES = {
   "kv": ("d_kv",),
   "nh": ("num_heads",),
 }
-
-SHAPE_FIELDS = ("vocab_size", "d_model", "d_ff", "d_kv", "num_heads", "num_encoder_layers",
-        "num_decoder_layers", "feed_forward", "tie_word_embeddings")
 
 
 def efficient_shape(variant: str) -> dict:
@@ -84,8 +78,7 @@ def efficient_shape(variant: str) -> dict:
   return shape
 
 
-@gin.configurable
-def efficient_field(name: str = gin.REQUIRED, variant: str = gin.REQUIRED):
+def efficient_field(name: str, variant: str):
   """One T5Config field (`name`) of T5-efficient `variant`; what variant.gin binds to.
 
   Args:
@@ -95,8 +88,7 @@ def efficient_field(name: str = gin.REQUIRED, variant: str = gin.REQUIRED):
   return efficient_shape(variant)[name]
 
 
-@gin.configurable
-def efficient_config(variant: str = gin.REQUIRED, **overrides) -> network.T5Config:
+def efficient_config(variant: str, **overrides) -> network.T5Config:
   """T5Config of a T5-efficient variant (v1.0 family: relu, tied embeddings, dropout 0.1).
 
   Args:
@@ -107,8 +99,3 @@ def efficient_config(variant: str = gin.REQUIRED, **overrides) -> network.T5Conf
   fields.update(efficient_shape(variant))
   fields.update(overrides)
   return network.T5Config(**fields)
-
-
-def replace(config: network.T5Config, **changes) -> network.T5Config:
-  """A copy of a (frozen) T5Config with fields changed."""
-  return dataclasses.replace(config, **changes)

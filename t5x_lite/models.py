@@ -9,7 +9,6 @@ decoder_loss_weights [B, Lt], and, when packed, encoder_segment_ids, decoder_seg
 import dataclasses
 from typing import Optional
 
-import gin
 import jax
 import jax.numpy as jnp
 
@@ -55,7 +54,6 @@ def cross_entropy_with_z_loss(logits, targets, weights, *, z_loss=1e-4, label_sm
   return jnp.sum((nll + z_term) * weights), jnp.sum(z_term * weights)
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DecodingSettings:
   """How predict_batch generates (gin: `DecodingSettings.method = 'beam'`, ...).
@@ -81,12 +79,12 @@ class DecodingSettings:
   seed: int = 0
 
 
-@gin.configurable
 class EncoderDecoderModel:
   """T5 model = network + loss; what the trainer, evaluator and decoders call.
 
   Attributes (gin):
-    config: the T5Config (bound by a gin/models/*.gin file).
+    config: the T5Config (gin: `EncoderDecoderModel.config = @T5Config()`, in the family
+      files that every gin/models/*.gin file includes).
     z_loss: z-loss coefficient (1e-4 in T5).
     label_smoothing: label smoothing (0.0 in T5).
     loss_normalizing_factor: "NUM_REAL_TARGET_TOKENS" (mean over real target tokens of the
@@ -95,10 +93,10 @@ class EncoderDecoderModel:
     decoding: DecodingSettings for predict_batch (default: greedy, targets length).
   """
 
-  def __init__(self, config: Optional[network.T5Config] = None, z_loss: float = 1e-4,
+  def __init__(self, config: network.T5Config, z_loss: float = 1e-4,
                label_smoothing: float = 0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
                decoding: Optional[DecodingSettings] = None):
-    self.config = config if config is not None else network.T5Config()
+    self.config = config
     self.decoding = decoding if decoding is not None else DecodingSettings()
     self.module = network.Transformer(self.config)
     self.z_loss = z_loss

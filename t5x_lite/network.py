@@ -11,7 +11,6 @@ import functools
 from typing import Optional
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 
@@ -26,7 +25,6 @@ REMAT_POLICIES = {
 }
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Shape and settings of a T5 model; the gin files in gin/models/ bind these.
@@ -121,7 +119,7 @@ def _residual_dropout(config, x, deterministic):
 
 
 def _constrain(x):
-  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+  return nn.with_logical_constraint(x, layers.EMBED_ACTIVATION)
 
 
 class EncoderLayer(nn.Module):
@@ -242,7 +240,7 @@ class Decoder(nn.Module):
     else:
       logits = layers.DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), dtype=cfg.activation_dtype,
                                    param_dtype=cfg.parameter_dtype, name="logits_dense")(x)
-    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return nn.with_logical_constraint(logits, layers.VOCAB_ACTIVATION)
 
 
 class Transformer(nn.Module):

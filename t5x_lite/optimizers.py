@@ -1,24 +1,20 @@
 """Adafactor (optax) as T5 trains with it, and learning-rate schedules (constant by default)."""
 
-import gin
 import jax.numpy as jnp
 import optax
 
 
-@gin.configurable
 def constant_schedule(learning_rate=1e-3):
   """Constant learning rate (t5x / Flan finetuning use 1e-3)."""
   return optax.constant_schedule(learning_rate)
 
 
-@gin.configurable
 def rsqrt_schedule(learning_rate=1.0, warmup_steps=10_000):
   """T5 pretraining: learning_rate / sqrt(max(step, warmup_steps)) (0.01 for 10k steps)."""
   return lambda step: learning_rate * jnp.reciprocal(
       jnp.sqrt(jnp.maximum(jnp.asarray(step, jnp.float32), warmup_steps)))
 
 
-@gin.configurable
 def linear_decay_schedule(learning_rate=1e-3, warmup_steps=0, decay_steps=10_000, end_value=0.0):
   """Linear warmup from 0, then linear decay to end_value over decay_steps."""
   return optax.join_schedules(
@@ -26,14 +22,12 @@ def linear_decay_schedule(learning_rate=1e-3, warmup_steps=0, decay_steps=10_000
        optax.linear_schedule(learning_rate, end_value, decay_steps)], [warmup_steps])
 
 
-@gin.configurable
 def cosine_decay_schedule(learning_rate=1e-3, warmup_steps=0, decay_steps=10_000, end_value=0.0):
   """Linear warmup from 0, then cosine decay to end_value (nanoT5's schedule)."""
   return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
                                             warmup_steps + decay_steps, end_value)
 
 
-@gin.configurable
 def adafactor(learning_rate_schedule=None, decay_rate=0.8, clipping_threshold=1.0,
               multiply_by_parameter_scale=True, min_dim_size_to_factor=128, factored=True,
               momentum=None, weight_decay_rate=None, epsilon=1e-30):

@@ -1,9 +1,10 @@
 """Mesh, logical axis rules and shardings: partitioning is a rule table, not code.
 
-Parameters and activations carry logical axis names (`batch`, `embed`, `mlp`, `heads`, `kv`,
-`vocab`, ...). A rule table maps each to a mesh axis ('data', 'model', optionally 'replica')
-or to None (replicated). t5x's standard rules shard heads/mlp/vocab over 'model' and the
-batch over 'data'; the FSDP option also shards `embed` over 'data'.
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`, ...) and
+activations their own (`activation_batch`, `activation_embed`, `activation_mlp`, ...). A rule
+table maps each to a mesh axis ('data', 'model', optionally 'replica') or to None
+(replicated). t5x's standard rules shard heads/mlp/vocab over 'model' and the batch over
+'data'; the FSDP option also shards parameters' `embed` over 'data'.
 """
 
 import contextlib
@@ -11,7 +12,6 @@ import math
 from typing import Optional, Sequence
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -19,19 +19,22 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 LogicalRules = Sequence[tuple[str, Optional[str]]]
 
 
-@gin.configurable
 def standard_logical_axis_rules(fsdp: bool = False, activation_partitioning: bool = True):
   """t5x's standard rules (+ FSDP: `embed` parameters sharded over 'data').
+
+  Parameters and activations have separate logical names (activations are `activation_*`,
+  as in MaxText), so a rule for one never moves the other.
 
   Args:
     fsdp: shard the `embed` axis of parameters (and their optimizer state) over 'data',
       so each data-parallel replica holds a slice of every weight (ZeRO-3 style).
     activation_partitioning: shard activations' mlp/heads/vocab axes over 'model'
-      (the usual tensor parallelism); False keeps activations replicated over 'model'.
+      (the usual tensor parallelism); False keeps activations replicated over 'model'
+      (parameters stay sharded).
   """
-  model = "model" if activation_partitioning else None
-  rules = [
-      ("batch", ("replica", "data")),
+  activation_model = "model" if activation_partitioning else None
+  return [
+      # Parameters.
       ("vocab", "model"),
       ("mlp", "model"),
       ("heads", "model"),
@@ -40,11 +43,15 @@ def standard_logical_axis_rules(fsdp: bool = False, activation_partitioning: boo
       ("embed", "data" if fsdp else None),
       ("relpos_buckets", None),
       ("layers", None),
-      ("length", None),
+      # Activations.
+      ("activation_batch", ("replica", "data")),
+      ("activation_length", None),
+      ("activation_embed", None),
+      ("activation_mlp", activation_model),
+      ("activation_heads", activation_model),
+      ("activation_kv", None),
+      ("activation_vocab", activation_model),
   ]
-  if not activation_partitioning:
-    rules = [(name, model if axis == "model" else axis) for name, axis in rules]
-  return rules
 
 
 def _mesh_axes_present(rules, mesh):
@@ -61,7 +68,6 @@ def _mesh_axes_present(rules, mesh):
   return fixed
 
 
-@gin.configurable
 class Partitioner:
   """Builds the mesh and turns logical axis names into NamedShardings.
 

@@ -1,33 +1,109 @@
-"""Metric summaries: TensorBoard scalars plus a JSONL history, shared by every run mode."""
+"""Metric summaries: TensorBoard scalars (clu.metric_writers) plus a JSONL history.
+
+Every run mode writes through `SummaryWriter`: TensorBoard event files in
+MODEL_DIR/<name>/ and one JSON object per write in MODEL_DIR/<name>_metrics.jsonl
+(`{"step": s, metric: value, ...}`), on process 0 only. Non-finite values are written as
+null (JSON has no NaN). `read_history` reads such a file tolerantly: a torn last line (a run
+killed mid-write) is skipped with a warning, and a step written twice (a resumed run redoes
+the steps after its last checkpoint) keeps its latest row.
+"""
 
 import json
-import os
-from typing import Mapping
+import logging
+import math
+from typing import Dict, List, Mapping
 
+from clu import metric_writers
+from etils import epath
 import jax
-import tensorflow as tf
+
+from t5x_lite.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def _json_value(value):
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+class _JsonlWriter(metric_writers.MetricWriter):
+  """Appends one JSON object per write_scalars call (clu writes TensorBoard beside it)."""
+
+  def __init__(self, path: str):
+    self.path = epath.Path(path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+
+  def write_scalars(self, step, scalars):
+    row = {"step": int(step), **{k: _json_value(v) for k, v in scalars.items()}}
+    with self.path.open("a") as f:
+      f.write(json.dumps(row) + "\n")
+
+  def write_summaries(self, step, values, metadata=None):
+    del step, values, metadata
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_videos(self, step, videos):
+    del step, videos
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate
+
+  def write_texts(self, step, texts):
+    del step, texts
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    del step, arrays, num_buckets
+
+  def write_hparams(self, hparams):
+    del hparams
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
 
 
 class SummaryWriter:
-  """TensorBoard scalars (tf.summary) + a JSONL history; written by process 0 only.
-
-  `SummaryWriter(dir, name)` writes TensorBoard events to dir/name/ and appends one JSON
-  object per `write` ({"step": ..., metric: value, ...}) to dir/name_metrics.jsonl.
-  """
+  """Scalars to MODEL_DIR/<name>/ (TensorBoard) and MODEL_DIR/<name>_metrics.jsonl."""
 
   def __init__(self, model_dir: str, name: str):
+    run = RunDir(model_dir)
+    self.history_path = run.metrics_history(name)
+    self.tensorboard_dir = run.tensorboard(name)
     self.enabled = jax.process_index() == 0
-    self.history_path = os.path.join(model_dir, f"{name}_metrics.jsonl")
-    self.tensorboard_dir = os.path.join(model_dir, name)
     if self.enabled:
-      self.writer = tf.summary.create_file_writer(self.tensorboard_dir)
+      self._writer = metric_writers.MultiWriter([
+          metric_writers.SummaryWriter(self.tensorboard_dir), _JsonlWriter(self.history_path)])
 
   def write(self, step: int, scalars: Mapping[str, float]):
-    if not self.enabled:
-      return
-    with self.writer.as_default():
-      for key, value in scalars.items():
-        tf.summary.scalar(key, value, step=step)
-    self.writer.flush()
-    with tf.io.gfile.GFile(self.history_path, "a") as f:
-      f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+    if self.enabled:
+      self._writer.write_scalars(step, {k: float(v) for k, v in scalars.items()})
+      self._writer.flush()
+
+  def close(self):
+    if self.enabled:
+      self._writer.close()
+
+
+def read_history(path: str) -> List[Dict]:
+  """Rows of a metrics JSONL file, one per step (the latest row of a step), sorted by step."""
+  path = epath.Path(path)
+  if not path.exists():
+    return []
+  rows = {}
+  lines = path.read_text().splitlines()
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      log.warning("Skipping unreadable line %d of %s (a run stopped while writing it?).",
+                  number, path)
+      continue
+    rows[row["step"]] = row
+  return [rows[s] for s in sorted(rows)]

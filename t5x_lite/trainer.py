@@ -23,7 +23,7 @@ def _split_microbatches(batch, num_microbatches):
   def split(x):
     if x.shape[0] % num_microbatches:
       raise ValueError(f"Batch size {x.shape[0]} is not divisible by num_microbatches="
-                       f"{num_microbatches} (gin: Trainer.num_microbatches).")
+                       f"{num_microbatches} (gin: train.num_microbatches).")
     return x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
   return jax.tree_util.tree_map(split, batch)
 
@@ -79,6 +79,17 @@ class Trainer:
       init = jax.jit(self._init_fn(input_shapes), out_shardings=shardings)
       return init(jax.random.PRNGKey(self.seed))
 
+  def state_from_params(self, params, input_shapes) -> TrainState:
+    """TrainState at step 0 with given (sharded) params and a fresh optimizer state.
+
+    Finetuning from parameters only: no fresh parameters are initialised and discarded.
+    """
+    _, shardings = self.state_shardings(input_shapes)
+    with self.partitioner.context():
+      opt_state = jax.jit(self.tx.init, out_shardings=shardings.opt_state)(params)
+    return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+                      params=params, opt_state=opt_state)
+
   # ---- steps ------------------------------------------------------------------------------
 
   def _dropout_rng(self, step):
@@ -116,7 +127,7 @@ class Trainer:
     return {
         "loss": metrics["loss_sum"] / tokens,
         "z_loss": metrics["z_loss_sum"] / tokens,
-        "accuracy": metrics["correct"] / tokens,
+        "accuracy": 100.0 * metrics["correct"] / tokens,  # percent, like seqio's metrics
         "num_tokens": metrics["num_tokens"],
         "nonpadding_fraction": metrics["num_tokens"] / targets.size,
         "learning_rate": jnp.asarray(self.schedule(step), jnp.float32),
@@ -167,5 +178,5 @@ def evaluate_loss(trainer: Trainer, params, batches, max_batches: Optional[int] 
     raise ValueError("Evaluation got no batches: is the eval split empty?")
   tokens = max(float(totals["num_tokens"]), 1.0)
   return {"loss": float(totals["loss_sum"]) / tokens,
-          "accuracy": float(totals["correct"]) / tokens,
+          "accuracy": 100.0 * float(totals["correct"]) / tokens,
           "z_loss": float(totals["z_loss_sum"]) / tokens}

@@ -1,18 +1,43 @@
-"""Task and mixture registrations: `import t5x_lite.tasks` registers them all with seqio.
+"""The built-in seqio tasks and mixtures: `import t5x_lite.tasks` registers them all.
 
 This folder installs as the package `t5x_lite.tasks` (setup.py maps it), so no top-level
 module named `tasks` exists to collide with a user's own.
+
+Importing registers every task with the default vocabulary (lazy: nothing is built until a
+task is read). The entry point re-registers them with the gin-configured vocabulary and
+options (`register_builtin_tasks(...)`), so tasks never read gin themselves.
 """
 
+from typing import Optional
+
+import seqio
+
 from t5x_lite.tasks import corpora  # noqa: F401
-from t5x_lite.tasks import vocab  # noqa: F401
-from t5x_lite.tasks import pretraining  # noqa: F401
-from t5x_lite.tasks import glue  # noqa: F401
-
-# SuperNI, Flan-style instructions and their metrics.
+from t5x_lite.tasks import glue
+from t5x_lite.tasks import instructions
 from t5x_lite.tasks import metrics  # noqa: F401
-from t5x_lite.tasks import superni  # noqa: F401
-from t5x_lite.tasks import instructions  # noqa: F401
+from t5x_lite.tasks import pretraining
+from t5x_lite.tasks import quickstart
+from t5x_lite.tasks import superni
+from t5x_lite.tasks import vocab
 
-# The mixture `make demo` trains on.
-from t5x_lite.tasks import quickstart  # noqa: F401
+
+def register_builtin_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
+                           superni_options: Optional[superni.SuperNIOptions] = None,
+                           instruction_mixture_cap: int = instructions.DEFAULT_MIXTURE_CAP):
+  """(Re-)registers every built-in task and mixture.
+
+  Args:
+    vocabulary: of every task's "inputs" and "targets"; None: the default vocabulary.
+    superni_options: the SuperNI data (default: $SUPERNI_DATA_DIR when read).
+    instruction_mixture_cap: examples-proportional cap of the instruction mixtures.
+  """
+  vocabulary = vocabulary or vocab.default_vocabulary()
+  pretraining.register_tasks(vocabulary)
+  glue.register_tasks(vocabulary)
+  instructions.register_instruction_tasks(vocabulary, mixture_cap=instruction_mixture_cap)
+  superni.register_superni_tasks(vocabulary, superni_options)
+  quickstart.register_mixture()
+
+
+register_builtin_tasks()

@@ -188,6 +188,3 @@ def register_tasks(vocabulary=None) -> None:
       "glue_v002_proportional",
       [glue_task_name(name) for name in GLUE_TASKS],
       default_rate=seqio.utils.mixing_rate_num_examples)
-
-
-register_tasks()

@@ -41,7 +41,6 @@ import random
 import string
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import gin
 import seqio
 import tensorflow as tf
 
@@ -313,35 +312,30 @@ def extract_answer(text: Any, example: Optional[Mapping[str, Any]] = None,
   return text
 
 
-@gin.configurable(module="instructions")
-def instruction_mixture_cap(cap: int = 3000) -> int:
-  """Examples-proportional mixing cap: a task's rate is min(num train examples, cap).
+DEFAULT_MIXTURE_CAP = 3000
 
-  Args:
-    cap: the cap (T5 used 2**19 on full datasets; our families hold 2000-4000).
 
-  Returns:
-    The cap.
+def instruction_mixture_cap(cap: int = DEFAULT_MIXTURE_CAP) -> int:
+  """Examples-proportional mixing cap (the gin configurable `instruction_mixture_cap`).
+
+  A task's rate in the instruction mixtures is min(num train examples, cap). T5 used 2**19
+  on full datasets; the embedded families hold 2000-4000 examples each.
   """
   return cap
-
-
-def capped_rate(task: seqio.Task) -> float:
-  """Mixture rate fn: min(task's train examples, instruction_mixture_cap())."""
-  return seqio.mixing_rate_num_examples(task, maximum=instruction_mixture_cap())
 
 
 def task_name(family: str, fmt: str, prefix: str = "embedded") -> str:
   return f"{prefix}_{family}_{fmt}"
 
 
-def register_instruction_tasks(vocabulary: seqio.Vocabulary,
-                               prefix: str = "embedded") -> Dict[str, List[str]]:
+def register_instruction_tasks(vocabulary: seqio.Vocabulary, prefix: str = "embedded",
+                               mixture_cap: int = DEFAULT_MIXTURE_CAP) -> Dict[str, List[str]]:
   """Registers every family x format task and the mixtures (idempotent).
 
   Args:
     vocabulary: vocabulary of "inputs" and "targets".
     prefix: prefix of task and mixture names.
+    mixture_cap: examples-proportional mixing cap of the mixtures.
 
   Returns:
     {"tasks": [...], "mixtures": [...]} of registered names.
@@ -373,9 +367,5 @@ def register_instruction_tasks(vocabulary: seqio.Vocabulary,
     seqio.MixtureRegistry.remove(name)
     seqio.MixtureRegistry.add(
         name, [task_name(f, fmt, prefix) for f in families for fmt in fmts],
-        default_rate=capped_rate)
+        default_rate=functools.partial(seqio.mixing_rate_num_examples, maximum=mixture_cap))
   return {"tasks": tasks, "mixtures": list(mixtures)}
-
-
-# The default vocabulary builds its model lazily, so registering at import is free.
-REGISTERED = register_instruction_tasks(vocab.default_vocabulary())

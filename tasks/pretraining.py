@@ -302,12 +302,11 @@ def register_text_task(name: str, source: seqio.DataSource, objective,
   )
 
 
-def register_tasks() -> None:
+def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None) -> None:
   """Registers c4_span_corruption, embedded_span_corruption, embedded_prefix_lm."""
   register_text_task("c4_span_corruption",
-                     seqio.TfdsDataSource(tfds_name="c4/en:3.1.0", splits=("train", "validation")), span_corruption)
-  register_text_task("embedded_span_corruption", corpora.embedded_source(), span_corruption)
-  register_text_task("embedded_prefix_lm", corpora.embedded_source(), prefix_lm)
-
-
-register_tasks()
+                     seqio.TfdsDataSource(tfds_name="c4/en:3.1.0", splits=("train", "validation")),
+                     span_corruption, vocabulary)
+  register_text_task("embedded_span_corruption", corpora.embedded_source(), span_corruption,
+                     vocabulary)
+  register_text_task("embedded_prefix_lm", corpora.embedded_source(), prefix_lm, vocabulary)

@@ -6,13 +6,12 @@ whose answers `make demo` prints; nothing needs a download.
 
 import seqio
 
-from t5x_lite.tasks import instructions  # noqa: F401  (registers embedded_instructions_mixture)
-from t5x_lite.tasks import pretraining  # noqa: F401  (registers embedded_span_corruption)
-
 QUICKSTART_MIXTURE = "quickstart_mixture"
 
-if QUICKSTART_MIXTURE in seqio.MixtureRegistry.names():
+
+def register_mixture() -> None:
+  """Registers quickstart_mixture over embedded_span_corruption and the instruction mixture."""
   seqio.MixtureRegistry.remove(QUICKSTART_MIXTURE)
-seqio.MixtureRegistry.add(
-    QUICKSTART_MIXTURE,
-    [("embedded_span_corruption", 1.0), ("embedded_instructions_mixture", 1.0)])
+  seqio.MixtureRegistry.add(
+      QUICKSTART_MIXTURE,
+      [("embedded_span_corruption", 1.0), ("embedded_instructions_mixture", 1.0)])

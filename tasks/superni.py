@@ -53,7 +53,6 @@ import random
 import string
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-import gin
 import seqio
 import tensorflow as tf
 
@@ -89,26 +88,11 @@ TASK_TYPES = ("classification", "generation")
 
 @dataclasses.dataclass(frozen=True)
 class SuperNIOptions:
-  data_dir: str
-  split: str
-  max_train_instances_per_task: int
-  max_test_instances_per_task: int
-  max_classification_labels: int
-  seed: int
+  """Where the SuperNI clone is and how much of it to use (gin: `superni_options.*`).
 
-
-@gin.configurable(module="superni")
-def superni_options(data_dir: Optional[str] = None,
-                    split: str = "default",
-                    max_train_instances_per_task: int = 100,
-                    max_test_instances_per_task: int = 100,
-                    max_classification_labels: int = 10,
-                    seed: int = 42) -> SuperNIOptions:
-  """Where the SuperNI clone is and how much of it to use. Read when a dataset is built.
-
-  Args:
-    data_dir: root of a clone of allenai/natural-instructions. None: use the
-      `SUPERNI_DATA_DIR` environment variable.
+  Attributes:
+    data_dir: root of a clone of allenai/natural-instructions. None: the
+      `SUPERNI_DATA_DIR` environment variable, read when a dataset is built.
     split: sub-directory of `splits/` holding train_tasks.txt / test_tasks.txt
       ("default" is the English track; "xlingual" the cross-lingual one).
     max_train_instances_per_task: instances sampled per training task (Tk-Instruct: 100).
@@ -117,21 +101,32 @@ def superni_options(data_dir: Optional[str] = None,
     max_classification_labels: largest label set of a "classification" task.
     seed: seeds the training-instance sample, the choice among several references
       for the training target, and the task order when files are shuffled.
-
-  Returns:
-    The resolved SuperNIOptions.
-
-  Raises:
-    ValueError: neither `data_dir` nor `SUPERNI_DATA_DIR` is set.
   """
-  data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
-  if not data_dir:
-    raise ValueError(
-        "SuperNI needs a local clone of allenai/natural-instructions: bind "
-        "`superni_options.data_dir = '/path/to/natural-instructions'` in gin or set "
-        f"the {DATA_DIR_ENV} environment variable.")
-  return SuperNIOptions(data_dir, split, max_train_instances_per_task,
-                        max_test_instances_per_task, max_classification_labels, seed)
+  data_dir: Optional[str] = None
+  split: str = "default"
+  max_train_instances_per_task: int = 100
+  max_test_instances_per_task: int = 100
+  max_classification_labels: int = 10
+  seed: int = 42
+
+  def resolved_data_dir(self) -> str:
+    """data_dir, else $SUPERNI_DATA_DIR.
+
+    Raises:
+      ValueError: neither is set.
+    """
+    data_dir = self.data_dir or os.environ.get(DATA_DIR_ENV)
+    if not data_dir:
+      raise ValueError(
+          "SuperNI needs a local clone of allenai/natural-instructions: bind "
+          "`superni_options.data_dir = '/path/to/natural-instructions'` in gin or set "
+          f"the {DATA_DIR_ENV} environment variable.")
+    return data_dir
+
+
+def superni_options(**kwargs) -> SuperNIOptions:
+  """SuperNIOptions from keyword arguments: the gin configurable `superni_options`."""
+  return SuperNIOptions(**kwargs)
 
 
 # ---------------------------------------------------------------- prompt encoding
@@ -313,13 +308,14 @@ def _load_task(path: str, mtime_ns: int, size: int, subset: str, cap: int, seed:
 
 def load_split_tasks(options: SuperNIOptions, subset: str) -> List[Dict[str, Any]]:
   """All tasks of `subset` ("train" or "test") of the options' split, capped."""
-  if not os.path.isdir(options.data_dir):
+  data_dir = options.resolved_data_dir()
+  if not os.path.isdir(data_dir):
     raise FileNotFoundError(
-        f"SuperNI data directory {options.data_dir} does not exist: set "
+        f"SuperNI data directory {data_dir} does not exist: set "
         f"superni_options.data_dir (gin) or {DATA_DIR_ENV} to a natural-instructions clone")
-  split_file = os.path.join(options.data_dir, "splits", options.split, f"{subset}_tasks.txt")
+  split_file = os.path.join(data_dir, "splits", options.split, f"{subset}_tasks.txt")
   names = read_task_names(split_file)
-  task_dir = os.path.join(options.data_dir, "tasks")
+  task_dir = os.path.join(data_dir, "tasks")
   cap = (options.max_train_instances_per_task if subset == "train"
          else options.max_test_instances_per_task)
   tasks = []
@@ -360,11 +356,10 @@ def build_examples(tasks: Sequence[Mapping[str, Any]], encoding: Encoding,
 
 
 def _dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
-                subset: str, encoding: Encoding,
-                task_type: Optional[str]) -> tf.data.Dataset:
+                subset: str, encoding: Encoding, task_type: Optional[str],
+                options: SuperNIOptions) -> tf.data.Dataset:
   """seqio FunctionDataSource fn; `split` is checked by seqio, `subset` picks the tasks."""
   del split
-  options = superni_options()
   tasks = load_split_tasks(options, subset)
   if shuffle_files:
     tasks = list(tasks)
@@ -392,12 +387,15 @@ def superni_postprocess(output: Any, example: Optional[Mapping[str, Any]] = None
           "category": _as_str(example["category"])}
 
 
-def register_superni_tasks(vocabulary: seqio.Vocabulary, prefix: str = "superni",
+def register_superni_tasks(vocabulary: seqio.Vocabulary,
+                           options: Optional[SuperNIOptions] = None, prefix: str = "superni",
                            encodings: Optional[Mapping[str, Encoding]] = None) -> List[str]:
   """Registers the SuperNI tasks (idempotent: existing names are replaced).
 
   Args:
     vocabulary: vocabulary of both "inputs" and "targets".
+    options: where the data is and how much to use; default SuperNIOptions() (the data
+      directory from $SUPERNI_DATA_DIR when a dataset is built).
     prefix: task name prefix.
     encodings: name -> Encoding; defaults to ENCODINGS.
 
@@ -414,7 +412,7 @@ def register_superni_tasks(vocabulary: seqio.Vocabulary, prefix: str = "superni"
         splits = ("train",) if subset == "train" else ("test", "validation")
         source = seqio.FunctionDataSource(
             functools.partial(_dataset_fn, subset=subset, encoding=encoding,
-                              task_type=task_type),
+                              task_type=task_type, options=options or SuperNIOptions()),
             splits=splits)
         seqio.TaskRegistry.remove(name)
         seqio.TaskRegistry.add(
@@ -425,8 +423,3 @@ def register_superni_tasks(vocabulary: seqio.Vocabulary, prefix: str = "superni"
             metric_fns=[metrics.superni_metrics])
         names.append(name)
   return names
-
-
-# The default vocabulary is lazy (no SentencePiece training here), so registering
-# at import is free.
-TASK_NAMES = register_superni_tasks(vocab.default_vocabulary())

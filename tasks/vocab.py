@@ -10,7 +10,8 @@ reading `vocab_size`), never at import time, and concurrent builders are safe: e
 a private temp file and publishes it with an atomic `os.replace` (identical bytes, so the
 last writer wins harmlessly).
 
-Any other SentencePiece model is one gin binding away:
+Any other SentencePiece model is one gin binding away; it switches the built-in tasks and the
+model's embedding size (`T5Config.vocab_size = @padded_vocab_size()` in the model gin files):
   `get_vocabulary.sentencepiece_model_path = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"`
 """
 
@@ -22,7 +23,6 @@ import os
 import tempfile
 from typing import Optional
 
-import gin
 import seqio
 import sentencepiece as spm
 
@@ -103,22 +103,12 @@ def default_model_path() -> str:
   return path
 
 
-def _configured_model_path() -> str:
-  """The gin-bound `get_vocabulary.sentencepiece_model_path`, else the default model."""
-  try:
-    path = gin.query_parameter("get_vocabulary.sentencepiece_model_path")
-  except ValueError:  # not bound
-    path = None
-  return path or default_model_path()
-
-
 class DefaultVocabulary(seqio.SentencePieceVocabulary):
   """The vocabulary the built-in tasks register with: resolved lazily, on first use.
 
   Constructing it is free (no corpus, no training), so tasks can be registered with it at
-  import time. On the first tokenisation or size query it takes the SentencePiece model
-  bound as `get_vocabulary.sentencepiece_model_path` in gin (so one binding switches every
-  built-in task, e.g. to T5's cc_all.32000 model), else locates or trains the default one.
+  import time. On the first tokenisation or size query it locates (or trains) the default
+  SentencePiece model.
   """
 
   def __init__(self, extra_ids: int = DEFAULT_EXTRA_IDS):
@@ -126,13 +116,13 @@ class DefaultVocabulary(seqio.SentencePieceVocabulary):
 
   def _model_context(self):
     if self._sentencepiece_model_file is None:
-      self._sentencepiece_model_file = _configured_model_path()
+      self._sentencepiece_model_file = default_model_path()
     return super()._model_context()
 
   @property
   def sentencepiece_model_file(self) -> str:
     if self._sentencepiece_model_file is None:
-      self._sentencepiece_model_file = _configured_model_path()
+      self._sentencepiece_model_file = default_model_path()
     return self._sentencepiece_model_file
 
   def __eq__(self, other):
@@ -152,10 +142,13 @@ def default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> DefaultVocabulary:
   return DefaultVocabulary(extra_ids=extra_ids)
 
 
-@gin.configurable
 def get_vocabulary(sentencepiece_model_path: Optional[str] = None,
                    extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Vocabulary:
-  """The vocabulary that tasks and models use; gin-configurable.
+  """The vocabulary of the built-in tasks and, through `padded_vocab_size`, of the model.
+
+  Gin at the edge binds it (`get_vocabulary.sentencepiece_model_path = ...`,
+  `get_vocabulary.extra_ids = ...`): the entry point registers the built-in tasks with it,
+  and the model gin files size the embedding from it.
 
   Args:
     sentencepiece_model_path: a SentencePiece model file (local path or gs://); None

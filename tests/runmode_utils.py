@@ -10,7 +10,7 @@ import tensorflow as tf
 from t5x_lite import tasks  # noqa: F401
 from t5x_lite.tasks import metrics as task_metrics
 from t5x_lite.tasks import vocab
-from t5x_lite import models, network, optimizers, train
+from t5x_lite import configs, models, network, optimizers, train
 
 TASK = "runmode_test_yes_no"
 LENGTHS = {"inputs": 16, "targets": 4}
@@ -58,12 +58,13 @@ TINY_GIN = ["--gin.T5Config.vocab_size=4224", "--gin.T5Config.d_model=64",
             "--gin.T5Config.dropout_rate=0.0"]
 
 
-def train_tiny(model_dir, steps, **kwargs):
-  args = dict(model_dir=str(model_dir), train_steps=steps, mixture_or_task_name=TASK,
-              task_feature_lengths=LENGTHS, batch_size=8, model=tiny_model(), pack=False,
+def train_tiny(model_dir, steps, checkpoint_period=1000, evaluation=configs.EvalConfig(steps=0),
+               **kwargs):
+  args = dict(model_dir=str(model_dir), train_steps=steps, model=tiny_model(),
+              train_dataset=configs.DatasetConfig(TASK, LENGTHS, batch_size=8, pack=False),
               optimizer=optimizers.adafactor(optimizers.constant_schedule(1e-2)),
-              checkpoint_period=1000, keep_checkpoints=None, log_period=1000, eval_steps=0,
-              progress_bar=False)
+              checkpoint=configs.CheckpointConfig(period=checkpoint_period, keep=None),
+              evaluation=evaluation, log_period=1000, progress_bar=False)
   args.update(kwargs)
   return train.train(**args)
 

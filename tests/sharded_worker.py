@@ -56,7 +56,10 @@ def run_mesh(out_dir, mesh):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from t5x_lite import checkpoints, models, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top
+  from t5x_lite import checkpoints, configs, models, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top
+  from t5x_lite.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  checkpoint_manager = lambda: checkpoints.CheckpointManager(RunDir(out_dir),
+                                                             configs.CheckpointConfig())
 
   shape = tuple(int(x) for x in mesh.split("+")[0].split("x"))
   devices = jax.devices()[:1] if shape == (1, 1) else jax.devices()
@@ -75,7 +78,7 @@ def run_mesh(out_dir, mesh):
     abstract, shardings = t.state_shardings(shapes)
     abstract = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    state = checkpoints.CheckpointManager(os.path.join(out_dir, "ckpt")).restore(abstract)
+    state = checkpoint_manager().restore(abstract)
   else:
     state = t.init_state(shapes)
     for batch in data:
@@ -87,7 +90,7 @@ def run_mesh(out_dir, mesh):
                                 part_input(data[0]["encoder_input_tokens"], part),
                                 max_decode_length=6, method="beam", num_decodes=2)
   if "ckpt" in mesh:
-    manager = checkpoints.CheckpointManager(os.path.join(out_dir, "ckpt"))
+    manager = checkpoint_manager()
     manager.save(state, force=True)
     manager.wait()
   flat = {"losses": np.array(losses),

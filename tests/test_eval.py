@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import runmode_utils as u
-from t5x_lite import eval as eval_lib, infer, main
+from t5x_lite import evaluate as eval_lib, infer, main
+from t5x_lite import configs
 from t5x_lite.tasks import metrics as task_metrics
 
 
@@ -78,8 +79,8 @@ def test_eval_of_all_checkpoints_writes_one_entry_per_step(run_dir):
 
 
 def test_periodic_infer_eval_during_training(tmp_path, capsys):
-  _, final = u.train_tiny(tmp_path, 6, checkpoint_period=6, eval_period=3, eval_steps=1,
-                          infer_eval_mixture_or_task_name=u.TASK, print_examples=2)
+  _, final = u.train_tiny(tmp_path, 6, checkpoint_period=6, evaluation=configs.EvalConfig(
+      period=3, steps=1, infer_eval_mixture_or_task_name=u.TASK, print_examples=2))
   rows = u.read_jsonl(tmp_path / "eval_metrics.jsonl")
   assert [r["step"] for r in rows] == [3, 6]
   for row in rows:

@@ -7,7 +7,7 @@ import torch
 import transformers
 
 import runmode_utils as u
-from t5x_lite import eval as eval_lib, main, partitioning
+from t5x_lite import checkpoints, main, partitioning
 
 
 def test_export_gives_hf_model_with_the_same_logits(tmp_path):
@@ -22,8 +22,8 @@ def test_export_gives_hf_model_with_the_same_logits(tmp_path):
   assert out == str(tmp_path / "hf")
   hf = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
   model = u.tiny_model()
-  params = eval_lib.restore_params(model, partitioning.Partitioner(),
-                                   str(tmp_path / "run" / "checkpoints" / "2"))
+  params = checkpoints.restore_model_params(model, partitioning.Partitioner(),
+                                             str(tmp_path / "run" / "checkpoints" / "2"))
   rng = np.random.RandomState(0)
   enc = rng.randint(2, 4224, (2, 10)).astype(np.int32)
   enc[1, 7:] = 0

@@ -11,7 +11,7 @@ import pytest
 import seqio
 
 import runmode_utils as u
-from t5x_lite import decoding, eval as eval_lib, infer
+from t5x_lite import checkpoints, decoding, infer
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_shards_are_disjoint_and_complete(checkpoint, tmp_path):
 
 def _restored(checkpoint, model):
   from t5x_lite import partitioning  # pylint: disable=g-import-not-at-top
-  return eval_lib.restore_params(model, partitioning.Partitioner(), checkpoint)
+  return checkpoints.restore_model_params(model, partitioning.Partitioner(), checkpoint)
 
 
 def test_scores_equal_independent_teacher_forced_log_likelihood(checkpoint, tmp_path):

@@ -6,6 +6,7 @@ import gin
 import pytest
 import seqio
 
+from t5x_lite import configurables
 from t5x_lite.tasks import instructions as ins
 from t5x_lite.tasks import vocab
 
@@ -108,12 +109,15 @@ def test_mixture_rates_are_capped_examples(registered):
                    for f in ins.TRAIN_FAMILIES for fmt in ("zeroshot", "fewshot")}
   assert rates["t_ins_copy_zeroshot"] == 2000.0 and rates["t_ins_addition_fewshot"] == 3000.0
   gin.clear_config()
-  try:
+  try:  # the gin binding reaches the mixtures through the entry point's registration
     gin.bind_parameter("instructions.instruction_mixture_cap.cap", 2500)
-    assert mix.get_rate(seqio.get_mixture_or_task("t_ins_uppercase_zeroshot")) == 2500.0
-    assert mix.get_rate(seqio.get_mixture_or_task("t_ins_copy_fewshot")) == 2000.0
+    ins.register_instruction_tasks(vocab.default_vocabulary(), prefix="t_ins_cap",
+                                   mixture_cap=configurables.instruction_mixture_cap())
   finally:
     gin.clear_config()
+  capped = seqio.get_mixture_or_task("t_ins_cap_instructions_mixture")
+  assert capped.get_rate(seqio.get_mixture_or_task("t_ins_cap_uppercase_zeroshot")) == 2500.0
+  assert capped.get_rate(seqio.get_mixture_or_task("t_ins_cap_copy_fewshot")) == 2000.0
   cot = seqio.get_mixture_or_task("t_ins_instructions_cot_mixture")
   assert len(cot.tasks) == len(ins.TRAIN_FAMILIES) * 4
   heldout = seqio.get_mixture_or_task("t_ins_instructions_heldout_zeroshot")
@@ -169,5 +173,5 @@ def test_default_names_registered():
   for mix in ("embedded_instructions_mixture", "embedded_instructions_cot_mixture",
               "embedded_instructions_heldout_zeroshot", "embedded_instructions_heldout_fewshot"):
     assert mix in seqio.MixtureRegistry.names()
-  again = ins.register_instruction_tasks(vocab.default_vocabulary())  # idempotent
-  assert again == ins.REGISTERED
+  first = ins.register_instruction_tasks(vocab.default_vocabulary())
+  assert ins.register_instruction_tasks(vocab.default_vocabulary()) == first  # idempotent

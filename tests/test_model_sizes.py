@@ -12,7 +12,7 @@ import gin
 import pytest
 
 import hf_utils
-from t5x_lite import model_sizes, network
+from t5x_lite import configurables, gin_utils, model_sizes, network
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 MODEL_FILES = sorted(os.path.relpath(p, GIN_DIR)
@@ -44,7 +44,8 @@ EXPECTED.update({f"models/flan_t5/{k}.gin": (v, "gated-gelu", False, 0.1)
 EXPECTED.update({f"models/deep_narrow/{k}.gin": (v, "relu", True, 0.1)
                  for k, v in DEEP_NARROW.items()})
 # Family files and the by-name variant file are included by the others, not used alone.
-INCLUDED_ONLY = {"models/t5_1_0.gin", "models/t5_1_1.gin", "models/deep_narrow/variant.gin"}
+INCLUDED_ONLY = {"models/common.gin", "models/t5_1_0.gin", "models/t5_1_1.gin",
+                 "models/deep_narrow/variant.gin"}
 
 VARIANTS = {  # google/t5-efficient-* names -> the shape they must give
     "small-dl16": (512, 2048, 64, 8, 6, 16), "base-nl36": (768, 3072, 64, 12, 36, 36),
@@ -62,11 +63,11 @@ def _shape(config):
 
 
 def _config_from_gin(files, bindings=()):
+  """The T5Config the files give with T5's 32k vocabulary (the size of the released models)."""
   gin.clear_config()
-  gin.add_config_file_search_path(GIN_DIR)
   try:
-    gin.parse_config_files_and_bindings(files, list(bindings))
-    return network.T5Config()
+    gin_utils.parse(files, ["T5Config.vocab_size=32128"] + list(bindings))
+    return configurables.T5Config()
   finally:
     gin.clear_config()
 

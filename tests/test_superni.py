@@ -7,6 +7,7 @@ import gin
 import pytest
 import seqio
 
+from t5x_lite import configurables
 from t5x_lite.tasks import superni
 from t5x_lite.tasks import vocab
 
@@ -160,8 +161,10 @@ def test_gin_caps(clone, names):
   try:
     gin.bind_parameter("superni.superni_options.max_train_instances_per_task", 3)
     gin.bind_parameter("superni.superni_options.max_test_instances_per_task", 2)
-    train = _examples("t_sni_def_train", "train")
-    test = _examples("t_sni_def_test", "test")
+    superni.register_superni_tasks(vocab.default_vocabulary(), configurables.superni_options(),
+                                   prefix="t_sni_caps", encodings={"def": superni.ENCODINGS["def"]})
+    train = _examples("t_sni_caps_def_train", "train")
+    test = _examples("t_sni_caps_def_test", "test")
   finally:
     gin.clear_config()
   assert [e["task_name"] for e in train] == ["task003_train_a"] * 3 + ["task004_train_b"] * 2

@@ -6,13 +6,16 @@ import logging
 import os
 
 import gin
+import jax
 import numpy as np
 import pytest
 
-from t5x_lite import checkpoints, main, models, network, optimizers, partitioning, train, trainer
+from t5x_lite import configs, main, models, network, optimizers, partitioning, train, trainer
+from tree_utils import tree_max_abs_diff
 
 TASK = "embedded_copy_zeroshot"
 LENGTHS = {"inputs": 32, "targets": 16}
+NO_EVAL = configs.EvalConfig(steps=0)
 
 
 def tiny_model(**overrides):
@@ -24,10 +27,11 @@ def tiny_model(**overrides):
 
 
 def run(model_dir, steps, **kwargs):
-  args = dict(model_dir=str(model_dir), train_steps=steps, mixture_or_task_name=TASK,
-              task_feature_lengths=LENGTHS, batch_size=8, model=tiny_model(),
+  args = dict(model_dir=str(model_dir), train_steps=steps, model=tiny_model(),
+              train_dataset=configs.DatasetConfig(TASK, LENGTHS, batch_size=8),
               optimizer=optimizers.adafactor(optimizers.constant_schedule(1e-2)),
-              checkpoint_period=1000, log_period=1, eval_steps=0, progress_bar=False)
+              checkpoint=configs.CheckpointConfig(period=1000), evaluation=NO_EVAL,
+              log_period=1, progress_bar=False)
   args.update(kwargs)
   return train.train(**args)
 
@@ -45,7 +49,7 @@ def clean_gin():
 
 
 def test_loss_goes_down_and_outputs_are_written(tmp_path):
-  run(tmp_path, 40, eval_steps=2)
+  run(tmp_path, 40, evaluation=configs.EvalConfig(steps=2))
   losses = [row["loss"] for row in history(tmp_path)]
   assert len(losses) == 40
   assert np.mean(losses[-5:]) < losses[0] - 2.0, losses
@@ -83,7 +87,7 @@ def test_microbatched_update_equals_full_batch_update():
       losses.append(float(metrics["loss"]))
     results.append((state.params, losses))
   np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
-  assert checkpoints.tree_max_abs_diff(results[0][0], results[1][0]) < 1e-5
+  assert tree_max_abs_diff(results[0][0], results[1][0]) < 1e-5
 
 
 def test_dropout_is_active_in_training_and_reproducible():
@@ -106,33 +110,43 @@ def test_dropout_is_active_in_training_and_reproducible():
 
 def test_resume_is_exact_including_data_order(tmp_path):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  final_straight, _ = run(straight, 6, checkpoint_period=3)
-  run(resumed, 3, checkpoint_period=3)
-  final_resumed, _ = run(resumed, 6, checkpoint_period=3)
-  assert checkpoints.tree_max_abs_diff(final_straight.params, final_resumed.params) < 1e-5
+  every_3 = configs.CheckpointConfig(period=3)
+  final_straight, _ = run(straight, 6, checkpoint=every_3)
+  run(resumed, 3, checkpoint=every_3)
+  final_resumed, _ = run(resumed, 6, checkpoint=every_3)
+  assert tree_max_abs_diff(final_straight.params, final_resumed.params) < 1e-5
   losses_straight = [r["loss"] for r in history(straight)]
   losses_resumed = [r["loss"] for r in history(resumed)]
   np.testing.assert_allclose(losses_resumed, losses_straight, rtol=1e-5)
 
 
-def test_finetune_starts_from_checkpoint_and_resume_wins(tmp_path, caplog):
+def test_finetune_starts_from_checkpoint_and_resume_wins(tmp_path, caplog, monkeypatch):
   base, _ = run(tmp_path / "base", 3)
-  finetuned, _ = run(tmp_path / "ft", 0, initial_checkpoint_path=str(tmp_path / "base" /
-                                                                      "checkpoints" / "3"))
-  assert checkpoints.tree_max_abs_diff(base.params, finetuned.params) == 0.0
-  assert int(finetuned.step) == 0  # a fresh optimizer and step count
-  run(tmp_path / "ft", 2, initial_checkpoint_path=str(tmp_path / "base" / "checkpoints"))
+  started = {}
+  original = train.restore_or_init
+
+  def spy(*args, **kwargs):  # the state finetuning starts from, before any step
+    state = original(*args, **kwargs)
+    started["step"], started["params"] = jax.device_get((state.step, state.params))
+    return state
+
+  monkeypatch.setattr(train, "restore_or_init", spy)
+  initial = configs.RestoreConfig(str(tmp_path / "base" / "checkpoints" / "3"))
+  run(tmp_path / "ft", 1, initial_checkpoint=initial)
+  assert tree_max_abs_diff(jax.device_get(base.params), started["params"]) == 0.0
+  assert started["step"] == 0  # a fresh optimizer and step count
+  latest = configs.RestoreConfig(str(tmp_path / "base" / "checkpoints"))
+  run(tmp_path / "ft", 2, initial_checkpoint=latest)
   with caplog.at_level(logging.INFO):
-    state, _ = run(tmp_path / "ft", 2, initial_checkpoint_path=str(tmp_path / "base"
-                                                                   / "checkpoints"))
-  assert int(state.step) == 2
+    state, _ = run(tmp_path / "ft", 3, initial_checkpoint=latest)
+  assert int(state.step) == 3
   assert "resuming from it" in caplog.text and "is ignored" in caplog.text
 
 
 def test_keep_best_checkpoint_by_eval_metric(tmp_path):
-  gin.bind_parameter("CheckpointManager.keep_best_metric", "loss")
-  gin.bind_parameter("CheckpointManager.keep_best_mode", "max")  # keep the worst: step 2
-  run(tmp_path, 6, checkpoint_period=2, eval_period=2, eval_steps=1, keep_checkpoints=1)
+  run(tmp_path, 6, checkpoint=configs.CheckpointConfig(
+          period=2, keep=1, keep_best_metric="loss", keep_best_mode="max"),  # keep the worst
+      evaluation=configs.EvalConfig(period=2, steps=1))
   evals = {row["step"]: row["loss"] for row in (
       json.loads(line) for line in open(tmp_path / "eval_metrics.jsonl"))}
   assert sorted(evals) == [2, 4, 6]
@@ -145,7 +159,7 @@ def test_initial_checkpoint_with_wrong_shapes_names_each_parameter(tmp_path):
   run(tmp_path / "base", 1)
   with pytest.raises(ValueError) as error:
     run(tmp_path / "ft", 1, model=tiny_model(d_ff=96),
-        initial_checkpoint_path=str(tmp_path / "base" / "checkpoints" / "1"))
+        initial_checkpoint=configs.RestoreConfig(str(tmp_path / "base" / "checkpoints" / "1")))
   message = str(error.value)
   assert "encoder/layers_0/mlp/wi/kernel: checkpoint (64, 128) vs model (64, 96)" in message
   assert "decoder/layers_0/mlp/wo/kernel: checkpoint (128, 64) vs model (96, 64)" in message
@@ -155,7 +169,7 @@ def test_quickstart_recipe_parses_and_runs(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # a relative MODEL_DIR, as `make demo` passes
   model_dir = tmp_path / "quick"
   main.main(["--gin_file=recipes/quickstart.gin", "--gin.MODEL_DIR=quick",
-             "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2", "--gin.train.eval_steps=1",
+             "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2", "--gin.EvalConfig.steps=1",
              "--gin.train.log_period=1", "--gin.train.progress_bar=False"])
   assert os.path.isdir(model_dir / "checkpoints" / "2")
   operative = (model_dir / "config.gin").read_text()
@@ -165,7 +179,8 @@ def test_quickstart_recipe_parses_and_runs(tmp_path, monkeypatch):
 
 
 def test_bare_string_bindings():
-  assert main.gin_utils.normalize_binding("MODEL_DIR=runs/x") == "MODEL_DIR = 'runs/x'"
+  assert main.gin_utils.normalize_binding("MODEL_DIR=experiments/x") == (
+      "MODEL_DIR = 'experiments/x'")
   assert main.gin_utils.normalize_binding("TRAIN_STEPS=10") == "TRAIN_STEPS = 10"
   assert main.gin_utils.normalize_binding("X=gs://b/run") == "X = 'gs://b/run'"
   assert main.gin_utils.normalize_binding("F={'inputs': 8}") == "F = {'inputs': 8}"

@@ -6,6 +6,7 @@ import multiprocessing
 import gin
 import seqio
 
+from t5x_lite import configurables, gin_utils, tasks
 from t5x_lite.tasks import vocab
 
 TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
@@ -61,12 +62,12 @@ def test_concurrent_builds_are_safe(tmp_path):
 
 
 def test_get_vocabulary_is_one_gin_binding_away():
-  assert isinstance(vocab.get_vocabulary(), vocab.DefaultVocabulary)
+  assert isinstance(configurables.get_vocabulary(), vocab.DefaultVocabulary)
   with gin.unlock_config():
     gin.parse_config([f"get_vocabulary.sentencepiece_model_path = '{TINY_SPM}'",
                       "get_vocabulary.extra_ids = 10"])
   try:
-    v = vocab.get_vocabulary()
+    v = configurables.get_vocabulary()
     assert isinstance(v, seqio.SentencePieceVocabulary)
     assert v.sentencepiece_model_file == TINY_SPM
     assert v.vocab_size == 36 and vocab.padded_vocab_size(v) == 128
@@ -74,14 +75,23 @@ def test_get_vocabulary_is_one_gin_binding_away():
     gin.clear_config()
 
 
-def test_the_gin_binding_also_switches_the_registered_tasks_vocabulary():
+def test_the_gin_binding_switches_the_tasks_and_the_model_embedding_size():
+  """One binding: the entry point re-registers the built-in tasks with it (extra_ids too),
+  and T5Config.vocab_size (models/common.gin) is the padded size of the same vocabulary."""
   with gin.unlock_config():
-    gin.parse_config([f"get_vocabulary.sentencepiece_model_path = '{TINY_SPM}'"])
+    gin_utils.parse(["models/tiny.gin"], [f"get_vocabulary.sentencepiece_model_path={TINY_SPM}",
+                                          "get_vocabulary.extra_ids=20"], finalize=False)
   try:
-    task_vocab = vocab.default_vocabulary()  # what the built-in tasks hold, not yet resolved
-    assert task_vocab.sentencepiece_model_file == TINY_SPM
-    reference = seqio.SentencePieceVocabulary(TINY_SPM, extra_ids=vocab.DEFAULT_EXTRA_IDS)
-    assert task_vocab.encode("hello world") == reference.encode("hello world")
-    assert task_vocab.vocab_size == reference.vocab_size
+    configurables.configure_builtin_tasks()
+    config = configurables.T5Config()
+    reference = seqio.SentencePieceVocabulary(TINY_SPM, extra_ids=20)
+    for name in ("embedded_span_corruption", "embedded_copy_zeroshot", "glue_sst2_v002"):
+      task_vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+      assert task_vocab.encode("hello world") == reference.encode("hello world"), name
+      assert task_vocab.vocab_size == reference.vocab_size == 46, name
+    assert config.vocab_size == 128
   finally:
     gin.clear_config()
+    tasks.register_builtin_tasks()  # back to the default vocabulary for the other tests
+  assert seqio.get_mixture_or_task("embedded_copy_zeroshot").output_features[
+      "targets"].vocabulary == vocab.default_vocabulary()

@@ -1,62 +1,23 @@
-"""The eval run mode, and the seqio.Evaluator plumbing that training's infer-eval shares.
+"""Evaluation plumbing shared by training's infer-eval and the eval / infer / score run modes.
 
-`evaluate` restores the parameters of one checkpoint, of every checkpoint of a run, or of a
-given checkpoint path, and runs `seqio.Evaluator` on a task or mixture: predictions come
-from `EncoderDecoderModel.predict_batch_with_aux` (decoding set by gin `DecodingSettings`),
-log-likelihoods (rank classification) from `score_batch`. Per evaluated step it writes
-  OUTPUT_DIR/eval_<split>/                       TensorBoard scalars "<task>/<metric>"
-  OUTPUT_DIR/eval_<split>_metrics.jsonl          one line per step: {"step": s, "<task>/<metric>": v}
-  OUTPUT_DIR/eval_<split>_predictions/<step>.jsonl   {"task", "inputs", "targets", "prediction"}
-(OUTPUT_DIR defaults to MODEL_DIR, or to the checkpoint's run directory.) When several tasks
-are evaluated, "average/<metric>" is the unweighted mean over the tasks that report it.
+`InferEvaluator` binds a seqio.Evaluator to a model: predictions come from
+`EncoderDecoderModel.predict_batch_with_aux` (decoding set by `DecodingSettings`),
+log-likelihoods (rank classification) from `score_batch`. `run_batches` feeds host batches
+of any size to a jitted function on the mesh. Also: metric flattening ("task/metric",
+"average/metric"), JSONL rows of predictions and their printing.
 """
 
 import json
-import logging
-import os
-from typing import Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Iterable, Mapping, Optional, Sequence
 
-import flax.linen as nn
-import gin
+from etils import epath
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5x_lite import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
-from t5x_lite import checkpoints as checkpoints_lib
 from t5x_lite import models as models_lib
 from t5x_lite import partitioning
-from t5x_lite.summaries import SummaryWriter
-
-log = logging.getLogger(__name__)
-
-
-def restore_params(model: models_lib.EncoderDecoderModel, partitioner: partitioning.Partitioner,
-                   checkpoint_path: str):
-  """Parameters only (no optimizer state) of a checkpoint, in the partitioner's shardings.
-
-  Args:
-    checkpoint_path: MODEL_DIR/checkpoints/<step>, its .../state, or a checkpoints
-      directory (its latest step).
-  """
-  shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
-  # Parameter shapes do not depend on the batch shapes; eval_shape allocates nothing.
-  boxed = jax.eval_shape(lambda r: model.init(r, shapes), jax.random.PRNGKey(0))
-  shardings = partitioner.param_shardings(boxed)
-  abstract = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed),
-      shardings)
-  path = checkpoints_lib.resolve_checkpoint_path(checkpoint_path)
-  log.info("Restoring parameters from %s.", path)
-  return checkpoints_lib.restore_params(path, abstract)
-
-
-def checkpoint_step(path: str) -> int:
-  """The step of MODEL_DIR/checkpoints/<step>[/state] (0 when the path names none)."""
-  path = checkpoints_lib.resolve_checkpoint_path(path)
-  name = os.path.basename(os.path.dirname(path))
-  return int(name) if name.isdigit() else 0
 
 
 def run_batches(fn, batch: Mapping[str, np.ndarray], batch_size: int,
@@ -217,12 +178,12 @@ def brief(metrics: Mapping[str, float]) -> str:
 
 
 def write_jsonl(rows: Sequence[Mapping], path: str) -> None:
-  """Writes rows as JSON lines (process 0 only)."""
+  """Writes rows as JSON lines (process 0 only), replacing the file."""
   if jax.process_index() != 0:
     return
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def format_examples(rows: Sequence[Mapping], n: int) -> str:
@@ -239,81 +200,3 @@ def format_examples(rows: Sequence[Mapping], n: int) -> str:
   return "\n".join(f"[{r['task']}]\n  input:      {clip(r['inputs'])!r}\n"
                    f"  target:     {clip(r['targets'])!r}\n  prediction: {clip(r['prediction'])!r}"
                    for r in picked)
-
-
-def checkpoint_paths(model_dir: Optional[str], checkpoint_path: Optional[str],
-                     checkpoint_steps: Union[str, Sequence[int]]) -> List[str]:
-  """The checkpoints to evaluate: CHECKPOINT_PATH, or MODEL_DIR's latest / all / listed steps."""
-  if checkpoint_path:
-    return [checkpoints_lib.resolve_checkpoint_path(checkpoint_path)]
-  if not model_dir:
-    raise ValueError("Set CHECKPOINT_PATH (one checkpoint) or MODEL_DIR (its checkpoints/) "
-                     "for the eval run mode (gin/runs/eval.gin).")
-  root = os.path.join(model_dir, "checkpoints")
-  steps = sorted(int(name) for name in (os.listdir(root) if os.path.isdir(root) else [])
-                 if name.isdigit())
-  if not steps:
-    raise ValueError(f"No checkpoints under {root} (MODEL_DIR={model_dir!r}).")
-  if checkpoint_steps == "latest":
-    steps = steps[-1:]
-  elif checkpoint_steps != "all":
-    missing = sorted(set(int(s) for s in checkpoint_steps) - set(steps))
-    if missing:
-      raise ValueError(f"evaluate.checkpoint_steps={list(checkpoint_steps)}: no checkpoint for "
-                       f"step(s) {missing} under {root} (it has {steps}).")
-    steps = sorted(set(int(s) for s in checkpoint_steps))
-  return [checkpoints_lib.resolve_checkpoint_path(os.path.join(root, str(s))) for s in steps]
-
-
-@gin.configurable
-def evaluate(*, mixture_or_task_name: str = gin.REQUIRED,
-             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-             batch_size: int = gin.REQUIRED, model_dir: Optional[str] = None,
-             checkpoint_path: Optional[str] = None,
-             checkpoint_steps: Union[str, Sequence[int]] = "latest", split: str = "validation",
-             model: Optional[models_lib.EncoderDecoderModel] = None,
-             partitioner: Optional[partitioning.Partitioner] = None,
-             output_dir: Optional[str] = None, num_examples: Optional[int] = None,
-             write_predictions: bool = True) -> dict:
-  """Evaluates checkpoints with seqio.Evaluator (the task's metric fns); writes summaries.
-
-  Args (gin; gin/runs/eval.gin binds the macros in capitals):
-    mixture_or_task_name: MIXTURE_OR_TASK_NAME — task or mixture with metric fns.
-    task_feature_lengths: TASK_FEATURE_LENGTHS — {"inputs": Li, "targets": Lt}; Lt is the
-      decode length unless DecodingSettings.max_decode_length is set.
-    batch_size: BATCH_SIZE — global batch for decoding and scoring.
-    model_dir: MODEL_DIR — a training run; its checkpoints/<step> are evaluated.
-    checkpoint_path: CHECKPOINT_PATH — evaluate this one checkpoint (overrides model_dir).
-    checkpoint_steps: with model_dir: "latest", "all", or a list of steps.
-    split: the split to evaluate ("validation", "test", ...).
-    model: the EncoderDecoderModel (model gin file; decoding via DecodingSettings).
-    partitioner: mesh and rules; default partitioning.Partitioner().
-    output_dir: OUTPUT_DIR — where summaries go; default model_dir, else the run directory
-      of checkpoint_path (the parent of its checkpoints/ directory).
-    num_examples: at most this many examples per task (None: the whole split).
-    write_predictions: also write each step's decoded predictions as JSONL.
-
-  Returns:
-    {step: {"task/metric": value}} for every evaluated step.
-  """
-  model = model or models_lib.EncoderDecoderModel()
-  partitioner = partitioner or partitioning.Partitioner()
-  paths = checkpoint_paths(model_dir, checkpoint_path, checkpoint_steps)
-  if output_dir is None:
-    # .../run/checkpoints/<step>/state -> .../run
-    output_dir = model_dir or os.path.dirname(os.path.dirname(os.path.dirname(paths[0])))
-  evaluator = InferEvaluator(model, partitioner, mixture_or_task_name, task_feature_lengths,
-                             batch_size, split=split, num_examples=num_examples)
-  writer = SummaryWriter(output_dir, f"eval_{split}")
-  results = {}
-  for path in paths:
-    step = checkpoint_step(path)
-    metrics, rows = evaluator.evaluate(restore_params(model, partitioner, path), step)
-    writer.write(step, metrics)
-    if write_predictions and rows:
-      write_jsonl(rows, os.path.join(output_dir, f"eval_{split}_predictions", f"{step}.jsonl"))
-    log.info("Step %d %s metrics: %s", step, split,
-             ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    results[step] = metrics
-  log.info("Eval metrics in %s (TensorBoard: %s).", writer.history_path, writer.tensorboard_dir)
-  return results

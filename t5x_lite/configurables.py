@@ -1,0 +1,71 @@
+"""Gin at the edge: every gin configurable of the project is registered here, and only here.
+
+Library modules (network, layers, models, trainer, partitioning, checkpoints, data,
+optimizers, decoding, tasks) take explicit arguments and never read gin. This module wraps
+their classes and functions with `gin.external_configurable` under the names the gin files
+use (`T5Config.d_model`, `EncoderDecoderModel.z_loss`, `train.train_steps`, ...); calling a
+wrapper here, or an `@Name()` reference in a gin file, applies the bindings. The entry point
+(t5x_lite.main) parses gin, calls `configure_builtin_tasks()` and runs `RUN_MODES[mode]`.
+"""
+
+import gin
+
+from t5x_lite import configs
+from t5x_lite import evaluate as evaluate_lib
+from t5x_lite import export as export_lib
+from t5x_lite import infer as infer_lib
+from t5x_lite import model_sizes
+from t5x_lite import models
+from t5x_lite import network
+from t5x_lite import optimizers
+from t5x_lite import partitioning
+from t5x_lite import tasks
+from t5x_lite import train as train_lib
+from t5x_lite.tasks import instructions
+from t5x_lite.tasks import superni
+from t5x_lite.tasks import vocab
+
+# The model and how it decodes.
+T5Config = gin.external_configurable(network.T5Config)
+gin.external_configurable(models.EncoderDecoderModel)
+gin.external_configurable(models.DecodingSettings)
+gin.external_configurable(model_sizes.efficient_field)
+gin.external_configurable(model_sizes.efficient_config)
+
+# The vocabulary, shared by the built-in tasks and the model's embedding size.
+get_vocabulary = gin.external_configurable(vocab.get_vocabulary)
+gin.external_configurable(vocab.padded_vocab_size)
+
+# Built-in task options.
+superni_options = gin.external_configurable(superni.superni_options, module="superni")
+instruction_mixture_cap = gin.external_configurable(instructions.instruction_mixture_cap,
+                                                    module="instructions")
+
+# Optimizer and schedules.
+for _fn in (optimizers.adafactor, optimizers.constant_schedule, optimizers.rsqrt_schedule,
+            optimizers.linear_decay_schedule, optimizers.cosine_decay_schedule):
+  gin.external_configurable(_fn)
+
+# Partitioning.
+gin.external_configurable(partitioning.Partitioner)
+gin.external_configurable(partitioning.standard_logical_axis_rules)
+
+# Settings groups of the run modes.
+for _cls in (configs.DatasetConfig, configs.CheckpointConfig, configs.RestoreConfig,
+             configs.EvalConfig):
+  gin.external_configurable(_cls)
+
+# The run modes.
+RUN_MODES = {
+    "train": gin.external_configurable(train_lib.train, name="train"),
+    "eval": gin.external_configurable(evaluate_lib.evaluate, name="evaluate"),
+    "infer": gin.external_configurable(infer_lib.infer, name="infer"),
+    "score": gin.external_configurable(infer_lib.score, name="score"),
+    "export": gin.external_configurable(export_lib.export, name="export"),
+}
+
+
+def configure_builtin_tasks() -> None:
+  """Re-registers the built-in tasks with the gin-bound vocabulary and task options."""
+  tasks.register_builtin_tasks(vocabulary=get_vocabulary(), superni_options=superni_options(),
+                               instruction_mixture_cap=instruction_mixture_cap())

@@ -1,0 +1,86 @@
+"""The layout of a run directory (MODEL_DIR): the one module that knows where files go.
+
+  MODEL_DIR/
+    config.gin                          the operative gin config of the last start
+    checkpoints/<step>/                 orbax checkpoints (steps listed by orbax)
+    checkpoints/dataset_state/<step>/   each process's input-pipeline position at <step>
+    train/, eval/, eval_<split>/        TensorBoard event files
+    train_metrics.jsonl, eval_metrics.jsonl, eval_<split>_metrics.jsonl
+                                        one JSON object per write: {"step": s, metric: value}
+    infer_eval_predictions/<step>.jsonl predictions of training's infer-eval
+    eval_<split>_predictions/<step>.jsonl   predictions of the eval run mode
+    loss.png                            train / eval loss curves
+
+Paths are strings handled through `etils.epath`, so MODEL_DIR may be local or remote
+(gs://... and the other schemes epath reaches through tf.io.gfile / fsspec).
+"""
+
+from typing import List, Optional
+
+from etils import epath
+import orbax.checkpoint as ocp
+
+CHECKPOINTS = "checkpoints"
+DATASET_STATE = "dataset_state"
+
+
+def _join(*parts) -> str:
+  return str(epath.Path(parts[0]).joinpath(*(str(p) for p in parts[1:])))
+
+
+def absolute(path: str) -> str:
+  """Remote paths as given; local paths made absolute (orbax needs absolute paths)."""
+  path = str(path)
+  return path if "://" in path else str(epath.Path(path).absolute())
+
+
+class RunDir:
+  """Names of everything a run writes under `model_dir`."""
+
+  def __init__(self, model_dir: str):
+    self.root = absolute(model_dir)
+
+  @classmethod
+  def of_checkpoint(cls, checkpoint_path: str) -> "RunDir":
+    """The run a checkpoint (MODEL_DIR/checkpoints/<step>[/item]) belongs to."""
+    path = epath.Path(absolute(checkpoint_path))
+    for parent in (path, *path.parents):
+      if parent.name == CHECKPOINTS:
+        return cls(str(parent.parent))
+    return cls(str(path.parent))
+
+  @property
+  def checkpoints(self) -> str:
+    return _join(self.root, CHECKPOINTS)
+
+  def checkpoint(self, step: int) -> str:
+    return _join(self.checkpoints, step)
+
+  def checkpoint_steps(self) -> List[int]:
+    """Finalised checkpoint steps, ascending (orbax's listing: no temporary directories)."""
+    if not epath.Path(self.checkpoints).exists():
+      return []
+    return sorted(ocp.utils.checkpoint_steps(self.checkpoints))
+
+  def dataset_state(self, step: Optional[int] = None) -> str:
+    """Input-pipeline states: the directory of all of them, or of one step."""
+    root = _join(self.checkpoints, DATASET_STATE)
+    return root if step is None else _join(root, step)
+
+  def tensorboard(self, name: str) -> str:
+    return _join(self.root, name)
+
+  def metrics_history(self, name: str) -> str:
+    return _join(self.root, f"{name}_metrics.jsonl")
+
+  def predictions(self, name: str, step: int) -> str:
+    """`name` is "infer_eval" (training) or "eval_<split>" (the eval run mode)."""
+    return _join(self.root, f"{name}_predictions", f"{step}.jsonl")
+
+  @property
+  def config_gin(self) -> str:
+    return _join(self.root, "config.gin")
+
+  @property
+  def loss_png(self) -> str:
+    return _join(self.root, "loss.png")
