@@ -30,6 +30,23 @@ import tensorflow as tf
 from t5x_lite import tasks  # noqa: F401  (the built-in tasks and mixtures resolve by name)
 
 
+# TensorFlow only feeds data: keep it off the accelerators that JAX uses.
+tf.config.set_visible_devices([], "GPU")
+
+
+def check_task(name: str) -> seqio.DatasetProviderBase:
+  """The registered task or mixture `name`, checked before any pipeline is built.
+
+  Raises:
+    ValueError: unknown name (the message lists the closest registered names).
+    FileNotFoundError: a TFDS dataset it reads is not prepared (the message says how).
+  """
+  _check_name(name)
+  provider = seqio.get_mixture_or_task(name)
+  _check_tfds_prepared(provider)
+  return provider
+
+
 def _check_name(name: str) -> None:
   """Raises ValueError naming the closest registered tasks/mixtures if `name` is unknown."""
   registered = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
@@ -40,6 +57,31 @@ def _check_name(name: str) -> None:
   raise ValueError(
       f"No seqio Task or Mixture named {name!r} (set MIXTURE_OR_TASK_NAME to a registered "
       f"name, or import the module that registers yours).{hint}")
+
+
+def _check_tfds_prepared(provider) -> None:
+  """Raises a clear error if a TFDS source of `provider` is not prepared on disk.
+
+  The built-in TFDS sources are read-only (they never download or prepare data), so a
+  missing dataset fails here, before any pipeline is built, with the command that fixes it.
+  """
+  for task in seqio.get_subtasks(provider):
+    source = task.source
+    if not isinstance(source, seqio.TfdsDataSource):
+      continue
+    name = source.tfds_dataset.name
+    try:
+      builder = source.tfds_dataset.builder
+      prepared = builder.is_prepared()
+      where = builder.data_dir
+    except Exception as e:  # pylint: disable=broad-except  (unknown name, missing module)
+      prepared, where = False, f"(no builder: {type(e).__name__}: {e})"
+    if not prepared:
+      raise FileNotFoundError(
+          f"Task {task.name!r} reads the TFDS dataset {name}, which is not prepared at "
+          f"{where}. Nothing is downloaded automatically: prepare it once with "
+          f"`tfds build {name}` (add --data_dir=DIR to choose where), or set TFDS_DATA_DIR "
+          "to a directory that already holds it.")
 
 
 class TruncationStats:
@@ -162,8 +204,7 @@ def get_dataset(mixture_or_task_name: str,
   Raises:
     ValueError: unknown name (the message lists the closest registered names).
   """
-  _check_name(mixture_or_task_name)
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  provider = check_task(mixture_or_task_name)
   stats = truncation_stats or TruncationStats(task_feature_lengths)
   converter = _CountingEncDecFeatureConverter(
       stats, provider.output_features, pack=pack)

@@ -110,9 +110,7 @@ class ResumableJsonl:
 
 def task_names(mixture_or_task_name: str) -> List[str]:
   """The tasks of a task or mixture, sorted by name (the fixed example order)."""
-  data._check_name(mixture_or_task_name)  # pylint: disable=protected-access
-  return sorted(t.name for t in seqio.get_subtasks(
-      seqio.get_mixture_or_task(mixture_or_task_name)))
+  return sorted(t.name for t in seqio.get_subtasks(data.check_task(mixture_or_task_name)))
 
 
 def _pad(tokens: np.ndarray, length: int) -> np.ndarray:

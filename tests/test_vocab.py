@@ -85,7 +85,7 @@ def test_the_gin_binding_switches_the_tasks_and_the_model_embedding_size():
     configurables.configure_builtin_tasks()
     config = configurables.T5Config()
     reference = seqio.SentencePieceVocabulary(TINY_SPM, extra_ids=20)
-    for name in ("embedded_span_corruption", "embedded_copy_zeroshot", "glue_sst2_v002"):
+    for name in ("embedded_span_corruption", "embedded_copy_zeroshot", "glue_sst2_v2"):
       task_vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
       assert task_vocab.encode("hello world") == reference.encode("hello world"), name
       assert task_vocab.vocab_size == reference.vocab_size == 46, name

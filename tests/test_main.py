@@ -1,0 +1,69 @@
+"""The entry point as a user meets it: a subprocess in a directory of the user's own, a quiet
+terminal, short errors, --list_tasks, and gin includes that a user's `runs/` or `tasks/`
+directory cannot hijack."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(args, cwd, env=None):
+  env = dict(os.environ, **(env or {}))
+  return subprocess.run([sys.executable, "-m", "t5x_lite.main", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture
+def user_dir(tmp_path):
+  """A working directory like a user's after `make demo`: runs/, models/, tasks/ of their own."""
+  (tmp_path / "runs" / "demo").mkdir(parents=True)
+  (tmp_path / "runs" / "demo" / "config.gin").write_text("garbage that is not gin\n")
+  (tmp_path / "models").mkdir()
+  (tmp_path / "tasks").mkdir()
+  (tmp_path / "tasks" / "__init__.py").write_text("raise RuntimeError('user tasks imported')\n")
+  return tmp_path
+
+
+def test_user_runs_and_tasks_directories_change_nothing_and_logs_are_quiet(user_dir):
+  result = _run(["--gin_file=recipes/quickstart.gin", "--gin.MODEL_DIR=x",
+                 "--list_tasks=quickstart*"], cwd=user_dir)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines() == ["mixture  quickstart_mixture  (tasks: 15)"]
+  for noise in ("cuInit", "Unable to initialize backend", "absl::InitializeLog", "oneDNN",
+                "cuda drivers", "Traceback"):
+    assert noise not in result.stderr, (noise, result.stderr)
+
+
+def test_list_tasks_pattern():
+  result = _run(["--list_tasks=glue_*_v2"], cwd=os.getcwd())
+  lines = result.stdout.splitlines()
+  assert "task     glue_sst2_v2  (splits: train, validation, test)" in lines
+  assert all(line.split()[1].startswith("glue_") for line in lines)
+
+
+def test_errors_are_one_short_message_with_the_fix(tmp_path):
+  result = _run(["--gin_file=recipes/quickstart.gin"], cwd=tmp_path)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert "Traceback" not in result.stderr and len(lines) <= 6, result.stderr
+  assert "--gin.MODEL_DIR=VALUE" in result.stderr
+  log_path = lines[-1].split("traceback in ")[1].split(";")[0]
+  with open(log_path, encoding="utf-8") as f:
+    assert "Traceback" in f.read()
+  verbose = _run(["--gin_file=recipes/quickstart.gin", "--verbose"], cwd=tmp_path)
+  assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+
+
+def test_missing_tfds_data_names_dataset_dir_and_command(tmp_path):
+  """No download attempt: the message says which dataset, where it looked, how to prepare."""
+  result = _run(["--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin",
+                 "--gin.MIXTURE_OR_TASK_NAME=c4_span_corruption",
+                 f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.BATCH_SIZE=2"],
+                cwd=tmp_path, env={"TFDS_DATA_DIR": str(tmp_path / "tfds")})
+  assert result.returncode == 1
+  message = result.stderr
+  assert "c4/en:3.1.0" in message and str(tmp_path / "tfds") in message, message
+  assert "tfds build c4/en:3.1.0" in message and "TFDS_DATA_DIR" in message
+  assert len(message.strip().splitlines()) <= 6
