@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_lite import models
+from t5x_lite import models, network
 
 
 def reference_loss(logits, targets, weights, z_loss, label_smoothing):
@@ -47,9 +47,10 @@ def test_label_smoothing_minimum_is_zero():
 
 
 def test_loss_normalizing_factor_options():
-  model = models.EncoderDecoderModel(loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
-  assert float(model.normalizer(jnp.asarray(40.0))) == 40.0
-  assert models.EncoderDecoderModel(loss_normalizing_factor="NONE").normalizer(40.0) == 1.0
-  assert models.EncoderDecoderModel(loss_normalizing_factor=233472).normalizer(40.0) == 233472.0
+  model = lambda factor: models.EncoderDecoderModel(network.T5Config(),
+                                                    loss_normalizing_factor=factor)
+  assert float(model("NUM_REAL_TARGET_TOKENS").normalizer(jnp.asarray(40.0))) == 40.0
+  assert model("NONE").normalizer(40.0) == 1.0
+  assert model(233472).normalizer(40.0) == 233472.0
   with pytest.raises(ValueError, match="loss_normalizing_factor"):
-    models.EncoderDecoderModel(loss_normalizing_factor="MEAN")
+    model("MEAN")
