@@ -33,7 +33,8 @@ class Trainer:
 
   Args:
     model: an EncoderDecoderModel.
-    optimizer: (optax.GradientTransformation, schedule) as optimizers.adafactor returns.
+    optimizer: (optax.GradientTransformation, schedule) as optimizers.adafactor returns;
+      its init gets the boxed params (Adafactor reads their logical axis names).
     partitioner: a partitioning.Partitioner (mesh + rules).
     num_microbatches: split each batch into this many sequential microbatches and
       accumulate gradients (same update as the full batch, less activation memory).
@@ -55,9 +56,10 @@ class Trainer:
 
   def _init_fn(self, input_shapes):
     def init(rng):
-      params = nn.unbox(self.model.init(rng, input_shapes))
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=self.tx.init(params))
+      boxed = self.model.init(rng, input_shapes)
+      # The boxes carry the logical axis names by which Adafactor factors each parameter.
+      return TrainState(step=jnp.zeros((), jnp.int32), params=nn.unbox(boxed),
+                        opt_state=self.tx.init(boxed))
     return init
 
   def state_shardings(self, input_shapes):
@@ -66,8 +68,7 @@ class Trainer:
     boxed = jax.eval_shape(lambda r: self.model.init(r, input_shapes), rng)
     param_shardings = self.partitioner.param_shardings(boxed)
     abstract = jax.eval_shape(self._init_fn(input_shapes), rng)
-    opt_shardings = self.partitioner.opt_state_shardings(
-        abstract.opt_state, abstract.params, param_shardings)
+    opt_shardings = self.partitioner.opt_state_shardings(abstract.opt_state, param_shardings)
     shardings = TrainState(step=self.partitioner.sharding(jax.sharding.PartitionSpec()),
                            params=param_shardings, opt_state=opt_shardings)
     return abstract, shardings
