@@ -85,8 +85,8 @@ def factoring(shape, axes, rules=None) -> Factoring:
   ROW or no COLUMN dim is unfactored (its batch dims stay). Unlike t5x, a 2-D parameter
   outside a scanned stack is factored by its names too: t5x falls back to its size rule
   there (factor the two dims if the smaller is >= 128), which picks the same rows and
-  columns for every T5 size but leaves toy models' matrices unfactored, so that scanned
-  and unscanned layers would train differently.
+  columns for every T5 size but leaves toy widths unfactored, and then a scanned stack
+  (factored by name) would train differently from the same layers unscanned.
 
   Args:
     shape: the parameter's shape.
@@ -112,8 +112,8 @@ def factoring(shape, axes, rules=None) -> Factoring:
     return Factoring(batch=batch)
   if NONE in roles:
     raise ValueError(f"Logical axes {tuple(axes)} mix factored dims with an unfactored one "
-                     f"({roles}): change adafactor.factor_rules so that none is '{NONE}', or "
-                     f"no dim is a '{ROW}' or no dim a '{COLUMN}'.")
+                     f"({roles}): change adafactor.factor_rules to factor all of them (no "
+                     f"'{NONE}') or none (no '{ROW}' or no '{COLUMN}').")
   return Factoring(rows, cols, batch)
 
 
@@ -216,13 +216,13 @@ def adafactor(learning_rate_schedule=None, decay_rate=0.8, clipping_threshold=1.
     if clipping_threshold is not None:
       y /= jnp.maximum(
           1.0, jnp.sqrt(jnp.mean(y * y, axis=averaged, keepdims=True)) / clipping_threshold)
-    step = update_scale * y
+    subtrahend = update_scale * y
     if momentum is not None:
-      step = momentum * state.m + (1.0 - momentum) * step
-      state = state.replace(m=step)
+      subtrahend = momentum * state.m + (1.0 - momentum) * subtrahend
+      state = state.replace(m=subtrahend)
     if weight_decay_rate is not None:
-      step = step + weight_decay_rate * param
-    return (-step).astype(param.dtype), state
+      subtrahend = subtrahend + weight_decay_rate * param
+    return (-subtrahend).astype(param.dtype), state
 
   def update(grads, state, params=None):
     if params is None:
