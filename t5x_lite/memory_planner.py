@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_lite import network, partitioning
+from t5x_lite import network, optimizers, partitioning
 
 GiB = 1024 ** 3
 
@@ -66,23 +66,23 @@ def parameter_and_optimizer_bytes(config: network.T5Config, mesh_shape: Mapping[
   ids = jnp.ones((1, 8), jnp.int32)
   boxed = jax.eval_shape(lambda: network.Transformer(config).init(jax.random.PRNGKey(0), ids,
                                                                    ids))["params"]
-  specs = jax.tree_util.tree_leaves(
-      nn.logical_to_mesh(nn.get_partition_spec(boxed), rules),
-      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  logical = jax.tree_util.tree_leaves(nn.get_partition_spec(boxed), is_leaf=is_spec)
+  specs = jax.tree_util.tree_leaves(nn.logical_to_mesh(nn.get_partition_spec(boxed), rules),
+                                    is_leaf=is_spec)
   shapes = jax.tree_util.tree_leaves(nn.unbox(boxed))
   param_bytes = opt_bytes = num_params = 0
-  for shape, spec in zip(shapes, specs):
+  for shape, spec, axes in zip(shapes, specs, logical):
     num_params += math.prod(shape.shape)
     param_bytes += _nbytes(_shard_shape(shape.shape, spec, mesh_shape), shape.dtype)
-    dims = partitioning.factored_dims(shape.shape)
-    if dims is None:  # full second moment, sharded like the parameter
-      opt_bytes += _nbytes(_shard_shape(shape.shape, spec, mesh_shape), shape.dtype)
-    else:  # row and column statistics, each missing one of the factored dims
-      for dropped in dims:
-        keep = [i for i in range(len(shape.shape)) if i != dropped]
-        opt_bytes += _nbytes(_shard_shape([shape.shape[i] for i in keep],
-                                          [spec[i] if i < len(spec) else None for i in keep],
-                                          mesh_shape), shape.dtype)
+    # Adafactor's float32 statistics: v_row (without the cols) and v_col (without the rows),
+    # or a full v, each sharded like the parameter's remaining dims.
+    factoring = optimizers.factoring(shape.shape, tuple(axes))
+    for dropped in [factoring.cols, factoring.rows] if factoring.factored else [()]:
+      keep = [i for i in range(len(shape.shape)) if i not in dropped]
+      opt_bytes += _nbytes(_shard_shape([shape.shape[i] for i in keep],
+                                        [spec[i] if i < len(spec) else None for i in keep],
+                                        mesh_shape), jnp.float32)
   return param_bytes, opt_bytes, num_params
 
 

@@ -1,5 +1,11 @@
-"""Adafactor (optax) as T5 trains with it, and learning-rate schedules (constant by default)."""
+"""Adafactor as t5x trains T5 with it, and learning-rate schedules (constant by default)."""
 
+import dataclasses
+from typing import Any, NamedTuple, Optional
+
+import flax
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -28,31 +34,200 @@ def cosine_decay_schedule(learning_rate=1e-3, warmup_steps=0, decay_steps=10_000
                                             warmup_steps + decay_steps, end_value)
 
 
+
+# Adafactor, as t5x's adafactor.py defines it. optax.adafactor cannot express it: optax picks the
+# factored dims by size (the two largest, the smaller >= 128), so a [embed, heads, kv] kernel with
+# kv = 64 keeps a full second moment, and it has no batch axis, so on a scanned [layers, ...] stack
+# update clipping and the parameter scale span all layers. Here each dim's role comes from the
+# parameter's logical axis name, and `layers` dims get their own statistics.
+
+ROW, COLUMN, BATCH, NONE = "row", "column", "batch", "none"
+
+
+def standard_logical_factor_rules():
+  """t5x's `standard_logical_factor_rules` for the logical axes of t5x_lite's parameters.
+
+  Returns:
+    {logical axis name: role}: ROW dims are what v_col is averaged over (`embed`), COLUMN
+    dims what v_row is averaged over, BATCH dims (`layers`) keep separate statistics, update
+    clipping and parameter scale per index, and NONE dims leave the parameter unfactored.
+  """
+  return {"embed": ROW, "vocab": COLUMN, "mlp": COLUMN, "heads": COLUMN, "kv": COLUMN,
+          "joined_kv": COLUMN, "relpos_buckets": NONE, "layers": BATCH}
+
+
+@dataclasses.dataclass(frozen=True)
+class Factoring:
+  """How Adafactor keeps one parameter's second moment: dims by role (t5x's FactorDim).
+
+  Factored (rows and cols non-empty): v_row has the parameter's shape without the cols dims,
+  v_col its shape without the rows dims. Unfactored: a full v. Statistics (the parameter
+  RMS, the update RMS for clipping, the v_row mean) average over every dim not in batch.
+  """
+  rows: tuple[int, ...] = ()
+  cols: tuple[int, ...] = ()
+  batch: tuple[int, ...] = ()
+
+  @property
+  def factored(self) -> bool:
+    return bool(self.rows)
+
+
+def factoring(shape, axes, rules=None) -> Factoring:
+  """The Factoring of a parameter of `shape` with logical axis names `axes`.
+
+  t5x's rule (Adafactor.set_param_axes): each name maps to its role; a parameter with no
+  ROW or no COLUMN dim is unfactored (its batch dims stay). Unlike t5x, a 2-D parameter
+  outside a scanned stack is factored by its names too: t5x falls back to its size rule
+  there (factor the two dims if the smaller is >= 128), which picks the same rows and
+  columns for every T5 size but leaves toy widths unfactored, and then a scanned stack
+  (factored by name) would train differently from the same layers unscanned.
+
+  Args:
+    shape: the parameter's shape.
+    axes: one logical axis name per dim, e.g. ("layers", "embed", "heads", "kv").
+    rules: {name: ROW | COLUMN | BATCH | NONE}; None gives standard_logical_factor_rules().
+
+  Returns:
+    The Factoring: e.g. rows (1,), cols (2, 3), batch (0,) for that example.
+  """
+  rules = standard_logical_factor_rules() if rules is None else rules
+  if len(axes) != len(shape):
+    raise ValueError(f"A parameter of shape {tuple(shape)} has logical axes {tuple(axes)}: "
+                     "give each dim one name (nn.with_logical_partitioning).")
+  unknown = [name for name in axes if name not in rules]
+  if unknown:
+    raise ValueError(f"Adafactor has no factor rule for the logical axes {unknown} (of "
+                     f"{tuple(axes)}): bind adafactor.factor_rules to a dict that names each "
+                     f"as '{ROW}', '{COLUMN}', '{BATCH}' or '{NONE}'.")
+  roles = [rules[name] for name in axes]
+  rows, cols, batch = (tuple(i for i, r in enumerate(roles) if r == role)
+                       for role in (ROW, COLUMN, BATCH))
+  if not (rows and cols):
+    return Factoring(batch=batch)
+  if NONE in roles:
+    raise ValueError(f"Logical axes {tuple(axes)} mix factored dims with an unfactored one "
+                     f"({roles}): change adafactor.factor_rules to factor all of them (no "
+                     f"'{NONE}') or none (no '{ROW}' or no '{COLUMN}').")
+  return Factoring(rows, cols, batch)
+
+
+@flax.struct.dataclass
+class ParamState:
+  """Adafactor's float32 statistics of one parameter; fields it does not use are None.
+
+  Attributes:
+    v_row: factored second moment, [shape without factoring.cols].
+    v_col: factored second moment, [shape without factoring.rows].
+    v: unfactored second moment, [shape].
+    m: momentum, [shape] (only with adafactor.momentum).
+    factoring: the decision that shaped them (static: neither traced nor checkpointed).
+  """
+  v_row: Optional[jax.Array]
+  v_col: Optional[jax.Array]
+  v: Optional[jax.Array]
+  m: Optional[jax.Array]
+  factoring: Factoring = flax.struct.field(pytree_node=False)
+
+
+class AdafactorState(NamedTuple):
+  count: jax.Array  # int32 []: updates so far (t5x's optimizer step)
+  param_states: Any  # the params' tree, a ParamState per parameter
+
+
 def adafactor(learning_rate_schedule=None, decay_rate=0.8, clipping_threshold=1.0,
-              multiply_by_parameter_scale=True, min_dim_size_to_factor=128, factored=True,
-              momentum=None, weight_decay_rate=None, epsilon=1e-30):
-  """T5's Adafactor: factored second moments, no momentum, update clipping 1.0.
+              multiply_by_parameter_scale=True, factor_rules=None, momentum=None,
+              weight_decay_rate=None, epsilon1=1e-30, epsilon2=1e-3):
+  """T5's Adafactor, as t5x defines it: second moments factored by logical axis, no momentum.
+
+  Update of a parameter p with gradient g at step t (from 0), per slice of its batch dims:
+  v = beta2 * v + (1 - beta2) * (g**2 + epsilon1) with beta2 = 1 - (t + 1)**-decay_rate
+  (factored: the row and column means of that, v ~ v_row v_col / mean(v_row));
+  u = g / sqrt(v), divided by max(1, rms(u) / clipping_threshold);
+  p -= learning_rate(t) * max(rms(p), epsilon2) * u.
 
   Args:
     learning_rate_schedule: a schedule (step -> learning rate); None gives the constant
       schedule. gin: e.g. `adafactor.learning_rate_schedule = @rsqrt_schedule()`.
-    decay_rate: second-moment decay exponent (0.8 in T5: beta2 = 1 - step**-0.8).
-    clipping_threshold: clip updates to this RMS (1.0).
+    decay_rate: second-moment decay exponent (0.8 in T5).
+    clipping_threshold: clip updates to this RMS (1.0); None: no clipping.
     multiply_by_parameter_scale: scale updates by the parameter RMS (relative step).
-    min_dim_size_to_factor: dims below this are not factored (128).
-    factored: factor second moments of matrices into row and column statistics.
+    factor_rules: {logical axis name: 'row' | 'column' | 'batch' | 'none'}; None gives
+      standard_logical_factor_rules() (see `factoring`).
     momentum: None for no first moment (T5); a float (e.g. 0.9) to add one.
-    weight_decay_rate: optional decoupled weight decay.
-    epsilon: regulariser added to squared gradients (1e-30).
+    weight_decay_rate: optional decoupled weight decay (p *= 1 - rate).
+    epsilon1: regulariser added to squared gradients (1e-30).
+    epsilon2: lower bound of the parameter scale (1e-3).
 
   Returns:
-    (optax.GradientTransformation, schedule).
+    (optax.GradientTransformation, schedule). Its init takes the boxed params
+    (nn.LogicallyPartitioned leaves, as model.init returns them), whose axis names decide
+    each parameter's Factoring; update takes plain gradients and params.
   """
   if learning_rate_schedule is None:
     learning_rate_schedule = constant_schedule()
-  tx = optax.adafactor(
-      learning_rate=learning_rate_schedule, min_dim_size_to_factor=min_dim_size_to_factor,
-      decay_rate=decay_rate, multiply_by_parameter_scale=multiply_by_parameter_scale,
-      clipping_threshold=clipping_threshold, momentum=momentum,
-      weight_decay_rate=weight_decay_rate, eps=epsilon, factored=factored)
-  return tx, learning_rate_schedule
+
+  def init_param(path, boxed):
+    if not isinstance(boxed, nn.LogicallyPartitioned):
+      raise ValueError(f"Adafactor factors parameters by their logical axis names: give init "
+                       f"the boxed params (model.init's output, before nn.unbox); "
+                       f"{jax.tree_util.keystr(path)} has no names.")
+    shape = boxed.value.shape
+    f = factoring(shape, boxed.names, factor_rules)
+    zeros_without = lambda dims: jnp.zeros([n for i, n in enumerate(shape) if i not in dims],
+                                           jnp.float32)
+    return ParamState(v_row=zeros_without(f.cols) if f.factored else None,
+                      v_col=zeros_without(f.rows) if f.factored else None,
+                      v=None if f.factored else zeros_without(()),
+                      m=None if momentum is None else zeros_without(()), factoring=f)
+
+  def init(params):
+    return AdafactorState(
+        count=jnp.zeros((), jnp.int32),
+        param_states=jax.tree_util.tree_map_with_path(
+            init_param, params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)))
+
+  def update_param(grad, state, param, learning_rate, beta2):
+    f = state.factoring
+    averaged = tuple(i for i in range(param.ndim) if i not in f.batch)
+    grad = grad.astype(jnp.float32)
+    update_scale = learning_rate
+    if multiply_by_parameter_scale:
+      update_scale *= jnp.maximum(
+          jnp.sqrt(jnp.mean(param * param, axis=averaged, keepdims=True)), epsilon2)
+    grad_sqr = grad * grad + epsilon1
+    if f.factored:
+      v_row = beta2 * state.v_row + (1.0 - beta2) * jnp.mean(grad_sqr, axis=f.cols)
+      v_col = beta2 * state.v_col + (1.0 - beta2) * jnp.mean(grad_sqr, axis=f.rows)
+      rows_in_v_row = tuple(d - sum(c < d for c in f.cols) for d in f.rows)
+      row_factor = (v_row / jnp.mean(v_row, axis=rows_in_v_row, keepdims=True)) ** -0.5
+      y = grad * jnp.expand_dims(row_factor, f.cols) * jnp.expand_dims(v_col ** -0.5, f.rows)
+      state = state.replace(v_row=v_row, v_col=v_col)
+    else:
+      v = beta2 * state.v + (1.0 - beta2) * grad_sqr
+      y = grad * v ** -0.5
+      state = state.replace(v=v)
+    if clipping_threshold is not None:
+      y /= jnp.maximum(
+          1.0, jnp.sqrt(jnp.mean(y * y, axis=averaged, keepdims=True)) / clipping_threshold)
+    subtrahend = update_scale * y
+    if momentum is not None:
+      subtrahend = momentum * state.m + (1.0 - momentum) * subtrahend
+      state = state.replace(m=subtrahend)
+    if weight_decay_rate is not None:
+      subtrahend = subtrahend + weight_decay_rate * param
+    return (-subtrahend).astype(param.dtype), state
+
+  def update(grads, state, params=None):
+    if params is None:
+      raise ValueError("Adafactor's update needs the params (tx.update(grads, state, params)).")
+    learning_rate = learning_rate_schedule(state.count)
+    beta2 = 1.0 - (state.count.astype(jnp.float32) + 1.0) ** -decay_rate
+    out = jax.tree_util.tree_map(
+        lambda g, s, p: update_param(g, s, p, learning_rate, beta2),
+        grads, state.param_states, params)
+    updates = jax.tree_util.tree_map(lambda _, o: o[0], grads, out)
+    param_states = jax.tree_util.tree_map(lambda _, o: o[1], grads, out)
+    return updates, AdafactorState(state.count + 1, param_states)
+
+  return optax.GradientTransformation(init, update), learning_rate_schedule

@@ -130,65 +130,27 @@ class Partitioner:
     stack.enter_context(nn.logical_axis_rules(self.rules))
     return stack
 
-  def opt_state_shardings(self, opt_state_shapes, params_shapes, params_shardings):
-    """Optimizer state follows its parameter: a slot shaped like the param takes its
-    sharding; Adafactor's factored row/column statistics take the param's sharding minus
-    the factored-out dimension; scalars and placeholders are replicated.
+  def opt_state_shardings(self, opt_state_shapes, params_shardings):
+    """Shardings of an optimizers.adafactor state: the step count is replicated; each
+    parameter's statistics follow its sharding, v_row without the column dims and v_col
+    without the row dims of the Factoring the optimizer recorded, v and momentum whole.
     """
-    param_by_path = {}
-    for (path, shape), sharding in zip(
-        jax.tree_util.tree_flatten_with_path(params_shapes)[0],
-        jax.tree_util.tree_leaves(params_shardings)):
-      param_by_path[_path_key(path)] = (shape.shape, sharding)
+    def param_state(param_sharding, state):
+      spec = tuple(param_sharding.spec)
 
-    def shard_leaf(path, leaf):
-      replicated = self.sharding(P())
-      key = _path_key(path)
-      match = next((param_by_path[k] for k in _suffixes(key) if k in param_by_path), None)
-      if match is None or leaf.ndim == 0:
-        return replicated
-      param_shape, param_sharding = match
-      spec = tuple(param_sharding.spec) + (None,) * (len(param_shape) - len(param_sharding.spec))
-      if tuple(leaf.shape) == tuple(param_shape):
-        return param_sharding
-      field = _factored_field(path)
-      dims = factored_dims(param_shape)
-      if field is None or dims is None or leaf.ndim != len(param_shape) - 1:
-        return replicated
-      row_dim, col_dim = dims  # v_row drops col_dim; v_col drops row_dim (as optax does).
-      dropped = col_dim if field == "v_row" else row_dim
-      return self.sharding(P(*(s for i, s in enumerate(spec) if i != dropped)))
+      def without(array, dims):
+        if array is None:
+          return None
+        return self.sharding(P(*(s for i, s in enumerate(spec) if i not in dims)))
 
-    return jax.tree_util.tree_map_with_path(shard_leaf, opt_state_shapes)
+      return state.replace(v_row=without(state.v_row, state.factoring.cols),
+                           v_col=without(state.v_col, state.factoring.rows),
+                           v=without(state.v, ()), m=without(state.m, ()))
 
-
-def _path_key(path):
-  return tuple(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
-
-
-def _suffixes(key):
-  for i in range(len(key)):
-    yield key[i:]
-
-
-def _factored_field(path):
-  for p in path:
-    name = getattr(p, "name", None)
-    if name in ("v_row", "v_col"):
-      return name
-  return None
-
-
-def factored_dims(shape, min_dim_size_to_factor=128):
-  """The two dimensions optax.adafactor factors, (row, col), or None: the rule of optax's
-  private `_factored_dims`, restated because shardings and memory plans need it before any
-  optimizer state exists. Matches optimizers.adafactor's default min_dim_size_to_factor."""
-  if len(shape) < 2:
-    return None
-  order = np.argsort(shape)
-  if shape[order[-2]] < min_dim_size_to_factor:
-    return None
-  return int(order[-2]), int(order[-1])
+    return opt_state_shapes._replace(
+        count=self.sharding(P()),
+        param_states=jax.tree_util.tree_map(param_state, params_shardings,
+                                            opt_state_shapes.param_states))
 
 
 def host_local_batch_to_global(batch, partitioner: Partitioner):

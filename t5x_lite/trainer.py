@@ -33,7 +33,8 @@ class Trainer:
 
   Args:
     model: an EncoderDecoderModel.
-    optimizer: (optax.GradientTransformation, schedule) as optimizers.adafactor returns.
+    optimizer: (optax.GradientTransformation, schedule) as optimizers.adafactor returns;
+      its init gets the boxed params (Adafactor reads their logical axis names).
     partitioner: a partitioning.Partitioner (mesh + rules).
     num_microbatches: split each batch into this many sequential microbatches and
       accumulate gradients (same update as the full batch, less activation memory).
@@ -55,19 +56,24 @@ class Trainer:
 
   def _init_fn(self, input_shapes):
     def init(rng):
-      params = nn.unbox(self.model.init(rng, input_shapes))
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=self.tx.init(params))
+      boxed = self.model.init(rng, input_shapes)
+      # The boxes carry the logical axis names by which Adafactor factors each parameter.
+      return TrainState(step=jnp.zeros((), jnp.int32), params=nn.unbox(boxed),
+                        opt_state=self.tx.init(boxed))
     return init
+
+  def _boxed_shapes(self, input_shapes):
+    """Abstract params in their nn.LogicallyPartitioned boxes (shapes and axis names only)."""
+    return jax.eval_shape(lambda r: self.model.init(r, input_shapes),
+                          jax.random.PRNGKey(self.seed))
 
   def state_shardings(self, input_shapes):
     """(abstract TrainState, TrainState of NamedShardings) — computed from shapes only."""
     rng = jax.random.PRNGKey(self.seed)
-    boxed = jax.eval_shape(lambda r: self.model.init(r, input_shapes), rng)
+    boxed = self._boxed_shapes(input_shapes)
     param_shardings = self.partitioner.param_shardings(boxed)
     abstract = jax.eval_shape(self._init_fn(input_shapes), rng)
-    opt_shardings = self.partitioner.opt_state_shardings(
-        abstract.opt_state, abstract.params, param_shardings)
+    opt_shardings = self.partitioner.opt_state_shardings(abstract.opt_state, param_shardings)
     shardings = TrainState(step=self.partitioner.sharding(jax.sharding.PartitionSpec()),
                            params=param_shardings, opt_state=opt_shardings)
     return abstract, shardings
@@ -85,8 +91,16 @@ class Trainer:
     Finetuning from parameters only: no fresh parameters are initialised and discarded.
     """
     _, shardings = self.state_shardings(input_shapes)
+    boxes = self._boxed_shapes(input_shapes)
+
+    def init_opt_state(params):
+      # Adafactor reads each parameter's logical axis names from its box.
+      boxed = jax.tree_util.tree_map(lambda box, value: box.replace_boxed(value), boxes, params,
+                                     is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+      return self.tx.init(boxed)
+
     with self.partitioner.context():
-      opt_state = jax.jit(self.tx.init, out_shardings=shardings.opt_state)(params)
+      opt_state = jax.jit(init_opt_state, out_shardings=shardings.opt_state)(params)
     return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
                       params=params, opt_state=opt_state)
 

@@ -22,7 +22,7 @@ def _key(path):
 
 def config():
   from t5x_lite import network  # pylint: disable=g-import-not-at-top
-  # d_model 128 makes the attention/MLP kernels big enough for Adafactor to factor them.
+  # Adafactor factors every kernel by its axis names: the [128, 8, 16] attention kernels too.
   return network.T5Config(vocab_size=128, d_model=128, d_ff=256, d_kv=16, num_heads=8,
                           num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
                           feed_forward="gated-gelu", tie_word_embeddings=False)
@@ -101,9 +101,9 @@ def run_mesh(out_dir, mesh):
   for path, leaf in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]:
     flat["optshape:" + _key(path)] = np.array(leaf.shape)
     flat["optspec:" + _key(path)] = np.array(str(tuple(leaf.sharding.spec)))
-  def device_bytes(tree):  # bytes on one device, ignoring Adafactor's (1,) placeholders
+  def device_bytes(tree):  # bytes on one device, ignoring Adafactor's step count
     return sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree_util.tree_leaves(tree)
-               if leaf.size > 1)
+               if leaf.ndim)
   flat["param_bytes"] = np.array(device_bytes(state.params))
   flat["opt_bytes"] = np.array(device_bytes(state.opt_state))
   if jax.process_index() == 0:

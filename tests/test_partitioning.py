@@ -73,11 +73,19 @@ def test_params_and_optimizer_state_are_sharded_by_the_rules(runs):
   assert fsdp["spec:encoder/layers_0/attention/out/kernel"] == "('model', None, 'data')"
   # Adafactor's factored statistics of wi_0 [128, 256]: v_row [128] keeps the 'embed'
   # sharding, v_col [256] keeps the 'mlp' sharding.
-  assert list(fsdp["optshape:0/v_row/encoder/layers_0/mlp/wi_0/kernel"]) == [128]
-  assert fsdp["optspec:0/v_row/encoder/layers_0/mlp/wi_0/kernel"] == "('data',)"
-  assert fsdp["optspec:0/v_col/encoder/layers_0/mlp/wi_0/kernel"] == "('model',)"
+  wi_0 = "param_states/encoder/layers_0/mlp/wi_0/kernel"
+  assert list(fsdp[f"optshape:{wi_0}/v_row"]) == [128]
+  assert fsdp[f"optspec:{wi_0}/v_row"] == "('data',)"
+  assert fsdp[f"optspec:{wi_0}/v_col"] == "('model',)"
+  # The attention kernel [embed 128, heads 8, kv 16] is factored too: v_row [embed],
+  # v_col [heads, kv] sharded over 'model'.
+  query = "param_states/encoder/layers_0/attention/query/kernel"
+  assert list(fsdp[f"optshape:{query}/v_row"]) == [128]
+  assert list(fsdp[f"optshape:{query}/v_col"]) == [8, 16]
+  assert fsdp[f"optspec:{query}/v_row"] == "('data',)"
+  assert fsdp[f"optspec:{query}/v_col"] == "('model', None)"
   # Unfactored second moments are shaped and sharded like their parameter.
-  assert fsdp["optspec:0/v/encoder/layers_0/pre_mlp_layer_norm/scale"] == "('data',)"
+  assert fsdp["optspec:param_states/encoder/layers_0/pre_mlp_layer_norm/scale/v"] == "('data',)"
 
 
 @pytest.mark.parametrize("mesh", ["1x1", "8x1", "4x2+ckpt", "1x8", "4x2+fsdp"])
