@@ -7,6 +7,7 @@ module named `tasks` exists to collide with a user's own.
 from t5x_lite.tasks import corpora  # noqa: F401
 from t5x_lite.tasks import vocab  # noqa: F401
 from t5x_lite.tasks import pretraining  # noqa: F401
+from t5x_lite.tasks import ul2  # noqa: F401
 from t5x_lite.tasks import glue  # noqa: F401
 
 # SuperNI, Flan-style instructions and their metrics.

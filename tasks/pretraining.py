@@ -361,7 +361,11 @@ def span_corruption(dataset: tf.data.Dataset,
 
 
 @seqio.map_over_dataset(num_seeds=1)
-def _random_prefix_split(features, seed):
+def random_prefix_split(features, seed):
+  """{"targets": [n] tokens} (n >= 2) -> a random non-empty prefix and the rest.
+
+  T5's `random_prefix_noise_mask` at density 0.5 draws the same split distribution.
+  """
   tokens = features["targets"]
   # Split point uniform in [1, n - 1]: both sides non-empty.
   split = tf.random.stateless_uniform([], seed, minval=1, maxval=tf.size(tokens),
@@ -390,7 +394,7 @@ def prefix_lm(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
     dataset = reduce_concat_tokens(dataset, "targets")
   dataset = split_tokens(dataset, chunk, "targets")
   dataset = dataset.filter(lambda x: tf.size(x["targets"]) >= 2)
-  return _random_prefix_split(dataset)
+  return random_prefix_split(dataset)
 
 
 def _output_features(vocabulary: seqio.Vocabulary) -> Mapping[str, seqio.Feature]:
