@@ -11,7 +11,9 @@ The SuperNI metrics reproduce allenai/natural-instructions' official scorer
   ["rougeL"], use_stemmer=True)` F-measure on the raw strings (the scorer tokenises
   and lower-cases itself; SuperNI does not normalise before ROUGE either).
 * each example scores the max over its references; the mean is reported x100 and
-  rounded to 4 decimals, as SuperNI does.
+  rounded to 4 decimals, as SuperNI does. An empty-string reference is a reference
+  (SuperNI's reference file keeps every output): an empty prediction matches it
+  exactly, and its ROUGE-L is 0 (rouge-score's convention for an empty reference).
 * groups: `{metric}_for_{task_name}` per task and `{metric}_for_{category}` per task
   category, the category being the task's first "Categories" entry lower-cased with
   whitespace runs joined by "_" (e.g. "Title Generation" -> "title_generation").
