@@ -60,9 +60,14 @@ def normalize_answer(text: str, remove_articles: bool = False) -> str:
   return " ".join(text.split())
 
 
-def exact_match_score(prediction: str, reference: str) -> float:
-  """1.0 when the normalised prediction equals the normalised reference."""
-  return float(normalize_answer(prediction) == normalize_answer(reference))
+def exact_match_score(prediction: str, reference: str,
+                      remove_articles: bool = False) -> float:
+  """1.0 when the normalised prediction equals the normalised reference.
+
+  `remove_articles=True` is SQuAD's normalisation (T5's ReCoRD metric).
+  """
+  return float(normalize_answer(prediction, remove_articles) ==
+               normalize_answer(reference, remove_articles))
 
 
 def rouge_l_score(prediction: str, reference: str) -> float:
@@ -70,10 +75,13 @@ def rouge_l_score(prediction: str, reference: str) -> float:
   return _ROUGE_L.score(target=reference, prediction=prediction)["rougeL"].fmeasure
 
 
-def token_f1_score(prediction: str, reference: str) -> float:
-  """SQuAD-style bag-of-tokens F1 on normalised text (Tk-Instruct's `f1_score`)."""
-  pred_tokens = normalize_answer(prediction).split()
-  ref_tokens = normalize_answer(reference).split()
+def token_f1_score(prediction: str, reference: str, remove_articles: bool = False) -> float:
+  """SQuAD-style bag-of-tokens F1 on normalised text (Tk-Instruct's `f1_score`).
+
+  `remove_articles=True` is SQuAD's own normalisation (T5's ReCoRD metric).
+  """
+  pred_tokens = normalize_answer(prediction, remove_articles).split()
+  ref_tokens = normalize_answer(reference, remove_articles).split()
   common = collections.Counter(pred_tokens) & collections.Counter(ref_tokens)
   num_same = sum(common.values())
   if num_same == 0:
