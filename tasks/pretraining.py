@@ -286,7 +286,7 @@ def _denoise(features, seed, vocabulary, noise_density, mean_noise_span_length):
 def check_sentinel_budget(num_spans: int, vocabulary: seqio.Vocabulary, reserved: int = 0,
                           what: str = "span corruption") -> None:
   """Raises unless `num_spans` sentinels fit in the vocabulary's unreserved extra ids."""
-  available = getattr(vocabulary, "extra_ids", 0) - reserved
+  available = vocabulary.extra_ids - reserved
   if num_spans > available:
     raise ValueError(
         f"{what} needs {num_spans} sentinels per example but the vocabulary has "
@@ -361,7 +361,7 @@ def span_corruption(dataset: tf.data.Dataset,
 
 
 @seqio.map_over_dataset(num_seeds=1)
-def random_prefix_split(features, seed):
+def _random_prefix_split(features, seed):
   """{"targets": [n] tokens} (n >= 2) -> a random non-empty prefix and the rest.
 
   T5's `random_prefix_noise_mask` at density 0.5 draws the same split distribution.
@@ -394,7 +394,7 @@ def prefix_lm(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
     dataset = reduce_concat_tokens(dataset, "targets")
   dataset = split_tokens(dataset, chunk, "targets")
   dataset = dataset.filter(lambda x: tf.size(x["targets"]) >= 2)
-  return random_prefix_split(dataset)
+  return _random_prefix_split(dataset)
 
 
 def _output_features(vocabulary: seqio.Vocabulary) -> Mapping[str, seqio.Feature]:

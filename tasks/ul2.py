@@ -189,15 +189,24 @@ def _unpad(x):
 
 
 def _denoise_fn(denoiser: Denoiser, tokens, seeds, vocabulary):
-  """A branch of the switch: (inputs, targets) of one chunk for one denoiser."""
-  if denoiser.is_prefix_lm:
+  """A branch of the switch: (inputs, targets) of one chunk for one denoiser.
+
+  Its ops are built inside the branch so that only the chosen denoiser runs (a 1-token
+  chunk has no prefix split).
+  """
+
+  def prefix_lm():
     split = tf.random.stateless_uniform([], seeds[0], minval=1, maxval=tf.size(tokens),
                                         dtype=tf.int32)
-    return lambda: (tokens[:split], tokens[split:])
-  mask = lambda: pretraining.random_spans_noise_mask(  # noqa: E731
-      tf.size(tokens), denoiser.noise_density, seeds[:2], denoiser.mean_noise_span_length)
-  return lambda: (pretraining.noise_span_to_unique_sentinel(tokens, mask(), vocabulary),
-                  pretraining.nonnoise_span_to_unique_sentinel(tokens, mask(), vocabulary))
+    return tokens[:split], tokens[split:]
+
+  def span_corruption():
+    mask = pretraining.random_spans_noise_mask(tf.size(tokens), denoiser.noise_density,
+                                               seeds[:2], denoiser.mean_noise_span_length)
+    return (pretraining.noise_span_to_unique_sentinel(tokens, mask, vocabulary),
+            pretraining.nonnoise_span_to_unique_sentinel(tokens, mask, vocabulary))
+
+  return prefix_lm if denoiser.is_prefix_lm else span_corruption
 
 
 @seqio.map_over_dataset(num_seeds=1)

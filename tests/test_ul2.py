@@ -197,6 +197,16 @@ def test_task_reconstructs_the_text_exactly():
   assert all(set(ex) == {"inputs", "targets"} for ex in objective_out)
 
 
+def test_one_token_chunks():
+  # A one-token document: span corruption keeps the token and targets only the sentinel
+  # (T5's mask never starts with noise); the prefix LM has no split and drops it.
+  docs = np.array([[7]], np.int32)
+  r = ul2.Denoiser(ul2.NLU, 1.0, 3.0, 0.15)
+  out = _examples(docs, {"inputs": 64, "targets": 64}, TINY, (r,))
+  assert [(x["inputs"].tolist(), x["targets"].tolist()) for x in out] == [([28, 7], [125])]
+  assert _examples(docs, {"inputs": 64, "targets": 64}, TINY, (ul2.Denoiser(ul2.S2S, 1.0),)) == []
+
+
 def test_errors_name_the_fix():
   with pytest.raises(ValueError, match=r"\[NLG\] \(mean span 3, density 0.5\) needs 127 "
                      r"sentinels .* 97 free extra ids \(3 reserved\)"):
