@@ -30,6 +30,9 @@ setuptools.setup(
         "gin-config>=0.5,<0.6",
         "safetensors>=0.4,<1",
         "rouge-score>=0.1.2,<0.2",
+        # GLUE/SuperGLUE metrics (tasks/glue_metrics.py), as T5 computes them.
+        "scikit-learn>=1.5,<2",
+        "scipy>=1.11,<2",
         "numpy>=1.26,<3",
         "tensorboard>=2.21,<2.22",
         "tqdm>=4.66,<5",

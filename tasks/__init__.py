@@ -19,6 +19,7 @@ from t5x_lite.tasks import metrics  # noqa: F401
 from t5x_lite.tasks import pretraining
 from t5x_lite.tasks import quickstart
 from t5x_lite.tasks import superni
+from t5x_lite.tasks import ul2
 from t5x_lite.tasks import vocab
 
 
@@ -34,6 +35,7 @@ def register_builtin_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
   """
   vocabulary = vocabulary or vocab.default_vocabulary()
   pretraining.register_tasks(vocabulary)
+  ul2.register_tasks(vocabulary)
   glue.register_tasks(vocabulary)
   instructions.register_instruction_tasks(vocabulary, mixture_cap=instruction_mixture_cap)
   superni.register_superni_tasks(vocabulary, superni_options)

@@ -11,7 +11,9 @@ The SuperNI metrics reproduce allenai/natural-instructions' official scorer
   ["rougeL"], use_stemmer=True)` F-measure on the raw strings (the scorer tokenises
   and lower-cases itself; SuperNI does not normalise before ROUGE either).
 * each example scores the max over its references; the mean is reported x100 and
-  rounded to 4 decimals, as SuperNI does.
+  rounded to 4 decimals, as SuperNI does. An empty-string reference is a reference
+  (SuperNI's reference file keeps every output): an empty prediction matches it
+  exactly, and its ROUGE-L is 0 (rouge-score's convention for an empty reference).
 * groups: `{metric}_for_{task_name}` per task and `{metric}_for_{category}` per task
   category, the category being the task's first "Categories" entry lower-cased with
   whitespace runs joined by "_" (e.g. "Title Generation" -> "title_generation").
@@ -58,9 +60,14 @@ def normalize_answer(text: str, remove_articles: bool = False) -> str:
   return " ".join(text.split())
 
 
-def exact_match_score(prediction: str, reference: str) -> float:
-  """1.0 when the normalised prediction equals the normalised reference."""
-  return float(normalize_answer(prediction) == normalize_answer(reference))
+def exact_match_score(prediction: str, reference: str,
+                      remove_articles: bool = False) -> float:
+  """1.0 when the normalised prediction equals the normalised reference.
+
+  `remove_articles=True` is SQuAD's normalisation (T5's ReCoRD metric).
+  """
+  return float(normalize_answer(prediction, remove_articles) ==
+               normalize_answer(reference, remove_articles))
 
 
 def rouge_l_score(prediction: str, reference: str) -> float:
@@ -68,10 +75,13 @@ def rouge_l_score(prediction: str, reference: str) -> float:
   return _ROUGE_L.score(target=reference, prediction=prediction)["rougeL"].fmeasure
 
 
-def token_f1_score(prediction: str, reference: str) -> float:
-  """SQuAD-style bag-of-tokens F1 on normalised text (Tk-Instruct's `f1_score`)."""
-  pred_tokens = normalize_answer(prediction).split()
-  ref_tokens = normalize_answer(reference).split()
+def token_f1_score(prediction: str, reference: str, remove_articles: bool = False) -> float:
+  """SQuAD-style bag-of-tokens F1 on normalised text (Tk-Instruct's `f1_score`).
+
+  `remove_articles=True` is SQuAD's own normalisation (T5's ReCoRD metric).
+  """
+  pred_tokens = normalize_answer(prediction, remove_articles).split()
+  ref_tokens = normalize_answer(reference, remove_articles).split()
   common = collections.Counter(pred_tokens) & collections.Counter(ref_tokens)
   num_same = sum(common.values())
   if num_same == 0:

@@ -1,13 +1,32 @@
 """Pretraining objectives (T5 span corruption, prefix LM) as seqio preprocessors, and tasks.
 
-Span corruption follows the T5 definition (Raffel et al. 2020, section 3.1.4, and the
-`t5.data.preprocessors` reference code): documents are tokenized, concatenated, split into
-chunks of `tokens_length` tokens (chosen from the batch-time `sequence_length["inputs"]`
-so that the corrupted inputs plus EOS fill it exactly: 568 tokens for 512), 15% of each
-chunk's tokens are masked in spans of mean length 3, every noise span is replaced in the
-inputs by one sentinel (`<extra_id_0>` = vocab_size - 1, then counting down) and the
-targets are the noise spans each preceded by its sentinel. Randomness is stateless, driven
-by seqio's per-preprocessor seeds, so a dataset is reproducible given `seed`.
+Span corruption is T5's `span_corruption` preprocessor chain (Raffel et al. 2020, section
+3.1.4; `t5.data.preprocessors`), step for step and seed for seed:
+
+  select_random_chunk   drop empty documents, then keep one random chunk of at most
+                        65,536 tokens of each (cut at multiples of 65,536)
+  reduce_concat_tokens  concatenate 128 documents at a time
+  split_tokens          chunks of `tokens_length` tokens, chosen from the batch-time
+                        `sequence_length["inputs"]` so that the corrupted inputs plus EOS
+                        fill it exactly (568 tokens for 512)
+  denoise               15% of each chunk's tokens masked in spans of mean length 3; every
+                        noise span becomes one sentinel in the inputs (`<extra_id_0>` =
+                        vocab_size - 1, then counting down) and the targets are the noise
+                        spans each preceded by its sentinel; noise density 0 masks nothing
+
+Randomness is stateless and drawn from seqio's per-preprocessor seeds exactly as T5 draws
+it (`seqio.map_over_dataset(num_seeds=1)` in each of the three seeded steps, T5's splits of
+each seed), and the text tasks keep T5's cache-placeholder position, so a task with the
+same seed yields the same examples as T5's (checked against `t5` 0.9.4 in the tests).
+
+Deliberate differences from T5:
+* `random_spans_helper` counts noise spans as the mask does (at least one span, at least
+  one noise token). T5's helper rounds the span count to 0 when the mean span is long
+  for the chunk (e.g. mean span 64 at 128 inputs), so its inputs come out one token too
+  long; the two agree everywhere else (512 -> 568/114 as in T5).
+* More noise spans than the vocabulary has extra ids is an error here; T5 silently
+  takes ordinary vocabulary ids below the extra ids as sentinels.
+* EOS is appended without trimming (see `text_preprocessors`).
 
 Registered tasks (output features "inputs"/"targets", default vocabulary, EOS appended):
   c4_span_corruption        TFDS c4/en:3.1.0 "text"
@@ -25,6 +44,7 @@ from t5x_lite.tasks import vocab
 
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0
+MAX_CHUNK_TOKENS = 65536  # longest piece of one document used (T5's select_random_chunk)
 _REDUCE_CONCAT_BATCH = 128  # documents concatenated before chunking (T5's value)
 
 
@@ -54,13 +74,14 @@ def random_spans_helper(inputs_length: int,
   The largest chunk whose corrupted inputs (non-noise tokens + one sentinel per span +
   EOS) fit in `inputs_length`, and the resulting targets length (noise tokens + one
   sentinel per span + EOS). Example: 512 -> (568, 114). Uses Python's round (half to
-  even), as T5 does.
+  even), as T5 does. The noise and span counts are those `random_spans_noise_mask` will
+  use (see the module docstring for where this differs from T5's helper).
   """
 
   def _lengths(tokens_length):
-    num_noise_tokens = int(round(tokens_length * noise_density))
+    num_noise_tokens, num_noise_spans = noise_counts(tokens_length, noise_density,
+                                                     mean_noise_span_length)
     num_nonnoise_tokens = tokens_length - num_noise_tokens
-    num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
     return (num_nonnoise_tokens + num_noise_spans * extra_tokens_per_span_inputs + 1,
             num_noise_tokens + num_noise_spans * extra_tokens_per_span_targets + 1)
 
@@ -75,6 +96,22 @@ def random_spans_helper(inputs_length: int,
   return tokens_length, targets_length
 
 
+def noise_counts(length: int, noise_density: float,
+                 mean_noise_span_length: float) -> Tuple[int, int]:
+  """(noise tokens, noise spans) that `random_spans_noise_mask` uses for `length` tokens.
+
+  Python twin of the mask's TF arithmetic: no noise at density 0; otherwise
+  round(length * density) clipped to [1, length - 1] noise tokens (length taken as at
+  least 2) in max(1, round(noise / mean span)) spans. Python's round and tf.round both
+  round half to even.
+  """
+  if noise_density == 0.0:
+    return 0, 0
+  length = max(length, 2)
+  num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
+  return num_noise, max(int(round(num_noise / mean_noise_span_length)), 1)
+
+
 def span_corruption_feature_lengths(inputs_length: int = 512) -> Mapping[str, int]:
   """task_feature_lengths for span corruption with no truncation: 512 -> 512/114."""
   return {"inputs": inputs_length, "targets": random_spans_helper(inputs_length)[1]}
@@ -85,18 +122,21 @@ def random_spans_noise_mask(length: tf.Tensor, noise_density: float, seeds: tf.T
                             ) -> tf.Tensor:
   """T5's noise mask: [length] bool, True on noise tokens.
 
-  num_noise_tokens = round(length * noise_density) clipped to [1, length - 1];
-  num_noise_spans = max(1, round(num_noise_tokens / mean_noise_span_length)); noise and
-  non-noise tokens are each split into num_noise_spans non-empty segments uniformly at
-  random, interleaved starting with non-noise (so the mask never starts with noise).
-  tf.round rounds half to even, like T5. Lengths below 2 are computed as 2 and cut.
+  Density 0 masks nothing. Otherwise num_noise_tokens = round(length * noise_density)
+  clipped to [1, length - 1]; num_noise_spans = max(1, round(num_noise_tokens /
+  mean_noise_span_length)); noise and non-noise tokens are each split into
+  num_noise_spans non-empty segments uniformly at random, interleaved starting with
+  non-noise (so the mask never starts with noise). tf.round rounds half to even, like T5.
+  Lengths below 2 are computed as 2 and cut.
 
   Args:
     length: int32 scalar, number of tokens.
-    noise_density: fraction of tokens that are noise.
+    noise_density: fraction of tokens that are noise (a Python float).
     seeds: [2, 2] int32 stateless seeds (segmentation of noise, of non-noise).
     mean_noise_span_length: mean noise span length.
   """
+  if noise_density == 0.0:
+    return tf.zeros([length], tf.bool)
   orig_length = length
   length = tf.maximum(length, 2)
   num_noise_tokens = tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
@@ -152,6 +192,43 @@ def nonnoise_span_to_unique_sentinel(tokens, noise_mask, vocabulary):
   return noise_span_to_unique_sentinel(tokens, tf.logical_not(noise_mask), vocabulary)
 
 
+def _drop_empty(dataset: tf.data.Dataset, feature_key: str) -> tf.data.Dataset:
+  return dataset.filter(lambda x: tf.size(x[feature_key]) > 0)
+
+
+@seqio.map_over_dataset(num_seeds=1)
+def _random_chunk(features, seed, max_length, feature_key):
+  # T5 splits its one seed in two (the first draws an optional random length).
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed))
+  tokens = features[feature_key]
+  n_tokens = tf.shape(tokens)[0]
+  num_segments = tf.cast(
+      tf.math.ceil(tf.cast(n_tokens, tf.float32) / float(max_length)), tf.int32)
+  start = max_length * tf.random.stateless_uniform(
+      [], maxval=num_segments, dtype=tf.int32, seed=seeds[1])
+  return {feature_key: tokens[start:tf.minimum(start + max_length, n_tokens)]}
+
+
+def select_random_chunk(dataset: tf.data.Dataset, max_length: int = MAX_CHUNK_TOKENS,
+                        feature_key: str = "targets") -> tf.data.Dataset:
+  """T5's `select_random_chunk`: one chunk of <= max_length tokens per document.
+
+  Empty documents are dropped first (so they never take part in grouping); a longer
+  document is cut at multiples of max_length and one of the pieces is kept, uniformly
+  at random (so every token is equally likely to be kept). Other features are dropped.
+
+  Args:
+    dataset: examples with `feature_key`: [n] int32 tokens.
+    max_length: longest chunk kept (T5: 65,536).
+    feature_key: the token feature.
+
+  Returns:
+    {feature_key: [min(n, max_length) or less] int32}, one per non-empty document.
+  """
+  return _random_chunk(_drop_empty(dataset, feature_key), max_length=max_length,
+                       feature_key=feature_key)
+
+
 def reduce_concat_tokens(dataset: tf.data.Dataset, feature_key: str = "targets",
                          batch_size: int = _REDUCE_CONCAT_BATCH) -> tf.data.Dataset:
   """Concatenates the `feature_key` tokens of up to `batch_size` consecutive examples.
@@ -169,37 +246,74 @@ def reduce_concat_tokens(dataset: tf.data.Dataset, feature_key: str = "targets",
   return dataset.map(_concat, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+@seqio.map_over_dataset(num_seeds=1)
+def _split_in_rows(features, seed, max_tokens, feature_key):
+  # T5's split_tokens draws a seed here for its optional random segment length; drawing
+  # it too keeps every later preprocessor's seeds equal to T5's.
+  del seed
+  tokens = features[feature_key]
+  n_tokens = tf.size(tokens)
+  num_segments = (n_tokens + max_tokens - 1) // max_tokens
+  padding = num_segments * max_tokens - n_tokens
+  lengths = tf.concat([tf.fill([num_segments - 1], max_tokens), [max_tokens - padding]], 0)
+  return tf.reshape(tf.pad(tokens, [[0, padding]]), [-1, max_tokens]), lengths
+
+
 def split_tokens(dataset: tf.data.Dataset, max_tokens_per_segment: int,
                  feature_key: str = "targets") -> tf.data.Dataset:
   """Splits each example's tokens into consecutive pieces of <= max_tokens_per_segment.
 
-  Empty examples produce no pieces.
+  Empty examples produce no pieces; only the last piece of an example can be shorter.
   """
-  dataset = dataset.filter(lambda x: tf.size(x[feature_key]) > 0)
-
-  def _split(x):
-    tokens = x[feature_key]
-    n_tokens = tf.size(tokens)
-    num_segments = (n_tokens + max_tokens_per_segment - 1) // max_tokens_per_segment
-    padding = num_segments * max_tokens_per_segment - n_tokens
-    lengths = tf.concat([tf.fill([num_segments - 1], max_tokens_per_segment),
-                         [max_tokens_per_segment - padding]], axis=0)
-    tokens = tf.reshape(tf.pad(tokens, [[0, padding]]), [-1, max_tokens_per_segment])
-    return tokens, lengths
-
-  dataset = dataset.map(_split, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-  return dataset.map(lambda tokens, length: {feature_key: tokens[:length]})
+  dataset = _split_in_rows(_drop_empty(dataset, feature_key),
+                           max_tokens=max_tokens_per_segment, feature_key=feature_key)
+  return dataset.unbatch().map(lambda tokens, length: {feature_key: tokens[:length]})
 
 
-@seqio.map_over_dataset(num_seeds=2)
-def _denoise(features, seeds, vocabulary, noise_density, mean_noise_span_length):
+@seqio.map_over_dataset(num_seeds=1)
+def _denoise(features, seed, vocabulary, noise_density, mean_noise_span_length):
+  # T5's denoise splits its seed in six: noise mask, inputs fn, targets fn (2 each).
+  seeds = tf.random.experimental.stateless_split(seed, 6)
   tokens = features["targets"]
-  noise_mask = random_spans_noise_mask(tf.size(tokens), noise_density, seeds,
+  noise_mask = random_spans_noise_mask(tf.size(tokens), noise_density, seeds[:2],
                                        mean_noise_span_length)
   return {
       "inputs": noise_span_to_unique_sentinel(tokens, noise_mask, vocabulary),
       "targets": nonnoise_span_to_unique_sentinel(tokens, noise_mask, vocabulary),
   }
+
+
+def check_sentinel_budget(num_spans: int, vocabulary: seqio.Vocabulary, reserved: int = 0,
+                          what: str = "span corruption") -> None:
+  """Raises unless `num_spans` sentinels fit in the vocabulary's unreserved extra ids."""
+  available = vocabulary.extra_ids - reserved
+  if num_spans > available:
+    raise ValueError(
+        f"{what} needs {num_spans} sentinels per example but the vocabulary has "
+        f"{available} free extra ids ({reserved} reserved): shorten the inputs in "
+        "TASK_FEATURE_LENGTHS or register the task with a vocabulary with more extra_ids "
+        "(vocab.default_vocabulary(extra_ids=...)); more spans would reuse ordinary "
+        "vocabulary ids as sentinels")
+
+
+def denoise_chunks(dataset: tf.data.Dataset, vocabulary: seqio.Vocabulary,
+                   noise_density: float = NOISE_DENSITY,
+                   mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+                   ) -> tf.data.Dataset:
+  """T5's `denoise` with random spans and unique sentinels, one seed per example.
+
+  Args:
+    dataset: {"targets": [n] int32} chunks.
+    vocabulary: sentinels come from its top ids.
+    noise_density: fraction of tokens masked.
+    mean_noise_span_length: mean masked span length.
+
+  Returns:
+    {"inputs": non-noise tokens with one sentinel per span,
+     "targets": the noise spans, each preceded by its sentinel}.
+  """
+  return _denoise(dataset, vocabulary=vocabulary, noise_density=noise_density,
+                  mean_noise_span_length=mean_noise_span_length)
 
 
 def span_corruption(dataset: tf.data.Dataset,
@@ -210,9 +324,13 @@ def span_corruption(dataset: tf.data.Dataset,
                     merge_examples_to_reduce_padding: bool = True) -> tf.data.Dataset:
   """T5 span corruption; a seqio post-cache preprocessor.
 
+  T5's chain: select_random_chunk (<= 65,536 tokens per document, empty documents
+  dropped) -> reduce_concat_tokens (128 documents) -> split_tokens (chunks of
+  `random_spans_helper(L)[0]` tokens) -> denoise (random spans, unique sentinels).
+
   Args:
     dataset: examples with "targets": [n] int32 tokens (the whole document).
-    sequence_length: {"inputs": L, ...}; chunks are sized so inputs + EOS == L.
+    sequence_length: {"inputs": L, "targets": Lt}; chunks are sized so inputs + EOS == L.
     output_features: "targets" supplies the vocabulary (sentinels from its top).
     noise_density: fraction of tokens masked (T5: 0.15).
     mean_noise_span_length: mean masked span length (T5: 3).
@@ -220,19 +338,34 @@ def span_corruption(dataset: tf.data.Dataset,
 
   Returns:
     {"inputs": [<= L - 1] int32, "targets": [<= targets_length - 1] int32}, no EOS yet.
+
+  Raises:
+    ValueError: Lt is shorter than the targets need, or the spans outnumber the
+      vocabulary's extra ids.
   """
-  tokens_length, _ = random_spans_helper(sequence_length["inputs"], noise_density,
-                                         mean_noise_span_length)
+  tokens_length, targets_length = random_spans_helper(
+      sequence_length["inputs"], noise_density, mean_noise_span_length)
+  if sequence_length.get("targets", targets_length) < targets_length:
+    raise ValueError(
+        f"span corruption at inputs length {sequence_length['inputs']} makes targets of "
+        f"{targets_length} tokens but TASK_FEATURE_LENGTHS['targets'] is "
+        f"{sequence_length['targets']}: set it to at least {targets_length}")
+  vocabulary = output_features["targets"].vocabulary
+  check_sentinel_budget(
+      noise_counts(tokens_length, noise_density, mean_noise_span_length)[1], vocabulary)
+  dataset = select_random_chunk(dataset)
   if merge_examples_to_reduce_padding:
     dataset = reduce_concat_tokens(dataset, "targets")
   dataset = split_tokens(dataset, tokens_length, "targets")
-  return _denoise(dataset, vocabulary=output_features["targets"].vocabulary,
-                  noise_density=noise_density,
-                  mean_noise_span_length=mean_noise_span_length)
+  return denoise_chunks(dataset, vocabulary, noise_density, mean_noise_span_length)
 
 
 @seqio.map_over_dataset(num_seeds=1)
 def _random_prefix_split(features, seed):
+  """{"targets": [n] tokens} (n >= 2) -> a random non-empty prefix and the rest.
+
+  T5's `random_prefix_noise_mask` at density 0.5 draws the same split distribution.
+  """
   tokens = features["targets"]
   # Split point uniform in [1, n - 1]: both sides non-empty.
   split = tf.random.stateless_uniform([], seed, minval=1, maxval=tf.size(tokens),
@@ -244,6 +377,9 @@ def prefix_lm(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
               merge_examples_to_reduce_padding: bool = True) -> tf.data.Dataset:
   """Prefix LM: chunks of min(inputs, targets) tokens split at a random point.
 
+  Documents go through T5's select_random_chunk and reduce_concat_tokens first, as in
+  span corruption.
+
   Args:
     dataset: examples with "targets": [n] int32 tokens.
     sequence_length: {"inputs": Li, "targets": Lt}; chunk length min(Li, Lt), so both
@@ -253,6 +389,7 @@ def prefix_lm(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
     {"inputs": [s] int32 (the prefix), "targets": [chunk - s] int32 (the rest)}, s >= 1.
   """
   chunk = min(sequence_length["inputs"], sequence_length["targets"])
+  dataset = select_random_chunk(dataset)
   if merge_examples_to_reduce_padding:
     dataset = reduce_concat_tokens(dataset, "targets")
   dataset = split_tokens(dataset, chunk, "targets")
@@ -270,12 +407,14 @@ def _output_features(vocabulary: seqio.Vocabulary) -> Mapping[str, seqio.Feature
 def text_preprocessors(objective):
   """The preprocessor list for a {"text": ...} source and an objective preprocessor.
 
+  Rekeying and sanitizing are one step so that the cache placeholder sits at index 2, as
+  in T5's C4 tasks: seqio offsets the post-cache seeds by 42 x that index, so the same
+  task seed draws the same chunks and masks as T5's `c4_v220_span_corruption`.
   EOS is appended with `seqio.preprocessors.append_eos` (not `_after_trim`) so that
   t5x_lite.data sees over-long examples, counts them, and truncates keeping the EOS.
   """
   return [
-      sanitize_text,
-      _rekey_text_to_targets,
+      text_to_targets,
       seqio.preprocessors.tokenize,
       seqio.CacheDatasetPlaceholder(),
       objective,
@@ -283,9 +422,10 @@ def text_preprocessors(objective):
   ]
 
 
-def _rekey_text_to_targets(dataset):
-  """{"text"} -> {"inputs": "" (filled by the objective), "targets": text}."""
-  return seqio.preprocessors.rekey(dataset, key_map={"inputs": None, "targets": "text"})
+def text_to_targets(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """{"text"} -> {"inputs": "" (filled by the objective), "targets": valid-UTF-8 text}."""
+  return sanitize_text(seqio.preprocessors.rekey(
+      dataset, key_map={"inputs": None, "targets": "text"}))
 
 
 def register_text_task(name: str, source: seqio.DataSource, objective,
@@ -302,11 +442,15 @@ def register_text_task(name: str, source: seqio.DataSource, objective,
   )
 
 
+def c4_source() -> seqio.TfdsDataSource:
+  """TFDS c4/en:3.1.0, read-only: a missing dataset is an error, never a download."""
+  return seqio.TfdsDataSource(tfds_name="c4/en:3.1.0", splits=("train", "validation"),
+                              read_only=True)
+
+
 def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None) -> None:
   """Registers c4_span_corruption, embedded_span_corruption, embedded_prefix_lm."""
-  register_text_task("c4_span_corruption",
-                     seqio.TfdsDataSource(tfds_name="c4/en:3.1.0", splits=("train", "validation")),
-                     span_corruption, vocabulary)
+  register_text_task("c4_span_corruption", c4_source(), span_corruption, vocabulary)
   register_text_task("embedded_span_corruption", corpora.embedded_source(), span_corruption,
                      vocabulary)
   register_text_task("embedded_prefix_lm", corpora.embedded_source(), prefix_lm, vocabulary)

@@ -243,10 +243,13 @@ def read_task_file(path: str) -> Dict[str, Any]:
 
 
 def _valid_instances(task_name: str, instances: List[Any], path: str) -> List[Dict[str, Any]]:
-  """Instances with a str input and at least one non-empty str reference.
+  """Instances with a str input and at least one str reference.
 
-  Others cannot be trained on or scored; they are skipped and counted in a warning
-  so that one bad record never loses the rest of the task.
+  An empty-string reference is a reference: SuperNI's official evaluation keeps every
+  `output` (its reference file is the instances' outputs as they are), so a model that
+  answers nothing scores an exact match there. Instances with no str reference at all
+  cannot be trained on or scored; they are skipped and counted in a warning so that one
+  bad record never loses the rest of the task.
   """
   valid, skipped = [], 0
   for idx, inst in enumerate(instances):
@@ -255,15 +258,15 @@ def _valid_instances(task_name: str, instances: List[Any], path: str) -> List[Di
       continue
     outputs = inst.get("output")
     outputs = [outputs] if isinstance(outputs, str) else outputs
-    refs = [o for o in outputs or [] if isinstance(o, str) and o.strip()]
+    refs = [o for o in outputs or [] if isinstance(o, str)]
     if not refs:
       skipped += 1
       continue
     valid.append({"id": _text(inst.get("id")) or f"{task_name}-{idx}",
                   "input": inst["input"], "output": refs})
   if skipped:
-    logger.warning("%s: skipped %d of %d instances (no input text or no non-empty "
-                   "reference)", path, skipped, len(instances))
+    logger.warning("%s: skipped %d of %d instances (no input text or no reference)",
+                   path, skipped, len(instances))
   return valid
 
 

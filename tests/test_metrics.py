@@ -85,3 +85,17 @@ def test_category_key_and_errors():
     metrics.superni_metrics([{"references": []}], ["x"])
   with pytest.raises(ValueError, match="2 predictions but 1"):
     metrics.compute_metrics(["a", "b"], [["a"]])
+
+
+def test_empty_string_reference_is_a_reference():
+  # SuperNI's official evaluation keeps "" among the references: an empty (or
+  # punctuation-only) prediction matches it exactly; ROUGE-L of an empty reference is 0.
+  assert metrics.references_of({"references": ["", "yes"]}) == ["", "yes"]
+  assert metrics.exact_match_score(" . ", "") == 1.0
+  assert metrics.rouge_l_score("", "") == 0.0
+  # Example 1: reference "" and prediction "" -> EM 1, ROUGE-L 0.
+  # Example 2: references ["", "b"], prediction "b" -> EM 1 (via "b"), ROUGE-L 1.
+  # Example 3: reference "", prediction "x" -> EM 0, ROUGE-L 0.
+  result = metrics.superni_metrics(
+      [{"references": [""]}, {"references": ["", "b"]}, {"references": [""]}], ["", "b", "x"])
+  assert result == {"exact_match": round(200 / 3, 4), "rougeL": round(100 / 3, 4)}

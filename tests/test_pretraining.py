@@ -1,5 +1,9 @@
 """Tests for tasks/pretraining.py: T5 span corruption and prefix LM against the definition."""
 
+import collections
+import functools
+import hashlib
+import json
 import os
 from unittest import mock
 
@@ -174,3 +178,138 @@ def test_sanitize_text_replaces_invalid_utf8():
   out = list(P.sanitize_text(ds).as_numpy_iterator())
   assert [x["text"].decode("utf-8") for x in out] == ["ok", "bad \ufffd\ufffd end", ""]
   assert [x["n"] for x in out] == [1, 2, 3]
+
+
+# --- T5's chain: select_random_chunk, empty documents, density 0, reference goldens ---
+
+
+def _tokens_ds(docs):
+  docs = [np.asarray(d, np.int32) for d in docs]
+  return tf.data.Dataset.from_generator(
+      lambda: ({"targets": d} for d in docs),
+      output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+
+
+def test_select_random_chunk_keeps_one_aligned_piece_per_document():
+  long_doc = list(range(1, 150_001))  # pieces [0, 65536), [65536, 131072), [131072, 150000)
+  docs = [long_doc, [7, 8, 9], list(range(200_001, 270_001))]
+  seen, dataset = collections.Counter(), _tokens_ds(docs)
+  for seed in range(30):
+    with seqio.utils.map_seed_manager(seed):
+      chunks = [x["targets"].tolist() for x in
+                P.select_random_chunk(dataset).as_numpy_iterator()]
+    assert len(chunks) == 3  # exactly one chunk per document
+    start = chunks[0][0] - 1
+    assert start % 65536 == 0 and chunks[0] == long_doc[start:start + 65536]
+    assert chunks[1] == [7, 8, 9]
+    start2 = chunks[2][0] - 200_001
+    assert start2 in (0, 65536) and len(chunks[2]) == (65536 if start2 == 0 else 70_000 - 65536)
+    seen[start] += 1
+  assert set(seen) == {0, 65536, 131072}  # each piece is taken under some seed
+  assert min(seen.values()) >= 4  # ~10 each of 30 (uniform over the 3 pieces)
+
+
+def test_empty_documents_are_dropped_before_grouping():
+  # 300 documents, every other one empty: groups of 128 *non-empty* documents.
+  docs = [[] if i % 2 else [3 * i + 3, 3 * i + 4, 3 * i + 5] for i in range(300)]
+  with seqio.utils.map_seed_manager(0):
+    groups = [x["targets"].tolist() for x in
+              P.reduce_concat_tokens(P.select_random_chunk(_tokens_ds(docs)))
+              .as_numpy_iterator()]
+  nonempty = [d for d in docs if d]
+  assert [len(g) for g in groups] == [3 * 128, 3 * 22]
+  assert groups[0] == [t for d in nonempty[:128] for t in d]
+  assert groups[1] == [t for d in nonempty[128:] for t in d]
+
+
+def test_density_zero_masks_nothing():
+  mask = P.random_spans_noise_mask(tf.constant(50), 0.0, tf.constant([[1, 2], [3, 4]]))
+  assert mask.numpy().tolist() == [False] * 50
+  assert P.random_spans_helper(32, noise_density=0.0) == (31, 1)
+  task = _task("test_span_corruption_density0",
+               functools.partial(P.span_corruption, noise_density=0.0))
+  examples = list(task.get_dataset({"inputs": 32, "targets": 4}, split="train",
+                                   shuffle=False, seed=3).as_numpy_iterator())
+  assert all(ex["targets"].tolist() == [125, 1] for ex in examples)  # <extra_id_0>, EOS
+  assert all(ex["inputs"][:-1].max() < 26 for ex in examples)  # no sentinel in the inputs
+  assert [t for ex in examples for t in ex["inputs"][:-1].tolist()] == _doc_stream()
+
+
+@pytest.mark.parametrize("inputs_length,density,span,t5_value", [
+    # t5.data.preprocessors.random_spans_helper (t5 0.9.4) at the same arguments.
+    (16, 0.15, 3, (17, 5)), (32, 0.5, 3, (46, 32)), (128, 0.5, 64, (250, 128)),
+    (512, 0.15, 3, (568, 114)), (512, 0.15, 8, (588, 100)), (512, 0.5, 3, (766, 512)),
+    (512, 0.5, 8, (908, 512)), (512, 0.15, 64, (600, 92)), (512, 0.5, 64, (1006, 512)),
+    (1024, 0.15, 3, (1137, 229))])
+def test_random_spans_helper_equals_t5(inputs_length, density, span, t5_value):
+  assert P.random_spans_helper(inputs_length, density, span) == t5_value
+
+
+def test_random_spans_helper_never_overflows_where_t5_rounds_to_zero_spans():
+  # t5 0.9.4 gives (149, 23) here: round(22 / 64) = 0 spans predicted, but the mask makes
+  # one, so its inputs are 127 + 1 + EOS = 129 > 128 tokens.
+  tokens, targets = P.random_spans_helper(128, 0.15, 64)
+  noise, spans = P.noise_counts(tokens, 0.15, 64)
+  assert (tokens, targets) == (148, 24) and (noise, spans) == (22, 1)
+  assert tokens - noise + spans + 1 == 128 and noise + spans + 1 == targets
+
+
+# Golden outputs of the reference implementation: seqio tasks built as T5 builds
+# c4_v220_span_corruption (rekey, tokenize, CacheDatasetPlaceholder,
+# t5.data.preprocessors.span_corruption, append_eos_after_trim) from t5 0.9.4 on the same
+# documents and tiny vocabulary, get_dataset(split="train", shuffle=False, seed=SEED).
+# sha256 of json.dumps([[inputs, targets], ...]) and the number of examples.
+T5_GOLDEN_SMALL = {  # DOCS with documents 3, 10 and 11 emptied; inputs 32 / targets 12
+    0: (109, "acab98ccba60efae0f84bbdd0ea0d31505c0407669f67c5096b8419aea646c95"),
+    1: (109, "c4dd99ff991db8b665a8e8abacd9ca8d52d2bbe12e3084ced506bedad8994aa0"),
+    7: (109, "51f3de8c4eb53fc54d5e4fb7e047b11c68139246deb9408a49414bf07c17dc50"),
+}
+T5_GOLDEN_FIRST_SEED_1 = (
+    [3, 21, 7, 13, 2, 14, 4, 22, 24, 3, 2, 11, 4, 3, 125, 3, 6, 18, 3, 7, 22, 3, 5, 3, 14,
+     18, 3, 5, 22, 21, 124, 1], [125, 13, 18, 124, 3, 5, 16, 1])
+T5_GOLDEN_LONG = {  # a 150,000-token document between short ones; inputs 512 / 114
+    0: (34, "3cb9ae7c668cf3220e10d400e877ff6e06ef2caa49153185e6fa80c9959728ed"),
+    1: (116, "223b8f586caea1a24a3db6197bd9d8c5a4d5bdf2f6a0ef066bfad9483b5cc093"),
+}
+
+
+def _golden_run(name, docs, lengths, seed):
+  P.register_text_task(name, seqio.FunctionDataSource(
+      lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices({"text": docs}),
+      splits=["train"]), P.span_corruption, TINY)
+  out = [[ex["inputs"].tolist(), ex["targets"].tolist()] for ex in
+         seqio.get_mixture_or_task(name).get_dataset(
+             lengths, split="train", shuffle=False, seed=seed).as_numpy_iterator()]
+  return out, hashlib.sha256(json.dumps(out).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("seed", sorted(T5_GOLDEN_SMALL))
+def test_same_examples_as_t5_reference(seed):
+  docs = list(DOCS)
+  docs[3] = docs[10] = docs[11] = ""
+  out, digest = _golden_run("test_golden_small", docs, {"inputs": 32, "targets": 12}, seed)
+  assert (len(out), digest) == T5_GOLDEN_SMALL[seed]
+  if seed == 1:
+    assert tuple(out[0]) == T5_GOLDEN_FIRST_SEED_1
+
+
+@pytest.mark.parametrize("seed", sorted(T5_GOLDEN_LONG))
+def test_same_long_document_chunk_as_t5_reference(seed):
+  docs = ["a short one", " ".join(f"w{i % 97}" for i in range(75_000)), "", "the end"]
+  assert len(TINY.encode(docs[1])) == 150_000
+  out, digest = _golden_run("test_golden_long", docs, {"inputs": 512, "targets": 114}, seed)
+  assert (len(out), digest) == T5_GOLDEN_LONG[seed]
+  # Seed 1 keeps a whole 65,536-token piece, seed 0 the last 18,928 tokens.
+  kept = sum(len(_resolve(i[:-1], t[:-1], TINY.vocab_size)) for i, t in out)
+  assert kept == (65536 if seed == 1 else 150_000 - 131_072) + len(TINY.encode(docs[0])) + len(
+      TINY.encode(docs[3]))
+
+
+def test_too_many_spans_for_the_sentinels_is_an_error():
+  few = seqio.SentencePieceVocabulary(TINY_SPM, extra_ids=10)
+  features = {"targets": seqio.Feature(few)}
+  with pytest.raises(ValueError, match="needs 28 sentinels .* 10 free extra ids"):
+    P.span_corruption(_tokens_ds([[5] * 600]), {"inputs": 512, "targets": 114}, features)
+  with pytest.raises(ValueError, match=r"TASK_FEATURE_LENGTHS\['targets'\] is 100: set it to at least 114"):
+    P.span_corruption(_tokens_ds([[5] * 600]), {"inputs": 512, "targets": 100},
+                      {"targets": seqio.Feature(TINY)})

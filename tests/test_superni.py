@@ -26,11 +26,13 @@ SENTIMENT = {
         {"input": "Great film", "output": "negative", "explanation": "Great is positive"},
     ],
     "Input_language": ["English"],
-    # 8 instances, 2 labels -> classification. The 3rd has no non-empty reference.
+    # 8 instances: the 3rd's only reference is "" (kept: SuperNI's evaluation keeps it), the
+    # 6th has none (skipped) -> 7 instances, labels {negative, positive, ""} -> classification.
     "Instances": [{"id": f"sent-{i}", "input": f"review {i}",
                    "output": ["positive" if i % 2 else "negative"]} for i in range(8)],
 }
 SENTIMENT["Instances"][2]["output"] = [""]
+SENTIMENT["Instances"][5]["output"] = []
 
 TITLES = {
     "Categories": ["Title Generation"],
@@ -121,9 +123,11 @@ def test_exact_prompts(clone, names, enc, expected):
 def test_test_split_caps_and_skips(clone, names):
   examples = _examples("t_sni_def_test", "validation")  # validation == test tasks
   ids = [e["id"] for e in examples]
-  # sentiment: 8 instances, sent-2 has only an empty reference -> 7 kept, in file order;
-  # titles: first 100 of 120 (SuperNI's test cap), in file order.
-  assert ids == [f"sent-{i}" for i in range(8) if i != 2] + [f"title-{i}" for i in range(100)]
+  # sentiment: 8 instances, sent-5 has no reference -> 7 kept, in file order (sent-2, whose
+  # only reference is "", included); titles: first 100 of 120 (SuperNI's test cap).
+  assert ids == [f"sent-{i}" for i in range(8) if i != 5] + [f"title-{i}" for i in range(100)]
+  assert json.loads(examples[2]["references"]) == [""]
+  assert examples[2]["targets_pretokenized"] == ""
   assert json.loads(examples[7]["references"]) == ["Title 0", "Another title 0"]
   assert examples[7]["targets_pretokenized"] == "Title 0"
 
@@ -194,6 +198,11 @@ def test_evaluator_reports_per_task_and_category(clone, names):
                 "_for_task002_titles", "_for_title_generation"):
     expected[f"exact_match{group}"] = 100.0
     expected[f"rougeL{group}"] = 100.0
+  # sent-2's reference is "": the empty prediction matches it exactly, but ROUGE-L of an
+  # empty reference is 0 (rouge-score's convention, which SuperNI's scorer inherits).
+  for group in ("_for_task001_sentiment", "_for_sentiment_analysis"):
+    expected[f"rougeL{group}"] = round(100 * 6 / 7, 4)
+  expected["rougeL"] = round(100 * 106 / 107, 4)
   assert result == expected
 
 
