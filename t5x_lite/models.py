@@ -62,6 +62,7 @@ class DecodingSettings:
     method: "greedy", "sample" (temperature / top_k / top_p) or "beam" (alpha, length_penalty).
     num_decodes: candidates per input (samples or beams); predict_batch returns the one
       with the highest score.
+    num_beams: beam width of "beam" (>= num_decodes); None: max(num_decodes, 4).
     temperature, top_k, top_p: sampling settings (decoding.warp_logits).
     alpha: beam-search length-penalty exponent; length_penalty "t5x" or "hf".
     max_decode_length: generated tokens per input; None uses the batch's targets length
@@ -70,6 +71,7 @@ class DecodingSettings:
   """
   method: str = "greedy"
   num_decodes: int = 1
+  num_beams: Optional[int] = None
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
@@ -193,7 +195,7 @@ class EncoderDecoderModel:
       rng = jax.random.PRNGKey(settings.seed)
     tokens, scores = decoding.decode(
         self.module, params, batch["encoder_input_tokens"], max_decode_length=length,
-        method=settings.method, num_decodes=settings.num_decodes,
+        method=settings.method, num_decodes=settings.num_decodes, num_beams=settings.num_beams,
         temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
         alpha=settings.alpha, length_penalty=settings.length_penalty, rng=rng)
     best = jnp.argmax(scores, axis=1)  # [B]

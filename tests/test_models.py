@@ -1,5 +1,6 @@
 """Loss of EncoderDecoderModel against a NumPy transcription of T5's loss."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,3 +55,19 @@ def test_loss_normalizing_factor_options():
   assert model(233472).normalizer(40.0) == 233472.0
   with pytest.raises(ValueError, match="loss_normalizing_factor"):
     model("MEAN")
+
+
+def test_decoding_settings_beam_width_reaches_beam_search():
+  """DecodingSettings.num_beams is the beam width (not max(num_decodes, 4))."""
+  from t5x_lite import decoding  # pylint: disable=g-import-not-at-top
+  config = network.T5Config(vocab_size=64, d_model=32, d_ff=64, d_kv=8, num_heads=2,
+                            num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+  enc = np.random.RandomState(0).randint(2, 64, size=(4, 7)).astype(np.int32)
+  model = models.EncoderDecoderModel(config, decoding=models.DecodingSettings(
+      method="beam", num_beams=2, max_decode_length=8))
+  params = model.module.init(jax.random.PRNGKey(0), enc, enc)["params"]
+  _, aux = model.predict_batch_with_aux(params, {"encoder_input_tokens": enc})
+  beam = lambda width: decoding.decode(model.module, params, enc, max_decode_length=8,
+                                       method="beam", num_beams=width)[1][:, 0]
+  np.testing.assert_allclose(aux["scores"], beam(2), rtol=1e-6)
+  assert not np.allclose(aux["scores"], beam(4), rtol=1e-3)  # the width matters here
