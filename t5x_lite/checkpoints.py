@@ -39,6 +39,13 @@ def check_shapes(saved_params, expected_params, source: str):
     elif tuple(saved[path].shape) != tuple(expected[path].shape):
       problems.append(f"  {path}: checkpoint {tuple(saved[path].shape)} vs model "
                       f"{tuple(expected[path].shape)}")
+  embedding = "token_embedder/embedding"
+  if embedding in saved and embedding in expected and (
+      saved[embedding].shape[0] != expected[embedding].shape[0]):
+    problems.append(f"The vocabularies differ: the checkpoint's embedding has "
+                    f"{saved[embedding].shape[0]} rows, the model's T5Config.vocab_size is "
+                    f"{expected[embedding].shape[0]}; use the checkpoint's vocabulary "
+                    "(get_vocabulary.sentencepiece_model_path) or its vocab_size.")
   if problems:
     raise ValueError(f"The checkpoint {source} does not fit the model (check the model gin file "
                      "and T5Config bindings):\n" + "\n".join(problems))

@@ -28,23 +28,46 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite import tasks  # noqa: F401  (the built-in tasks and mixtures resolve by name)
+from t5x_lite.tasks import vocab
 
 
 # TensorFlow only feeds data: keep it off the accelerators that JAX uses.
 tf.config.set_visible_devices([], "GPU")
 
 
-def check_task(name: str) -> seqio.DatasetProviderBase:
+def check_task(name: str, vocab_size: Optional[int] = None) -> seqio.DatasetProviderBase:
   """The registered task or mixture `name`, checked before any pipeline is built.
 
+  Args:
+    name: a task or mixture name.
+    vocab_size: the model's embedding size (T5Config.vocab_size); if given, every task's
+      vocabulary must pad to it (tasks.vocab.padded_vocab_size).
+
   Raises:
-    ValueError: unknown name (the message lists the closest registered names).
+    ValueError: unknown name (the message lists the closest registered names), or a task
+      vocabulary that does not fit the model.
     FileNotFoundError: a TFDS dataset it reads is not prepared (the message says how).
   """
   _check_name(name)
   provider = seqio.get_mixture_or_task(name)
   _check_tfds_prepared(provider)
+  if vocab_size is not None:
+    _check_vocabulary(provider, vocab_size)
   return provider
+
+
+def _check_vocabulary(provider, vocab_size: int) -> None:
+  """Every task's vocabulary must be the model's: its size padded to 128 == vocab_size."""
+  for task in seqio.get_subtasks(provider):
+    for feature_name, feature in task.output_features.items():
+      size = feature.vocabulary.vocab_size
+      if vocab.padded_vocab_size(feature.vocabulary) != vocab_size:
+        raise ValueError(
+            f"Task {task.name!r} {feature_name!r} uses a vocabulary of {size} ids (padded: "
+            f"{vocab.padded_vocab_size(feature.vocabulary)}), but the model has "
+            f"T5Config.vocab_size={vocab_size}. Use one vocabulary for both: bind "
+            "get_vocabulary.sentencepiece_model_path (the model files size the embedding from "
+            "it), or set T5Config.vocab_size to the padded size.")
 
 
 def _check_name(name: str) -> None:

@@ -100,7 +100,7 @@ class InferEvaluator:
                task_feature_lengths: Mapping[str, int], batch_size: int,
                split: str = "validation", num_examples: Optional[int] = None):
     self.model, self.partitioner, self.batch_size = model, partitioner, batch_size
-    data.check_task(mixture_or_task_name)
+    data.check_task(mixture_or_task_name, model.config.vocab_size)
     self.evaluator = seqio.Evaluator(
         mixture_or_task_name, seqio.EncDecFeatureConverter(pack=False), eval_split=split,
         sequence_length=dict(task_feature_lengths), num_examples=num_examples,

@@ -108,9 +108,14 @@ class ResumableJsonl:
     _commit_state(self.state_path, self.state)
 
 
-def task_names(mixture_or_task_name: str) -> List[str]:
-  """The tasks of a task or mixture, sorted by name (the fixed example order)."""
-  return sorted(t.name for t in seqio.get_subtasks(data.check_task(mixture_or_task_name)))
+def task_names(mixture_or_task_name: str, vocab_size: Optional[int] = None) -> List[str]:
+  """The tasks of a task or mixture, sorted by name (the fixed example order).
+
+  Args:
+    vocab_size: the model's T5Config.vocab_size, checked against every task's vocabulary.
+  """
+  provider = data.check_task(mixture_or_task_name, vocab_size)
+  return sorted(t.name for t in seqio.get_subtasks(provider))
 
 
 def _pad(tokens: np.ndarray, length: int) -> np.ndarray:
@@ -156,6 +161,7 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
   """Shared loop of infer and score: restore, skip what is written, append chunk by chunk."""
   if not 0 <= shard_id < num_shards:
     raise ValueError(f"shard_id={shard_id} must be in [0, num_shards={num_shards}).")
+  task_names(mixture_or_task_name, model.config.vocab_size)  # fail fast on a wrong name/vocab
   partitioner = partitioner or partitioning.Partitioner()
   path = os.path.join(output_dir, f"{kind}-{shard_id:05d}-of-{num_shards:05d}.jsonl")
   run_config = {"checkpoint_path": os.path.abspath(str(checkpoint_path)),

@@ -139,6 +139,9 @@ def train(*, model_dir: str, train_steps: int, model: models_lib.EncoderDecoderM
   if train_steps <= 0 or log_period <= 0:
     raise ValueError(f"train.train_steps={train_steps} and train.log_period={log_period} must "
                      "be positive (gin: TRAIN_STEPS, train.log_period).")
+  for name in {train_dataset.mixture_or_task_name, evaluation.mixture_or_task_name,
+               evaluation.infer_eval_mixture_or_task_name} - {None}:
+    data.check_task(name, model.config.vocab_size)  # before any expensive start-up work
   run_dir = RunDir(model_dir)
   partitioner = partitioner or partitioning.Partitioner()
   trainer = trainer_lib.Trainer(model, optimizer or optimizers.adafactor(), partitioner,

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite import configs, main, models, network, optimizers, partitioning, train, trainer
+from t5x_lite import checkpoints, configs, main, models, network, optimizers, partitioning, train, trainer
 from tree_utils import tree_max_abs_diff
 
 TASK = "embedded_copy_zeroshot"
@@ -163,6 +163,16 @@ def test_initial_checkpoint_with_wrong_shapes_names_each_parameter(tmp_path):
   message = str(error.value)
   assert "encoder/layers_0/mlp/wi/kernel: checkpoint (64, 128) vs model (64, 96)" in message
   assert "decoder/layers_0/mlp/wo/kernel: checkpoint (128, 64) vs model (96, 64)" in message
+
+
+def test_checkpoint_of_another_vocabulary_names_both_sizes():
+  shape = lambda *dims: jax.ShapeDtypeStruct(dims, np.float32)
+  with pytest.raises(ValueError) as error:
+    checkpoints.check_shapes({"token_embedder": {"embedding": shape(32128, 8)}},
+                             {"token_embedder": {"embedding": shape(4224, 8)}}, "/ckpt/7")
+  message = str(error.value)
+  assert "token_embedder/embedding: checkpoint (32128, 8) vs model (4224, 8)" in message
+  assert "embedding has 32128 rows, the model's T5Config.vocab_size is 4224" in message
 
 
 def test_quickstart_recipe_parses_and_runs(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ import os
 import multiprocessing
 
 import gin
+import pytest
 import seqio
 
 from t5x_lite import configurables, gin_utils, tasks
@@ -95,3 +96,20 @@ def test_the_gin_binding_switches_the_tasks_and_the_model_embedding_size():
     tasks.register_builtin_tasks()  # back to the default vocabulary for the other tests
   assert seqio.get_mixture_or_task("embedded_copy_zeroshot").output_features[
       "targets"].vocabulary == vocab.default_vocabulary()
+
+
+def test_a_task_vocabulary_that_does_not_fit_the_model_fails_at_start(tmp_path):
+  """The model's embedding size and the task's vocabulary disagree: an error before training,
+  naming both sizes and the binding to change."""
+  from t5x_lite import configs, models, network, train  # pylint: disable=g-import-not-at-top
+  model = models.EncoderDecoderModel(network.T5Config(
+      vocab_size=32128, d_model=16, d_ff=16, d_kv=4, num_heads=2, num_encoder_layers=1,
+      num_decoder_layers=1))
+  with pytest.raises(ValueError) as error:
+    train.train(model_dir=str(tmp_path), train_steps=1, model=model,
+                train_dataset=configs.DatasetConfig("embedded_copy_zeroshot",
+                                                    {"inputs": 8, "targets": 8}, batch_size=2))
+  message = str(error.value)
+  assert "'embedded_copy_zeroshot'" in message and "4100 ids (padded: 4224)" in message
+  assert "T5Config.vocab_size=32128" in message and "get_vocabulary" in message
+  assert not os.listdir(tmp_path)  # nothing started
