@@ -322,7 +322,13 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: network.T5Config,
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf_config_dict(config), f, indent=2, sort_keys=True)
   # format=pt: transformers refuses safetensors files without it.
-  save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+  weights = os.path.join(directory, "model.safetensors")
+  save_file(state, weights, metadata={"format": "pt"})
+  # safetensors publishes the file from a private (0600) temp file: give it the mode any
+  # other file written here gets, so the exported directory is readable like config.json.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(weights, 0o666 & ~umask)
 
 
 def load_hf_state_dict(directory: str) -> dict:

@@ -6,7 +6,8 @@ activations are an estimate of what the backward pass keeps alive (documented pe
 below), for the xla or pallas attention and the remat policy.
 
   python -m t5x_lite.memory_planner --gin_file=models/t5_1_1/xxl.gin --mesh=32x8 \
-      --batch=256 --inputs=512 --targets=114 --gin.T5Config.dtype="'bfloat16'"
+      --batch=256 --inputs=512 --targets=114 --gin.T5Config.dtype=bfloat16 \
+      --gin.T5Config.vocab_size=32128   # T5's vocabulary (the default one gives 4224)
 """
 
 import argparse
@@ -154,10 +155,10 @@ def main(argv=None):
   parser.add_argument("--fsdp", action="store_true")
   parser.add_argument("--microbatches", type=int, default=1)
   args, rest = parser.parse_known_args(argv)
-  from t5x_lite import gin_utils  # pylint: disable=g-import-not-at-top
+  from t5x_lite import configurables, gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.parse(args.gin_file, [r[len("--gin."):] for r in rest if r.startswith("--gin.")])
   data, model = (int(x) for x in args.mesh.split("x"))
-  result = plan(network.T5Config(), {"data": data, "model": model}, args.batch, args.inputs,
+  result = plan(configurables.T5Config(), {"data": data, "model": model}, args.batch, args.inputs,
                 args.targets, fsdp=args.fsdp, num_microbatches=args.microbatches)
   print(f"{result.num_params / 1e9:.2f}B parameters on a {data}x{model} mesh, batch "
         f"{args.batch}, lengths {args.inputs}/{args.targets}:")

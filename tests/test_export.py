@@ -1,5 +1,8 @@
 """export run mode: a checkpoint becomes a HF directory with the same logits as t5x_lite."""
 
+import os
+import stat
+
 import gin
 import jax
 import numpy as np
@@ -20,6 +23,8 @@ def test_export_gives_hf_model_with_the_same_logits(tmp_path):
   finally:
     gin.clear_config()
   assert out == str(tmp_path / "hf")
+  mode = lambda name: stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode)
+  assert mode("model.safetensors") == mode("config.json")  # readable like the rest
   hf = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
   model = u.tiny_model()
   params = checkpoints.restore_model_params(model, partitioning.Partitioner(),

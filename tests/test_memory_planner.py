@@ -1,6 +1,7 @@
 """Memory planner: exact parameter/optimizer bytes, and an activation estimate near XLA's."""
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import pytest
@@ -72,3 +73,14 @@ def test_activation_estimate_is_near_xla_temp_memory_and_shrinks_with_remat_and_
                                                         attention_impl="pallas"), {"data": 1},
                                            batch, inputs, targets)
   assert remat < estimate / 3 and pallas < estimate
+
+
+def test_command_line_reads_the_model_gin_file(capsys):
+  try:
+    memory_planner.main(["--gin_file=models/t5_1_1/small.gin", "--mesh=2x4", "--batch=8",
+                         "--gin.T5Config.vocab_size=32128", "--gin.T5Config.dtype=bfloat16"])
+  finally:
+    gin.clear_config()
+  out = capsys.readouterr().out
+  assert out.startswith("0.08B parameters on a 2x4 mesh, batch 8, lengths 512/114:")
+  assert "| parameters |" in out and "| total |" in out
