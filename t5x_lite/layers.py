@@ -113,6 +113,27 @@ class DenseGeneral(nn.Module):
     return self.kernel_init(rng, flat_shape, dtype).reshape(shape)
 
 
+class Dropout(nn.Module):
+  """Dropout with a mask drawn per batch row from (the 'dropout' rng, the row's global id).
+
+  A microbatch of rows then draws the same masks as the full batch (exact gradient
+  accumulation with dropout); see kernels.reference.row_dropout_mask.
+
+  Attributes:
+    rate: probability of zeroing an element.
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, row_ids=None, deterministic=True):
+    """x: [batch, ...]; row_ids: int [batch] or None (0..batch-1)."""
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = kernels.reference.row_dropout_mask(self.make_rng("dropout"), row_ids,
+                                              1.0 - self.rate, x.shape)
+    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
 class MlpBlock(nn.Module):
   """T5 feed-forward: relu (v1.0) or gated-gelu (v1.1 / Flan-T5, tanh-approximated gelu).
 
@@ -128,8 +149,8 @@ class MlpBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic=True):
-    """x: [batch, length, embed] -> [batch, length, embed]."""
+  def __call__(self, x, deterministic=True, row_ids=None):
+    """x: [batch, length, embed] -> [batch, length, embed]; row_ids: see Dropout."""
     dense = lambda feats, axes, name: DenseGeneral(
         (feats,), axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     if self.activation == "relu":
@@ -141,7 +162,7 @@ class MlpBlock(nn.Module):
       raise ValueError(f"Unknown feed-forward activation {self.activation!r}; use 'relu' or "
                        "'gated-gelu' (gin: T5Config.feed_forward).")
     h = nn.with_logical_constraint(h, MLP_ACTIVATION)
-    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    h = Dropout(self.dropout_rate)(h, row_ids, deterministic)
     return dense(x.shape[-1], ("mlp", "embed"), "wo")(h)
 
 
@@ -186,8 +207,10 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, inputs_q, inputs_kv, *, bias_table=None, bidirectional=True,
                query_segment_ids=None, kv_segment_ids=None, causal=False,
-               deterministic=True, decode=False, cross_attention=False):
+               deterministic=True, decode=False, cross_attention=False, row_ids=None):
     """Attends inputs_q [batch, q_len, embed] over inputs_kv [batch, kv_len, embed].
+
+    row_ids: int [batch] global row ids for the attention-probability dropout (see Dropout).
 
     decode=True (autoregressive decoding, inputs of length 1):
       self-attention keeps keys/values in the 'cache' collection (`cached_key`,
@@ -225,7 +248,7 @@ class MultiHeadAttention(nn.Module):
         max_distance=self.max_distance, query_segment_ids=query_segment_ids,
         kv_segment_ids=kv_segment_ids, causal=causal, query_offset=query_offset,
         dropout_rate=0.0 if deterministic else self.dropout_rate, dropout_rng=dropout_rng,
-        impl=self.impl, block_q=self.block_q, block_k=self.block_k)
+        row_ids=row_ids, impl=self.impl, block_q=self.block_q, block_k=self.block_k)
     return DenseGeneral((inputs_q.shape[-1],), ("heads", "kv", "embed"), contract=2,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
 

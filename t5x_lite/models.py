@@ -121,7 +121,7 @@ class EncoderDecoderModel:
         {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
         batch["decoder_target_tokens"], batch.get("encoder_segment_ids"),
         batch.get("decoder_segment_ids"), deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": dropout_rng})
+        row_ids=batch.get("row_ids"), rngs=None if deterministic else {"dropout": dropout_rng})
 
   def loss_weights(self, batch):
     weights = batch.get("decoder_loss_weights")

@@ -114,8 +114,8 @@ def _mlp(config):
                          config.activation_dtype, config.parameter_dtype, name="mlp")
 
 
-def _residual_dropout(config, x, deterministic):
-  return nn.Dropout(config.dropout_rate, broadcast_dims=())(x, deterministic=deterministic)
+def _residual_dropout(config, x, deterministic, row_ids):
+  return layers.Dropout(config.dropout_rate)(x, row_ids, deterministic)
 
 
 def _constrain(x):
@@ -128,16 +128,17 @@ class EncoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, bias_table, segment_ids):
-    """x: [batch, length, embed]; bias_table: [heads, buckets]; segment_ids: [batch, length]."""
+  def __call__(self, x, bias_table, segment_ids, row_ids):
+    """x: [batch, length, embed]; bias_table: [heads, buckets]; segment_ids: [batch, length];
+    row_ids: [batch] global row ids (dropout masks, see layers.Dropout)."""
     cfg, det = self.config, self.deterministic
     y = _norm(cfg, "pre_attention_layer_norm")(x)
     y = _attention(cfg, "attention")(y, y, bias_table=bias_table, bidirectional=True,
                                      query_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                                     deterministic=det)
-    x = _constrain(x + _residual_dropout(cfg, y, det))
-    y = _mlp(cfg)(_norm(cfg, "pre_mlp_layer_norm")(x), deterministic=det)
-    return _constrain(x + _residual_dropout(cfg, y, det))
+                                     deterministic=det, row_ids=row_ids)
+    x = _constrain(x + _residual_dropout(cfg, y, det, row_ids))
+    y = _mlp(cfg)(_norm(cfg, "pre_mlp_layer_norm")(x), deterministic=det, row_ids=row_ids)
+    return _constrain(x + _residual_dropout(cfg, y, det, row_ids))
 
 
 class DecoderLayer(nn.Module):
@@ -147,22 +148,23 @@ class DecoderLayer(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, encoded, bias_table, decoder_segment_ids, encoder_segment_ids):
+  def __call__(self, x, encoded, bias_table, decoder_segment_ids, encoder_segment_ids,
+               row_ids):
     """x: [batch, length, embed]; encoded: [batch, enc_length, embed]; ids: [batch, *]."""
     cfg, det = self.config, self.deterministic
     y = _norm(cfg, "pre_self_attention_layer_norm")(x)
     y = _attention(cfg, "self_attention")(
         y, y, bias_table=bias_table, bidirectional=False, causal=True,
         query_segment_ids=decoder_segment_ids, kv_segment_ids=decoder_segment_ids,
-        deterministic=det, decode=self.decode)
-    x = _constrain(x + _residual_dropout(cfg, y, det))
+        deterministic=det, decode=self.decode, row_ids=row_ids)
+    x = _constrain(x + _residual_dropout(cfg, y, det, row_ids))
     y = _norm(cfg, "pre_cross_attention_layer_norm")(x)
     y = _attention(cfg, "encoder_decoder_attention")(
         y, encoded, query_segment_ids=decoder_segment_ids, kv_segment_ids=encoder_segment_ids,
-        deterministic=det, decode=self.decode, cross_attention=True)
-    x = _constrain(x + _residual_dropout(cfg, y, det))
-    y = _mlp(cfg)(_norm(cfg, "pre_mlp_layer_norm")(x), deterministic=det)
-    return _constrain(x + _residual_dropout(cfg, y, det))
+        deterministic=det, decode=self.decode, cross_attention=True, row_ids=row_ids)
+    x = _constrain(x + _residual_dropout(cfg, y, det, row_ids))
+    y = _mlp(cfg)(_norm(cfg, "pre_mlp_layer_norm")(x), deterministic=det, row_ids=row_ids)
+    return _constrain(x + _residual_dropout(cfg, y, det, row_ids))
 
 
 def _stack(config, layer_cls, num_layers, x, broadcast_args, layer_kwargs, scan_variable_axes):
@@ -191,24 +193,31 @@ def default_segment_ids(tokens):
   return (tokens > 0).astype(jnp.int32)
 
 
+def default_row_ids(tokens):
+  """Rows 0..batch-1: [batch] int32 (the trainer passes global ids when microbatching)."""
+  return jnp.arange(tokens.shape[0], dtype=jnp.int32)
+
+
 class Encoder(nn.Module):
   """Token embedding -> encoder layers -> final RMSNorm. Output: [batch, length, embed]."""
   config: T5Config
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, tokens, segment_ids=None, deterministic=True):
-    """tokens: int [batch, length]; segment_ids: [batch, length] (packed), else from tokens > 0."""
+  def __call__(self, tokens, segment_ids=None, deterministic=True, row_ids=None):
+    """tokens: int [batch, length]; segment_ids: [batch, length] (packed), else from tokens > 0;
+    row_ids: [batch] global row ids of the dropout masks (None: 0..batch-1)."""
     cfg = self.config
     if segment_ids is None:
       segment_ids = default_segment_ids(tokens)
+    row_ids = default_row_ids(tokens) if row_ids is None else row_ids
     bias_table = layers.RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
                                              cfg.parameter_dtype, name="relpos_bias")()
-    x = _residual_dropout(cfg, self.shared_embedding(tokens), deterministic)
+    x = _residual_dropout(cfg, self.shared_embedding(tokens), deterministic, row_ids)
     x = _stack(cfg, EncoderLayer, cfg.num_encoder_layers, _constrain(x),
-               (bias_table, segment_ids), {"deterministic": deterministic}, ("params",))
+               (bias_table, segment_ids, row_ids), {"deterministic": deterministic}, ("params",))
     x = _norm(cfg, "encoder_norm")(x)
-    return _residual_dropout(cfg, x, deterministic)
+    return _residual_dropout(cfg, x, deterministic, row_ids)
 
 
 class Decoder(nn.Module):
@@ -218,23 +227,25 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoded, tokens, *, encoder_segment_ids, decoder_segment_ids,
-               deterministic=True, decode=False):
+               deterministic=True, decode=False, row_ids=None):
     """Decodes tokens [batch, length] (shifted right) against encoded [batch, enc_len, embed].
 
     Args:
       encoder_segment_ids: [batch, enc_len] segment ids of the encoder input (0 = padding).
       decoder_segment_ids: [batch, length] segment ids of the decoder input.
       decode: one-token step against the 'cache' collection (see MultiHeadAttention).
+      row_ids: [batch] global row ids of the dropout masks (None: 0..batch-1).
     """
     cfg = self.config
+    row_ids = default_row_ids(tokens) if row_ids is None else row_ids
     bias_table = layers.RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
                                              cfg.parameter_dtype, name="relpos_bias")()
-    x = _residual_dropout(cfg, self.shared_embedding(tokens), deterministic)
+    x = _residual_dropout(cfg, self.shared_embedding(tokens), deterministic, row_ids)
     x = _stack(cfg, DecoderLayer, cfg.num_decoder_layers, _constrain(x),
-               (encoded, bias_table, decoder_segment_ids, encoder_segment_ids),
+               (encoded, bias_table, decoder_segment_ids, encoder_segment_ids, row_ids),
                {"deterministic": deterministic, "decode": decode}, ("params", "cache"))
     x = _norm(cfg, "decoder_norm")(x)
-    x = _residual_dropout(cfg, x, deterministic)
+    x = _residual_dropout(cfg, x, deterministic, row_ids)
     if cfg.tie_word_embeddings:
       logits = self.shared_embedding.attend(x * (cfg.d_model ** -0.5))
     else:
@@ -254,13 +265,14 @@ class Transformer(nn.Module):
     self.encoder = Encoder(cfg, self.token_embedder)
     self.decoder = Decoder(cfg, self.token_embedder)
 
-  def encode(self, encoder_input_tokens, encoder_segment_ids=None, deterministic=True):
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, deterministic=True,
+             row_ids=None):
     """[batch, enc_len] tokens -> [batch, enc_len, embed]."""
-    return self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic)
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic, row_ids)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
              encoder_segment_ids=None, decoder_segment_ids=None, deterministic=True,
-             decode=False):
+             decode=False, row_ids=None):
     """Logits [batch, dec_len, vocab] for decoder_input_tokens given the encoder output.
 
     Unpacked batches derive segment ids from the tokens: the encoder's from
@@ -275,15 +287,18 @@ class Transformer(nn.Module):
                              else jnp.ones_like(decoder_input_tokens, jnp.int32))
     return self.decoder(encoded, decoder_input_tokens, encoder_segment_ids=encoder_segment_ids,
                         decoder_segment_ids=decoder_segment_ids, deterministic=deterministic,
-                        decode=decode)
+                        decode=decode, row_ids=row_ids)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
                encoder_segment_ids=None, decoder_segment_ids=None, deterministic=True,
-               decode=False):
-    """Teacher-forced logits [batch, dec_len, vocab] (float in config.dtype)."""
-    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, deterministic)
+               decode=False, row_ids=None):
+    """Teacher-forced logits [batch, dec_len, vocab] (float in config.dtype).
+
+    row_ids: [batch] global row ids of the dropout masks (None: 0..batch-1).
+    """
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, deterministic, row_ids)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-                       encoder_segment_ids, decoder_segment_ids, deterministic, decode)
+                       encoder_segment_ids, decoder_segment_ids, deterministic, decode, row_ids)
 
 
 @functools.lru_cache(maxsize=None)

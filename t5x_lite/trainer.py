@@ -38,8 +38,9 @@ class Trainer:
     partitioner: a partitioning.Partitioner (mesh + rules).
     num_microbatches: split each batch into this many sequential microbatches and
       accumulate gradients (same update as the full batch, less activation memory).
-    seed: base of the parameter-init and dropout RNGs (dropout uses fold_in(seed, step),
-      so a resumed run draws the same masks as an uninterrupted one).
+    seed: base of the parameter-init and dropout RNGs (dropout uses fold_in(seed, step) and
+      each row's global id, so a resumed run draws the same masks as an uninterrupted one and
+      a microbatched step the same masks as the full batch).
   """
 
   def __init__(self, model: models_lib.EncoderDecoderModel, optimizer,
@@ -118,12 +119,14 @@ class Trainer:
     grad_fn = jax.grad(model.loss_fn, has_aux=True)
     if self.num_microbatches == 1:
       return grad_fn(params, batch, dropout_rng, normalizer)
+    # Every microbatch uses the step's dropout rng with its rows' global ids, so each row
+    # draws the dropout masks it would draw in the full batch (layers.Dropout).
+    rows = next(iter(batch.values())).shape[0]
+    batch = dict(batch, row_ids=jnp.arange(rows, dtype=jnp.int32))
 
-    def body(carry, xs):
+    def body(carry, microbatch):
       grads_acc, metrics_acc = carry
-      index, microbatch = xs
-      rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-      grads, metrics = grad_fn(params, microbatch, rng, normalizer)
+      grads, metrics = grad_fn(params, microbatch, dropout_rng, normalizer)
       add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)
       return (add(grads_acc, grads), add(metrics_acc, metrics)), None
 
@@ -131,8 +134,7 @@ class Trainer:
     zero_metrics = {k: jnp.zeros((), jnp.float32)
                     for k in ("loss_sum", "z_loss_sum", "correct", "num_tokens")}
     microbatches = _split_microbatches(batch, self.num_microbatches)
-    (grads, metrics), _ = jax.lax.scan(
-        body, (zeros, zero_metrics), (jnp.arange(self.num_microbatches), microbatches))
+    (grads, metrics), _ = jax.lax.scan(body, (zeros, zero_metrics), microbatches)
     return grads, metrics
 
   def _summarize(self, metrics, batch, step):

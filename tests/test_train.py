@@ -73,13 +73,14 @@ def synthetic_batch(seed=0):
               decoder_loss_weights=(tgt > 0).astype(np.int32))
 
 
-def test_microbatched_update_equals_full_batch_update():
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.1])
+def test_microbatched_update_equals_full_batch_update(dropout_rate):
   batch = synthetic_batch()
   shapes = {k: v.shape for k, v in batch.items()}
   results = []
   for num_microbatches in (1, 4):
-    t = trainer.Trainer(tiny_model(), optimizers.adafactor(), partitioning.Partitioner(),
-                        num_microbatches=num_microbatches)
+    t = trainer.Trainer(tiny_model(dropout_rate=dropout_rate), optimizers.adafactor(),
+                        partitioning.Partitioner(), num_microbatches=num_microbatches)
     state = t.init_state(shapes)
     losses = []
     for _ in range(2):
@@ -108,12 +109,14 @@ def test_dropout_is_active_in_training_and_reproducible():
   assert abs(first[0] - first[1]) > 1e-3
 
 
-def test_resume_is_exact_including_data_order(tmp_path):
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.1])
+def test_resume_is_exact_including_data_order(tmp_path, dropout_rate):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   every_3 = configs.CheckpointConfig(period=3)
-  final_straight, _ = run(straight, 6, checkpoint=every_3)
-  run(resumed, 3, checkpoint=every_3)
-  final_resumed, _ = run(resumed, 6, checkpoint=every_3)
+  model = tiny_model(dropout_rate=dropout_rate)
+  final_straight, _ = run(straight, 6, checkpoint=every_3, model=model)
+  run(resumed, 3, checkpoint=every_3, model=model)
+  final_resumed, _ = run(resumed, 6, checkpoint=every_3, model=model)
   assert tree_max_abs_diff(final_straight.params, final_resumed.params) < 1e-5
   losses_straight = [r["loss"] for r in history(straight)]
   losses_resumed = [r["loss"] for r in history(resumed)]

@@ -18,7 +18,8 @@ IMPLS = ("xla", "pallas", "cudnn")
 
 def attention(query, key, value, *, bias_table=None, bidirectional=True, max_distance=128,
               query_segment_ids=None, kv_segment_ids=None, causal=False, query_offset=0,
-              dropout_rate=0.0, dropout_rng=None, impl="xla", block_q=128, block_k=128):
+              dropout_rate=0.0, dropout_rng=None, row_ids=None, impl="xla", block_q=128,
+              block_k=128):
   """T5 attention: softmax(q k^T + relative_bias + mask) v, no 1/sqrt(D) scaling.
 
   Args:
@@ -31,7 +32,8 @@ def attention(query, key, value, *, bias_table=None, bidirectional=True, max_dis
       attends only keys of equal segment id (0 marks padding).
     causal: mask keys at positions after the query's.
     query_offset: absolute position of query 0 (a decode step against a KV cache).
-    dropout_rate, dropout_rng: dropout on attention probabilities (xla only).
+    dropout_rate, dropout_rng, row_ids: dropout on attention probabilities (xla only), the
+      mask of each row from (dropout_rng, its global row id): `reference.row_dropout_mask`.
     impl: "xla", "pallas" or "cudnn".
     block_q, block_k: tile sizes of the pallas kernel.
 
@@ -43,7 +45,7 @@ def attention(query, key, value, *, bias_table=None, bidirectional=True, max_dis
                 causal=causal, query_offset=query_offset)
   if impl == "xla":
     return xla_attention(query, key, value, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                         **kwargs)
+                         row_ids=row_ids, **kwargs)
   if impl not in IMPLS:
     raise ValueError(f"Unknown attention impl {impl!r}; choose one of {IMPLS} "
                      "(gin: T5Config.attention_impl).")

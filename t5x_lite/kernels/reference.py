@@ -89,9 +89,31 @@ def attention_mask(query_length, key_length, *, query_segment_ids=None, kv_segme
   return mask
 
 
+def row_dropout_mask(rng, row_ids, keep_prob, shape):
+  """Bernoulli(keep_prob) keep-mask of `shape` [B, ...] drawn row by row.
+
+  Row b's mask comes from fold_in(rng, row_ids[b]) alone, so a microbatch holding rows
+  [i, j) of a batch draws exactly the masks those rows get in the full batch: gradient
+  accumulation is exact with dropout too.
+
+  Args:
+    rng: a PRNG key.
+    row_ids: int [B] global row ids; None: 0..B-1.
+    keep_prob: probability of keeping an element.
+    shape: [B, ...] mask shape.
+
+  Returns:
+    bool [B, ...].
+  """
+  if row_ids is None:
+    row_ids = jnp.arange(shape[0], dtype=jnp.int32)
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids)
+  return jax.vmap(lambda key: jax.random.bernoulli(key, keep_prob, shape[1:]))(keys)
+
+
 def xla_attention(query, key, value, *, bias_table=None, bidirectional=True, max_distance=128,
                   query_segment_ids=None, kv_segment_ids=None, causal=False, query_offset=0,
-                  dropout_rate=0.0, dropout_rng=None):
+                  dropout_rate=0.0, dropout_rng=None, row_ids=None):
   """Plain einsum + softmax attention, T5-style (no 1/sqrt(D) scaling: T5 folds it into init).
 
   Args:
@@ -103,6 +125,8 @@ def xla_attention(query, key, value, *, bias_table=None, bidirectional=True, max
     causal: mask keys after the query.
     query_offset: absolute position of query 0 (decoding step); int or traced scalar.
     dropout_rate, dropout_rng: dropout on the attention probabilities (training only).
+    row_ids: int [B] global batch row of each example; its dropout mask depends only on
+      (dropout_rng, row id): see `row_dropout_mask`. None: 0..B-1.
 
   Returns:
     [B, Lq, H, D] in query.dtype.
@@ -119,7 +143,7 @@ def xla_attention(query, key, value, *, bias_table=None, bidirectional=True, max
     logits = jnp.where(mask, logits, MASK_VALUE)
   weights = jax.nn.softmax(logits, axis=-1)
   if dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    keep = row_dropout_mask(dropout_rng, row_ids, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   weights = weights.astype(value.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", weights, value).astype(query.dtype)
