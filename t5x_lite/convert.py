@@ -22,10 +22,11 @@ The only pickle format read is HF's own pytorch_model.bin, with torch.load(weigh
 """
 
 import dataclasses
+import io
 import json
-import os
 from typing import Any, Mapping
 
+from etils import epath
 import flax.linen as nn
 import numpy as np
 
@@ -315,57 +316,55 @@ def hf_state_dict_from_params(params: Mapping[str, Any], config: network.T5Confi
 
 def save_hf_checkpoint(params: Mapping[str, Any], config: network.T5Config,
                        directory: str) -> None:
-  """Writes config.json + model.safetensors that transformers' T5 loads (from_pretrained)."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  """Writes config.json + model.safetensors that transformers' T5 loads (from_pretrained).
+
+  `directory` may be local or remote (gs://...): files are written through etils.epath.
+  """
+  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
   state = hf_state_dict_from_params(params, config)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(hf_config_dict(config), f, indent=2, sort_keys=True)
+  directory = epath.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2,
+                                                    sort_keys=True))
   # format=pt: transformers refuses safetensors files without it.
-  weights = os.path.join(directory, "model.safetensors")
-  save_file(state, weights, metadata={"format": "pt"})
-  # safetensors publishes the file from a private (0600) temp file: give it the mode any
-  # other file written here gets, so the exported directory is readable like config.json.
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(weights, 0o666 & ~umask)
+  (directory / "model.safetensors").write_bytes(save(state, metadata={"format": "pt"}))
 
 
 def load_hf_state_dict(directory: str) -> dict:
   """HF key -> numpy array from a directory: safetensors preferred, else pytorch_model.bin.
 
-  Sharded checkpoints (`*.index.json` with a weight_map) are read shard by shard.
+  Sharded checkpoints (`*.index.json` with a weight_map) are read shard by shard. The
+  directory may be local or remote (gs://...).
   """
+  directory = epath.Path(directory)
   for index_name, single_name in (("model.safetensors.index.json", "model.safetensors"),
                                   ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-    index = os.path.join(directory, index_name)
-    if os.path.exists(index):
-      with open(index, encoding="utf-8") as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.exists(os.path.join(directory, single_name)):
+    if (directory / index_name).exists():
+      files = sorted(set(json.loads((directory / index_name).read_text())["weight_map"].values()))
+    elif (directory / single_name).exists():
       files = [single_name]
     else:
       continue
     state = {}
     for name in files:
-      state.update(_read_weights_file(os.path.join(directory, name)))
+      state.update(_read_weights_file(directory / name))
     return state
   raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin (or their .index.json) in "
-                          f"{directory!r}.")
+                          f"{str(directory)!r}.")
 
 
-def _read_weights_file(path):
-  if path.endswith(".safetensors"):
-    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+def _read_weights_file(path: epath.Path):
+  data = path.read_bytes()
+  if path.name.endswith(".safetensors"):
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
     try:
-      with safe_open(path, framework="numpy") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}
+      return safetensors_numpy.load(data)
     except (TypeError, ValueError):  # bfloat16 has no numpy reader: go through torch.
-      with safe_open(path, framework="pt") as f:
-        return {key: _as_numpy(f.get_tensor(key)) for key in f.keys()}
+      from safetensors import torch as safetensors_torch  # pylint: disable=g-import-not-at-top
+      return {key: _as_numpy(value) for key, value in safetensors_torch.load(data).items()}
   import torch  # pylint: disable=g-import-not-at-top
   # weights_only: the .bin is a pickle; this refuses anything but tensors and containers.
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
   return {key: _as_numpy(value) for key, value in state.items()}
 
 
@@ -383,6 +382,6 @@ def load_hf_checkpoint(directory: str, **config_overrides):
     **config_overrides: T5Config fields to set, e.g. scan_layers=True, dtype="bfloat16",
       dropout_rate=0.0; the params come in the layout config.scan_layers asks for.
   """
-  with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
-    config = config_from_hf(json.load(f), **config_overrides)
+  hf_config = json.loads((epath.Path(directory) / "config.json").read_text())
+  config = config_from_hf(hf_config, **config_overrides)
   return config, params_from_hf_state_dict(load_hf_state_dict(directory), config)
