@@ -1,8 +1,8 @@
 """HF transformers T5 checkpoints <-> t5x_lite parameters.
 
-Import: `load_hf_checkpoint(directory)` reads a local HF T5 directory (config.json plus
-model.safetensors, pytorch_model.bin, or their sharded `*.index.json` forms) and returns
-`(T5Config, params)`. Export: `save_hf_checkpoint(params, config, directory)` writes a
+Import: `load_hf_checkpoint(directory)` reads an HF T5 directory, local or remote (etils.epath):
+config.json plus model.safetensors, pytorch_model.bin, or their sharded `*.index.json` forms;
+it returns `(T5Config, params)`. Export: `save_hf_checkpoint(params, config, directory)` writes a
 config.json and model.safetensors that `T5ForConditionalGeneration.from_pretrained` loads.
 Nothing here touches the network (no hub access).
 
