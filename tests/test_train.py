@@ -146,6 +146,51 @@ def test_finetune_starts_from_checkpoint_and_resume_wins(tmp_path, caplog, monke
   assert "resuming from it" in caplog.text and "is ignored" in caplog.text
 
 
+def test_bfloat16_activations_train_and_restore_casts(tmp_path):
+  """bf16 activations: the loss falls, parameters and optimizer state stay float32, and a
+  restore into a bf16-parameter model casts them."""
+  model = tiny_model(dtype="bfloat16")
+  state, _ = run(tmp_path, 30, model=model)
+  losses = [row["loss"] for row in history(tmp_path)]
+  assert np.mean(losses[-5:]) < losses[0] - 1.0, losses
+  dtypes = {x.dtype for x in jax.tree_util.tree_leaves((state.params, state.opt_state))
+            if hasattr(x, "dtype") and x.ndim}
+  assert dtypes == {np.dtype("float32")}
+  bf16_model = tiny_model(dtype="bfloat16", param_dtype="bfloat16")
+  restored = checkpoints.restore_model_params(bf16_model, partitioning.Partitioner(),
+                                              str(tmp_path / "checkpoints"))
+  for got, saved in zip(jax.tree_util.tree_leaves(restored),
+                        jax.tree_util.tree_leaves(jax.device_get(state.params))):
+    assert got.dtype == jax.numpy.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                  np.asarray(saved.astype(jax.numpy.bfloat16), np.float32))
+
+
+def test_restore_optimizer_state_from_an_initial_checkpoint(tmp_path, monkeypatch):
+  """RestoreConfig.restore_optimizer_state: a new run starts from the checkpoint's parameters,
+  optimizer state and step (without it: the parameters, a fresh optimizer, step 0)."""
+  at_step_2 = jax.device_get(run(tmp_path / "base", 2)[0])
+  started = {}
+  original = train.restore_or_init
+
+  def spy(*args, **kwargs):
+    state = original(*args, **kwargs)
+    started["state"] = jax.device_get(state)
+    return state
+
+  monkeypatch.setattr(train, "restore_or_init", spy)
+  checkpoint = str(tmp_path / "base" / "checkpoints" / "2")
+  run(tmp_path / "with_opt", 3,
+      initial_checkpoint=configs.RestoreConfig(checkpoint, restore_optimizer_state=True))
+  assert int(started["state"].step) == 2
+  assert tree_max_abs_diff(started["state"].params, at_step_2.params) == 0.0
+  assert tree_max_abs_diff(started["state"].opt_state, at_step_2.opt_state) == 0.0
+  run(tmp_path / "fresh_opt", 1, initial_checkpoint=configs.RestoreConfig(checkpoint))
+  assert int(started["state"].step) == 0
+  assert tree_max_abs_diff(started["state"].params, at_step_2.params) == 0.0
+  assert tree_max_abs_diff(started["state"].opt_state, at_step_2.opt_state) > 0.0
+
+
 def test_keep_best_checkpoint_by_eval_metric(tmp_path):
   run(tmp_path, 6, checkpoint=configs.CheckpointConfig(
           period=2, keep=1, keep_best_metric="loss", keep_best_mode="max"),  # keep the worst
