@@ -18,7 +18,7 @@ from t5x_lite import evaluation
 from t5x_lite import models as models_lib
 from t5x_lite import partitioning
 from t5x_lite.run_dir import RunDir
-from t5x_lite.summaries import SummaryWriter
+from t5x_lite.summaries import SummaryWriter, read_history
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def evaluate(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
              checkpoint_steps: Union[str, Sequence[int]] = "latest", split: str = "validation",
              partitioner: Optional[partitioning.Partitioner] = None,
              output_dir: Optional[str] = None, num_examples: Optional[int] = None,
-             write_predictions: bool = True) -> dict:
+             write_predictions: bool = True, reevaluate: bool = False) -> dict:
   """Evaluates checkpoints with seqio.Evaluator (the task's metric fns); writes summaries.
 
   Args (gin; gin/runs/eval.gin binds the macros in capitals):
@@ -70,6 +70,8 @@ def evaluate(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
       of checkpoint_path (the parent of its checkpoints/ directory).
     num_examples: at most this many examples per task (None: the whole split).
     write_predictions: also write each step's decoded predictions as JSONL.
+    reevaluate: evaluate steps whose metrics are already in the history file again (a new
+      row); by default they are reported from the file, so re-running adds no duplicate.
 
   Returns:
     {step: {"task/metric": value}} for every evaluated step.
@@ -82,9 +84,15 @@ def evaluate(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
                                         task_feature_lengths, batch_size, split=split,
                                         num_examples=num_examples)
   writer = SummaryWriter(output.root, f"eval_{split}")
+  done = {row.pop("step"): row for row in read_history(writer.history_path)}
   results = {}
   for path in paths:
     step = checkpoints_lib.checkpoint_step(path)
+    if step in done and not reevaluate:
+      log.info("Step %d is already evaluated in %s (evaluate.reevaluate=True redoes it): %s",
+               step, writer.history_path, evaluation.brief(done[step]))
+      results[step] = done[step]
+      continue
     params = checkpoints_lib.restore_model_params(model, partitioner, path)
     metrics, rows = evaluator.evaluate(params, step)
     writer.write(step, metrics)

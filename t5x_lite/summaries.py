@@ -89,21 +89,27 @@ class SummaryWriter:
       self._writer.close()
 
 
-def read_history(path: str) -> List[Dict]:
-  """Rows of a metrics JSONL file, one per step (the latest row of a step), sorted by step."""
+def read_history(path: str, by_step: bool = True) -> List[Dict]:
+  """Rows of a JSONL file; unreadable lines (a torn last line) are skipped with a warning.
+
+  Args:
+    path: a metrics history (or any JSONL file of objects).
+    by_step: one row per "step" (the latest row of a step: a resumed run rewrites the steps
+      after its last checkpoint), sorted by step; False: every row in file order.
+  """
   path = epath.Path(path)
   if not path.exists():
     return []
-  rows = {}
-  lines = path.read_text().splitlines()
-  for number, line in enumerate(lines, 1):
+  rows = []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
     if not line.strip():
       continue
     try:
-      row = json.loads(line)
+      rows.append(json.loads(line))
     except json.JSONDecodeError:
       log.warning("Skipping unreadable line %d of %s (a run stopped while writing it?).",
                   number, path)
-      continue
-    rows[row["step"]] = row
-  return [rows[s] for s in sorted(rows)]
+  if not by_step:
+    return rows
+  latest = {row["step"]: row for row in rows}
+  return [latest[s] for s in sorted(latest)]

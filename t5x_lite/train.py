@@ -223,6 +223,9 @@ def train(*, model_dir: str, train_steps: int, model: models_lib.EncoderDecoderM
     history = read_history(eval_writer.history_path)
     if history and history[-1]["step"] == train_steps:
       eval_metrics = {k: v for k, v in history[-1].items() if k != "step"}
+      path = run_dir.predictions("infer_eval", train_steps)
+      if infer_evaluator and epath.Path(path).exists():
+        predictions.update(path=path, rows=read_history(path, by_step=False))
     else:
       eval_metrics = run_eval(train_steps)
   if jax.process_index() == 0:

@@ -39,7 +39,7 @@ def register_builtin_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
   glue.register_tasks(vocabulary)
   instructions.register_instruction_tasks(vocabulary, mixture_cap=instruction_mixture_cap)
   superni.register_superni_tasks(vocabulary, superni_options)
-  quickstart.register_mixture()
+  quickstart.register_mixture(instruction_mixture_cap)
 
 
 register_builtin_tasks()

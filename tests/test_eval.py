@@ -73,6 +73,13 @@ def test_eval_of_all_checkpoints_writes_one_entry_per_step(run_dir):
     assert row == pytest.approx({"step": row["step"], **results[row["step"]]})
   # Training lowers the target log-likelihood's negative: later checkpoints score higher.
   assert rows[-1][f"{u.TASK}/mean_log_likelihood"] > rows[0][f"{u.TASK}/mean_log_likelihood"]
+  # Evaluating the same steps again reports them from the history: no duplicate rows.
+  again = eval_lib.evaluate(**u.common(), batch_size=8, model_dir=str(run_dir),
+                            checkpoint_steps="all", model=u.tiny_model())
+  assert again.keys() == results.keys()
+  for step, metrics in results.items():
+    assert again[step] == pytest.approx(metrics)
+  assert len(u.read_jsonl(run_dir / "eval_validation_metrics.jsonl")) == len(steps)
   with pytest.raises(ValueError, match=r"no checkpoint for step\(s\) \[3\]"):
     eval_lib.evaluate(**u.common(), batch_size=8, model_dir=str(run_dir),
                       checkpoint_steps=[3], model=u.tiny_model())

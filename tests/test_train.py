@@ -228,6 +228,7 @@ def test_quickstart_recipe_parses_and_runs(tmp_path, monkeypatch):
   model_dir = tmp_path / "quick"
   main.main(["--gin_file=recipes/quickstart.gin", "--gin.MODEL_DIR=quick",
              "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2", "--gin.EvalConfig.steps=1",
+             "--gin.EvalConfig.infer_eval_num_examples=2",
              "--gin.train.log_period=1", "--gin.train.progress_bar=False"])
   assert os.path.isdir(model_dir / "checkpoints" / "2")
   operative = (model_dir / "config.gin").read_text()
