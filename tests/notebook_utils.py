@@ -1,0 +1,36 @@
+"""Runs a notebook of notebooks/ top to bottom with nbclient and returns what it printed."""
+
+import os
+import re
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "notebooks")
+
+
+def notebook_path(name: str) -> str:
+  return os.path.join(NOTEBOOK_DIR, f"{name}.ipynb")
+
+
+def run_notebook(name: str, tmp_path) -> str:
+  """Executes notebooks/<name>.ipynb in tmp_path (its working directory); returns its text.
+
+  The text is every code cell's stdout and the text/plain of its displayed values, in order,
+  without terminal colour codes (rich colours the numbers in what it displays).
+  A cell that raises fails the test with the cell and its traceback (nbclient's error).
+  The kernel inherits this process's environment (PYTHONPATH, HF_HUB_OFFLINE).
+  """
+  notebook = nbformat.read(notebook_path(name), as_version=4)
+  NotebookClient(notebook, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  parts = []
+  for cell in notebook.cells:
+    if cell.cell_type != "code":
+      continue
+    for output in cell.get("outputs", []):
+      if output.get("output_type") == "stream" and output.get("name") == "stdout":
+        parts.append(output["text"])  # a print may arrive in several chunks
+      elif "data" in output:
+        parts.append(output["data"].get("text/plain", "") + "\n")
+  return re.sub(r"\x1b\[[0-9;]*m", "", "".join(parts))
