@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 
 def plot_loss_curve(run_dir: RunDir) -> Optional[str]:
   """loss.png from the train (and eval) metric histories of the run (resumed parts included)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4))
+  # A bare Figure (no pyplot): the global backend stays as the user (or a notebook) set it.
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(7, 4))
+  ax = fig.add_subplot()
   plotted = False
   for name in ("train", "eval"):
     rows = [r for r in read_history(run_dir.metrics_history(name)) if r.get("loss") is not None]
@@ -39,7 +39,6 @@ def plot_loss_curve(run_dir: RunDir) -> Optional[str]:
               marker="o" if name == "eval" else None)
       plotted = True
   if not plotted:
-    plt.close(fig)
     return None
   ax.set_xlabel("step")
   ax.set_ylabel("cross-entropy per target token")
@@ -47,7 +46,6 @@ def plot_loss_curve(run_dir: RunDir) -> Optional[str]:
   ax.grid(alpha=0.3)
   with epath.Path(run_dir.loss_png).open("wb") as f:
     fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-  plt.close(fig)
   return run_dir.loss_png
 
 
