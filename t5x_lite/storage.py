@@ -151,7 +151,7 @@ class RunLock:
     record = dict(self.record, refreshed=time.time())
     tmp = self.path.parent / f"{self.path.name}.{self.record['token']}.tmp"
     tmp.write_text(json.dumps(record) + "\n")
-    tmp.rename(self.path)  # Atomic: a reader sees the old or the new lease, never half.
+    tmp.replace(self.path)  # Atomic: a reader sees the old or the new lease, never half.
 
   def _stale_reason(self, holder: dict) -> Optional[str]:
     age = time.time() - float(holder["refreshed"])

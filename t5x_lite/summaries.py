@@ -20,6 +20,7 @@ from clu import metric_writers
 from etils import epath
 import jax
 
+from t5x_lite import storage
 from t5x_lite.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,14 @@ class SummaryWriter:
           metric_writers.SummaryWriter(self.tensorboard_dir), _JsonlWriter(self.history_path)])
 
   def write(self, step: int, scalars: Mapping[str, float]):
+    """Writes one row; raises storage.StorageError naming the file if the disk refuses it."""
     if self.enabled:
-      self._writer.write_scalars(step, {k: float(v) for k, v in scalars.items()})
-      self._writer.flush()
+      try:
+        self._writer.write_scalars(step, {k: float(v) for k, v in scalars.items()})
+        self._writer.flush()
+      except OSError as e:
+        raise storage.StorageError(f"Writing the metrics of step {step} to {self.history_path} "
+                                   f"failed: {storage.write_error_reason(e)}.") from e
 
   def close(self):
     if self.enabled:

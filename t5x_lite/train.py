@@ -358,9 +358,9 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
         train_writer.write(done, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.1f}%",
                         tok_s=f"{metrics['tokens_per_second']:.0f}")
-        manager.check_for_errors()
         if lock is not None:
           lock.check()
+      manager.check_for_errors()  # A failed background save stops training at once.
       bar.update(1)
       evaluating = evaluation.enabled and (
           done == train_steps or bool(evaluation.period and done % evaluation.period == 0))
