@@ -137,10 +137,11 @@ def _all_processes(fn: Callable[[], Any], what: str):
 
 
 def _reason(error: BaseException) -> str:
+  """The error in one line (tensorstore's append a multi-line spec: dropped)."""
   if isinstance(error, CheckpointError):
     return str(error)
-  text = str(error).strip()
-  return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+  text = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
+  return f"{type(error).__name__}: {text[:300]}"
 
 
 class CheckpointManager:

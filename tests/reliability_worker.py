@@ -2,6 +2,7 @@
 
 Usage:
   python tests/reliability_worker.py MODEL_DIR TRAIN_STEPS [PAUSE ...]
+  unshare --user --map-root-user --mount python tests/reliability_worker.py --storage DIR
 
 Trains `tiny_run(MODEL_DIR, TRAIN_STEPS)` (also what the tests run in-process as the
 uninterrupted reference) and prints "DONE <step>" when train() returns. Each PAUSE
@@ -16,10 +17,14 @@ point rather than by luck:
                 is not committed
   commit@k      in the background commit of step k (orbax's finalize), before the rename
   metrics@k     halfway through the metrics row of step k (a torn line); waits forever
+
+--storage runs `storage_faults` in a private mount namespace (see there).
 """
 
+import json
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -142,7 +147,74 @@ def install_pauses(model_dir, pauses):
   summaries._JsonlWriter.write_scalars = torn_write_scalars  # pylint: disable=protected-access
 
 
+def _fill(directory, leave_bytes):
+  """Writes DIR/filler until the filesystem has about `leave_bytes` free."""
+  free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+  with open(os.path.join(directory, "filler"), "wb") as f:
+    f.write(b"\0" * max(free - leave_bytes, 0))
+
+
+def storage_faults(base):
+  """Full and read-only disks, on a 64 MiB tmpfs mounted in this process's mount namespace.
+
+  Prints one JSON object: for each attempt, "error" ("Type: message", or None), "seconds"
+  it took, and the checkpoint steps and the step training resumed from afterwards.
+  """
+  disk, read_only = os.path.join(base, "disk"), os.path.join(base, "read_only")
+  for path, options in ((disk, "size=64m"), (read_only, "ro,size=1m")):
+    os.makedirs(path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path], check=True)
+  run = os.path.join(disk, "run")
+  results, resumed = {}, []
+  restore_or_init = train.restore_or_init
+
+  def recording_restore_or_init(*args, **kwargs):
+    state = restore_or_init(*args, **kwargs)
+    resumed.append(int(state.step))
+    return state
+
+  train.restore_or_init = recording_restore_or_init
+
+  def attempt(name, steps, model_dir=run):
+    start, error = time.time(), None
+    resumed.clear()
+    try:
+      train.train(**tiny_run(model_dir, steps))
+    except Exception as e:  # pylint: disable=broad-except
+      error = f"{type(e).__name__}: {e}"
+    results[name] = {"error": error, "seconds": time.time() - start,
+                     "resumed_from": resumed[0] if resumed else None,
+                     "entries": sorted(os.listdir(os.path.join(run, "checkpoints")))}
+
+  attempt("first", 4)
+  checkpoints_dir = os.path.join(run, "checkpoints")
+  subprocess.run(f"mount --bind {checkpoints_dir} {checkpoints_dir} && "
+                 f"mount -o remount,bind,ro {checkpoints_dir}", shell=True, check=True)
+  attempt("read_only_checkpoints", 8)
+  subprocess.run(["umount", checkpoints_dir], check=True)
+  _fill(disk, leave_bytes=2**20)
+  attempt("full_at_start", 8)
+  os.remove(os.path.join(disk, "filler"))
+  save = checkpoints.CheckpointManager.save
+
+  def filling_save(self, state, *args, **kwargs):
+    if int(state.step) == 6:
+      _fill(disk, leave_bytes=0)
+    return save(self, state, *args, **kwargs)
+
+  checkpoints.CheckpointManager.save = filling_save
+  attempt("full_while_saving", 8)
+  checkpoints.CheckpointManager.save = save
+  os.remove(os.path.join(disk, "filler"))
+  attempt("resume", 8)
+  attempt("read_only_model_dir", 4, model_dir=os.path.join(read_only, "run"))
+  print(json.dumps(results), flush=True)
+
+
 def main():
+  if sys.argv[1] == "--storage":
+    storage_faults(sys.argv[2])
+    return
   model_dir, steps, pauses = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
   install_pauses(model_dir, pauses)
   state, _ = train.train(**tiny_run(model_dir, steps))

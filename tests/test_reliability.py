@@ -19,7 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from t5x_lite import checkpoints, configs, data, main, storage, summaries, train, trainer
+from t5x_lite import checkpoints, configs, data, main, partitioning, storage, summaries, train
+from t5x_lite import trainer
 from t5x_lite.run_dir import RunDir
 import reliability_worker as worker
 from tree_utils import tree_max_abs_diff
@@ -36,19 +37,23 @@ def clean_gin():
   gin.clear_config()
 
 
+def worker_env(cache_dir):
+  return dict(os.environ, PYTHONPATH=os.pathsep.join(
+      filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+              # Launches after the first load the compiled steps: seconds saved per launch.
+              JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
 def launch(model_dir, steps, *pauses):
   """Starts tests/reliability_worker.py; its output goes to MODEL_DIR.log."""
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      filter(None, [REPO, os.environ.get("PYTHONPATH")])),
-             # Launches after the first load the compiled steps: seconds saved per launch.
-             JAX_COMPILATION_CACHE_DIR=f"{model_dir}.jax_cache",
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   out = open(f"{model_dir}.log", "a", encoding="utf-8")  # pylint: disable=consider-using-with
   out.write(f"--- launch {pauses}\n")
   out.flush()
   return subprocess.Popen([sys.executable, WORKER, str(model_dir), str(steps), *pauses],
-                          stdout=out, stderr=subprocess.STDOUT, env=env)
+                          stdout=out, stderr=subprocess.STDOUT,
+                          env=worker_env(f"{model_dir}.jax_cache"))
 
 
 def wait_for(proc, model_dir, pause, timeout=300):
@@ -209,12 +214,12 @@ def test_too_many_nonfinite_steps_in_a_row_stop_training(tmp_path, monkeypatch):
   assert_all_checkpoints_finite(tmp_path)
 
 
-def nan_checkpoint(model_dir, step, source_step):
-  """Writes checkpoint `step` as a copy of `source_step` with NaN parameters (an older run's)."""
-  state = saved_state(model_dir, source_step)
-  state["params"] = jax.tree_util.tree_map(lambda x: np.full_like(x, np.nan), state["params"])
+def write_nan_state(step_dir, source_step_dir):
+  """Writes step_dir/state: source_step_dir's state with NaN parameters (an older run's)."""
   with ocp.PyTreeCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(RunDir(model_dir).checkpoint(step), "state"), state)
+    state = checkpointer.restore(checkpoints.state_path(source_step_dir))
+    state["params"] = jax.tree_util.tree_map(lambda x: np.full_like(x, np.nan), state["params"])
+    checkpointer.save(checkpoints.state_path(step_dir), state, force=True)
 
 
 TINY_GIN = ["--gin_file=models/tiny.gin", "--gin.T5Config.d_model=32", "--gin.T5Config.d_ff=64",
@@ -248,7 +253,7 @@ def test_stop_policy_raises_at_the_step_and_nan_checkpoints_are_refused(tmp_path
 
   # A checkpoint with NaN parameters (written by hand: training no longer writes one) is an
   # error for infer and export, not empty predictions.
-  nan_checkpoint(tmp_path, 7, source_step=2)
+  write_nan_state(RunDir(tmp_path).checkpoint(7), RunDir(tmp_path).checkpoint(2))
   status, error = run_main(capsys, infer_args(RunDir(tmp_path).checkpoint(7), tmp_path / "out"))
   assert status == 1
   assert "t5x-lite: CheckpointError: The checkpoint" in error
@@ -258,3 +263,160 @@ def test_stop_policy_raises_at_the_step_and_nan_checkpoints_are_refused(tmp_path
                                     f"--gin.OUTPUT_DIR={tmp_path / 'hf'}"])
   assert status == 1 and "holds non-finite values" in error
   assert not os.path.exists(tmp_path / "hf")
+
+
+# ---- damaged checkpoints ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A 6-step run with checkpoints 1 (orbax saves the first step), 2, 4 and 6 (read only:
+  tests copy it before damaging it)."""
+  model_dir = tmp_path_factory.mktemp("trained") / "run"
+  gin.clear_config()
+  train.train(**worker.tiny_run(model_dir, 6, checkpoint=configs.CheckpointConfig(
+      period=2, keep=None)))
+  return model_dir
+
+
+def truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def largest_file(directory):
+  files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+  return max(files, key=os.path.getsize)
+
+
+DAMAGES = {
+    "a state file truncated": (lambda step: truncate(largest_file(f"{step}/state")),
+                               "Cannot read the checkpoint"),
+    "state metadata removed": (lambda step: os.remove(f"{step}/state/_METADATA"),
+                               "Cannot read the checkpoint"),
+    "input-pipeline state removed": (lambda step: shutil.rmtree(f"{step}/dataset"),
+                                     "No data iterator checkpoint"),
+    "input-pipeline state truncated": (
+        lambda step: truncate(largest_file(f"{step}/dataset")), "Read less bytes"),
+    "non-finite parameters": (
+        lambda step: (shutil.rmtree(f"{step}/state"), write_nan_state(step, step[:-1] + "4")),
+        "holds non-finite values"),
+}
+
+
+def resume_pipeline(model_dir):
+  """(Trainer, DatasetIterator, abstract TrainState) as train.train builds them."""
+  args = worker.tiny_run(model_dir, 6)
+  t = trainer.Trainer(args["model"], args["optimizer"], partitioning.Partitioner())
+  config = args["train_dataset"]
+  dataset = data.get_dataset(config.mixture_or_task_name, config.task_feature_lengths,
+                             batch_size=config.batch_size, pack=config.pack,
+                             shard_info=data.host_shard_info())
+  shapes = {k: tuple(v.shape) for k, v in dataset.element_spec.items()}
+  abstract, shardings = t.state_shardings(shapes)
+  abstract = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return data.DatasetIterator(dataset), abstract
+
+
+def restore_latest(model_dir, **checkpoint_config):
+  """What a resume does: CheckpointManager.restore with the run's shapes and input pipeline."""
+  iterator, abstract = resume_pipeline(model_dir)
+  manager = checkpoints.CheckpointManager(RunDir(model_dir), configs.CheckpointConfig(
+      **checkpoint_config))
+  try:
+    return manager.restore(abstract, iterator), iterator
+  finally:
+    manager.close()
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(trained, tmp_path, damage,
+                                                                  caplog):
+  run = tmp_path / "run"
+  shutil.copytree(trained, run)
+  damage_fn, reason = DAMAGES[damage]
+  damage_fn(RunDir(run).checkpoint(6))
+  with pytest.raises(checkpoints.CheckpointError, match=r"Checkpoint step 6 in .* cannot be "
+                     r"restored: .*CheckpointConfig.restore_fallback = True"):
+    restore_latest(run, restore_fallback=False)
+  with caplog.at_level(logging.WARNING):
+    state, iterator = restore_latest(run)
+  assert int(state.step) == 4
+  assert tree_max_abs_diff(jax.device_get(state.params), saved_params(trained, 4)) == 0.0
+  fresh, _ = resume_pipeline(run)
+  for _ in range(4):
+    next(fresh)
+  expected, got = next(fresh), next(iterator)  # the data order continues after step 4
+  assert all(np.array_equal(expected[k], got[k]) for k in expected)
+  warning = caplog.text
+  assert "Checkpoint step 6 cannot be restored (" in warning and reason in warning, warning
+  assert "Resuming from step 4, the newest readable checkpoint." in warning
+  assert RunDir(run).checkpoint_steps() == [1, 2, 4]
+  moved = os.listdir(os.path.join(RunDir(run).checkpoints, "damaged"))
+  assert len(moved) == 1 and moved[0].startswith("6-")
+
+
+def test_training_resumes_past_a_damaged_step_exactly_and_infer_names_the_damage(
+    trained, tmp_path, capsys):
+  run = tmp_path / "run"
+  shutil.copytree(trained, run)
+  truncate(largest_file(os.path.join(RunDir(run).checkpoint(6), "state")))
+  status, error = run_main(capsys, infer_args(RunDir(run).checkpoint(6), tmp_path / "out"))
+  assert status == 1, error
+  assert (f"t5x-lite: CheckpointError: Cannot read the checkpoint {RunDir(run).checkpoint(6)}"
+          "/state (") in error, error
+  assert "it is damaged or incomplete; other steps of this run: [1, 2, 4]" in error, error
+  # Resuming redoes steps 5 and 6 from checkpoint 4: the same parameters and losses.
+  train.train(**worker.tiny_run(run, 6))
+  assert tree_max_abs_diff(saved_params(run, 6), saved_params(trained, 6)) < 1e-6
+  expected = losses(trained)
+  np.testing.assert_allclose([losses(run)[s] for s in expected], list(expected.values()),
+                             rtol=1e-6)
+
+
+# ---- full and read-only disks --------------------------------------------------------------
+
+def _can_mount_privately():
+  return shutil.which("unshare") is not None and subprocess.run(
+      ["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True,
+      check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_privately(),
+                    reason="needs unshare (user + mount namespaces) to mount a small tmpfs")
+def test_full_and_read_only_disks_fail_fast_and_keep_the_last_checkpoint(tmp_path):
+  result = subprocess.run(
+      ["unshare", "--user", "--map-root-user", "--mount", sys.executable, WORKER, "--storage",
+       str(tmp_path)], capture_output=True, text=True, timeout=600, check=False,
+      env=worker_env(tmp_path / "jax_cache"))
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  attempts = json.loads(result.stdout.strip().splitlines()[-1])
+  run = tmp_path / "disk" / "run"
+  assert attempts["first"]["error"] is None and attempts["first"]["entries"] == ["2", "4"]
+
+  # checkpoints/ read-only: the first save fails in seconds, not after a 5-minute timeout.
+  error = attempts["read_only_checkpoints"]["error"]
+  assert error.startswith(f"StorageError: Saving the checkpoint of step 6 to {run}/checkpoints "
+                          "failed: it is not writable"), error
+  assert "intact (steps [2, 4])" in error and "resumes from step 4" in error
+  assert attempts["read_only_checkpoints"]["seconds"] < 120
+
+  error = attempts["full_at_start"]["error"]
+  assert error.startswith(f"StorageError: MODEL_DIR={run} has "), error
+  assert "free; a checkpoint of this model and its summaries needs about" in error
+  assert attempts["full_at_start"]["resumed_from"] is None  # refused before any restore
+
+  # The disk fills during the save of step 6: a clear error; step 4 stays the newest.
+  full = attempts["full_while_saving"]
+  assert full["error"].startswith("StorageError: Saving the checkpoint of step 6 to "), full
+  assert "the disk is full (no space left on device)" in full["error"]
+  assert full["seconds"] < 120 and full["entries"] == ["2", "4", "6.orbax-checkpoint-tmp"]
+
+  # With space again, the next start removes the half-written step and resumes from step 4.
+  assert attempts["resume"] == dict(attempts["resume"], error=None, resumed_from=4,
+                                    entries=["6", "8"])
+
+  error = attempts["read_only_model_dir"]["error"]
+  assert error == (f"StorageError: MODEL_DIR={tmp_path}/read_only/run cannot be written: it is "
+                   "not writable (permission denied or a read-only file system). Choose another "
+                   "MODEL_DIR or fix the directory."), error
