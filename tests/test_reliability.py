@@ -420,3 +420,149 @@ def test_full_and_read_only_disks_fail_fast_and_keep_the_last_checkpoint(tmp_pat
   assert error == (f"StorageError: MODEL_DIR={tmp_path}/read_only/run cannot be written: it is "
                    "not writable (permission denied or a read-only file system). Choose another "
                    "MODEL_DIR or fix the directory."), error
+
+
+# ---- bad settings: one short message naming what to change, before any expensive work ----------
+
+def train_args(tmp_path, *extra):
+  return ["--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin",
+          f"--gin.MIXTURE_OR_TASK_NAME={worker.TASK}", f"--gin.MODEL_DIR={tmp_path / 'run'}",
+          "--gin.BATCH_SIZE=4", "--gin.TASK_FEATURE_LENGTHS=" + repr(worker.LENGTHS),
+          "--gin.train.progress_bar=False", *extra]
+
+
+def superni_dir(tmp_path):
+  """A natural-instructions layout whose one task file is malformed JSON."""
+  root = tmp_path / "ni"
+  (root / "splits" / "default").mkdir(parents=True)
+  (root / "tasks").mkdir()
+  (root / "splits" / "default" / "train_tasks.txt").write_text("task001_broken\n")
+  (root / "tasks" / "task001_broken.json").write_text('{"Definition": ["x"],\n  "Instances": [}\n')
+  return root
+
+
+def hf_bert_dir(tmp_path):
+  root = tmp_path / "bert"
+  root.mkdir()
+  (root / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
+  return root
+
+
+def bad_settings(tmp_path, checkpoint):
+  """(argv, text the message must contain) for each mistake a user can make."""
+  (tmp_path / "syntax.gin").write_text("train.train_steps = = 3\n")
+  infer = lambda *extra: infer_args(checkpoint, tmp_path / "out", *extra)
+  return {
+      "gin syntax": (train_args(tmp_path, f"--gin_file={tmp_path / 'syntax.gin'}"),
+                     "ValueError: Gin configuration error: Unable to parse value. (syntax.gin, "
+                     "line 1)"),
+      "unknown configurable": (train_args(tmp_path, "--gin.adafactr.decay_rate=0.5"),
+                               "Did you mean: adafactor?"),
+      "unknown parameter": (train_args(tmp_path, "--gin.train.train_step=3"),
+                            "Did you mean: train_steps"),
+      "steps not a number": (train_args(tmp_path, "--gin.TRAIN_STEPS=abc"),
+                             "TypeError: train.train_steps='abc' must be an integer (gin: "
+                             "TRAIN_STEPS)."),
+      "negative steps": (train_args(tmp_path, "--gin.TRAIN_STEPS=-5"),
+                         "ValueError: train.train_steps=-5 must be positive (gin: TRAIN_STEPS)."),
+      "zero batch": (train_args(tmp_path, "--gin.BATCH_SIZE=0"),
+                     "DatasetConfig.batch_size=0 must be positive (gin: BATCH_SIZE)."),
+      "zero length": (train_args(tmp_path, "--gin.TASK_FEATURE_LENGTHS={'inputs': 0, "
+                                 "'targets': 16}"),
+                      "DatasetConfig.task_feature_lengths['inputs']=0 must be positive (gin: "
+                      "TASK_FEATURE_LENGTHS)."),
+      "lengths missing a key": (train_args(tmp_path, "--gin.TASK_FEATURE_LENGTHS={'inputs': 16}"),
+                                "TASK_FEATURE_LENGTHS={'inputs': 16} has no length for "
+                                "['targets']"),
+      "batch vs microbatches": (train_args(tmp_path, "--gin.train.num_microbatches=3"),
+                                "BATCH_SIZE=4 does not divide over the 3 microbatches "
+                                "(train.num_microbatches): set BATCH_SIZE to a multiple of 3."),
+      "unknown task": (train_args(tmp_path, "--gin.MIXTURE_OR_TASK_NAME=reliability_test_cpy"),
+                       "Closest registered names: reliability_test_copy"),
+      "keep 0": (train_args(tmp_path, "--gin.CheckpointConfig.keep=0"),
+                 "CheckpointConfig.keep=0 must be positive (gin: CheckpointConfig.keep)."),
+      "checkpoint period 0": (train_args(tmp_path, "--gin.CheckpointConfig.period=0"),
+                              "CheckpointConfig.period=0 must be positive"),
+      "log period 0": (train_args(tmp_path, "--gin.train.log_period=0"),
+                       "train.log_period=0 must be positive (gin: train.log_period)."),
+      "eval period negative": (train_args(tmp_path, "--gin.EvalConfig.period=-1"),
+                               "EvalConfig.period=-1 must be >= 0"),
+      "nonfinite policy": (train_args(tmp_path, "--gin.train.nonfinite_policy='skp'"),
+                           "train.nonfinite_policy='skp': choose one of ('skip', 'stop')."),
+      "missing initial checkpoint": (
+          train_args(tmp_path, "--gin_file=runs/finetune.gin",
+                     f"--gin.INITIAL_CHECKPOINT_PATH={tmp_path / 'nowhere'}"),
+          f"No checkpoint at '{tmp_path / 'nowhere'}': it does not exist."),
+      "missing SentencePiece model": (
+          train_args(tmp_path, "--gin.get_vocabulary.sentencepiece_model_path=/no/sp.model"),
+          "FileNotFoundError: get_vocabulary.sentencepiece_model_path='/no/sp.model' does not "
+          "exist"),
+      "infer NUM_SHARDS=0": (infer("--gin.NUM_SHARDS=0"),
+                             "infer.num_shards=0 must be positive (gin: NUM_SHARDS)."),
+      "infer SHARD_ID>=NUM_SHARDS": (infer("--gin.SHARD_ID=2", "--gin.NUM_SHARDS=2"),
+                                     "SHARD_ID=2 must be less than NUM_SHARDS=2"),
+      "infer unknown task": (infer("--gin.MIXTURE_OR_TASK_NAME=reliability_test_cpy"),
+                             "Closest registered names: reliability_test_copy"),
+      "num_decodes 0": (infer("--gin.DecodingSettings.num_decodes=0"),
+                        "DecodingSettings.num_decodes=0 must be positive"),
+      "temperature < 0": (infer("--gin.DecodingSettings.method='sample'",
+                                "--gin.DecodingSettings.temperature=-1.0"),
+                          "DecodingSettings.temperature=-1.0 must be > 0"),
+      "top_p 0": (infer("--gin.DecodingSettings.top_p=0.0"),
+                  "DecodingSettings.top_p=0.0 must be in (0, 1]"),
+      "top_p > 1": (infer("--gin.DecodingSettings.top_p=1.5"),
+                    "DecodingSettings.top_p=1.5 must be in (0, 1]"),
+      "top_k < 0": (infer("--gin.DecodingSettings.top_k=-1"),
+                    "DecodingSettings.top_k=-1 must be >= 0"),
+      "checkpoint of another size": (infer("--gin.T5Config.d_model=64"),
+                                     "token_embedder/embedding: checkpoint (4224, 32) vs model "
+                                     "(4224, 64)"),
+      "checkpoint of another family": (
+          infer("--gin.T5Config.feed_forward='gated-gelu'",
+                "--gin.T5Config.tie_word_embeddings=False"),
+          "decoder/logits_dense/kernel: missing in the checkpoint"),
+      "missing checkpoint path": (infer_args(tmp_path / "nowhere", tmp_path / "out"),
+                                  f"No checkpoint at '{tmp_path / 'nowhere'}': it does not exist."),
+      "empty checkpoint path": (infer_args("", tmp_path / "out"),
+                                "The checkpoint path is empty: set CHECKPOINT_PATH"),
+      "HF directory, not T5": (infer_args(hf_bert_dir(tmp_path), tmp_path / "out"),
+                               "it is a HF transformers directory (config.json)"),
+  }
+
+
+def test_bad_settings_give_one_short_message_before_any_expensive_work(trained, tmp_path,
+                                                                      monkeypatch, capsys):
+  def expensive(*args, **kwargs):
+    raise AssertionError("expensive start-up work ran before the settings were checked")
+
+  for target in (data, "get_dataset"), (trainer.Trainer, "init_state"), (
+      ocp.PyTreeCheckpointer, "restore"):
+    monkeypatch.setattr(*target, expensive)
+  problems = []
+  for name, (argv, expected) in bad_settings(tmp_path, RunDir(trained).checkpoint(6)).items():
+    status, error = run_main(capsys, argv)
+    if status != 1 or expected not in error or error.count("t5x-lite: ") != 1 or (
+        "Traceback" in error):
+      problems.append(f"{name}: status {status}, printed:\n{error}")
+  assert not problems, "\n\n".join(problems)
+
+
+def test_superni_data_problems_name_the_path(tmp_path, capsys):
+  ni = superni_dir(tmp_path)
+  superni = ["--gin.MIXTURE_OR_TASK_NAME=superni_def_train"]
+  status, error = run_main(capsys, train_args(tmp_path, *superni,
+                                              "--gin.superni_options.data_dir=/no/ni"))
+  assert status == 1 and "FileNotFoundError: SuperNI data directory /no/ni does not exist" in error
+  status, error = run_main(capsys, train_args(tmp_path, *superni,
+                                              f"--gin.superni_options.data_dir={ni}"))
+  assert status == 1, error
+  assert f"ValueError: {ni}/tasks/task001_broken.json: malformed JSON at line 2" in error, error
+
+
+def test_batch_must_divide_over_the_data_parallel_devices(tmp_path):
+  class EightDevices(partitioning.Partitioner):
+    data_parallel_size = 8
+
+  with pytest.raises(ValueError, match=r"BATCH_SIZE=4 does not divide over the 8 data-parallel "
+                     r"devices: set BATCH_SIZE to a multiple of 8."):
+    train.train(**worker.tiny_run(tmp_path, 2, partitioner=EightDevices()))
