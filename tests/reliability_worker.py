@@ -18,7 +18,9 @@ point rather than by luck:
   commit@k      in the background commit of step k (orbax's finalize), before the rename
   metrics@k     halfway through the metrics row of step k (a torn line); waits forever
 
---storage runs `storage_faults` in a private mount namespace (see there).
+--storage runs `storage_faults` in a private mount namespace (see there). With
+$T5X_LITE_TEST_PROCESS set, the launch is one process of a multi-process run (jax.distributed
+on localhost, one CPU device each).
 """
 
 import json
@@ -38,6 +40,8 @@ from t5x_lite.tasks import vocab
 TASK = "reliability_test_copy"
 LENGTHS = {"inputs": 16, "targets": 16}
 PERIOD = 2
+# "PROCESS_ID,NUM_PROCESSES,PORT": this launch is one process of a multi-process run.
+PROCESS_ENV = "T5X_LITE_TEST_PROCESS"
 
 
 def _examples(split, shuffle_files=False, seed=None):
@@ -211,10 +215,21 @@ def storage_faults(base):
   print(json.dumps(results), flush=True)
 
 
+def _initialize_distributed(spec):
+  """PROCESS_ID,NUM_PROCESSES,PORT: one CPU device per process, gloo collectives."""
+  import jax  # pylint: disable=g-import-not-at-top
+  process_id, num_processes, port = (int(x) for x in spec.split(","))
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
+                             num_processes=num_processes, process_id=process_id)
+
+
 def main():
   if sys.argv[1] == "--storage":
     storage_faults(sys.argv[2])
     return
+  if os.environ.get(PROCESS_ENV):
+    _initialize_distributed(os.environ[PROCESS_ENV])
   model_dir, steps, pauses = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
   install_pauses(model_dir, pauses)
   state, _ = train.train(**tiny_run(model_dir, steps))

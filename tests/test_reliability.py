@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,14 +47,20 @@ def worker_env(cache_dir):
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
-def launch(model_dir, steps, *pauses):
-  """Starts tests/reliability_worker.py; its output goes to MODEL_DIR.log."""
-  out = open(f"{model_dir}.log", "a", encoding="utf-8")  # pylint: disable=consider-using-with
+def launch(model_dir, steps, *pauses, process=None, log=None):
+  """Starts tests/reliability_worker.py; its output goes to `log` (default MODEL_DIR.log).
+
+  Args:
+    process: "PROCESS_ID,NUM_PROCESSES,PORT" to start one process of a multi-process run.
+  """
+  out = open(log or f"{model_dir}.log", "a", encoding="utf-8")  # pylint: disable=consider-using-with
   out.write(f"--- launch {pauses}\n")
   out.flush()
+  env = worker_env(f"{model_dir}.jax_cache")
+  if process:
+    env[worker.PROCESS_ENV] = process
   return subprocess.Popen([sys.executable, WORKER, str(model_dir), str(steps), *pauses],
-                          stdout=out, stderr=subprocess.STDOUT,
-                          env=worker_env(f"{model_dir}.jax_cache"))
+                          stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_for(proc, model_dir, pause, timeout=300):
@@ -69,18 +76,19 @@ def wait_for(proc, model_dir, pause, timeout=300):
   os.remove(path)
 
 
-def output(model_dir):
-  with open(f"{model_dir}.log", encoding="utf-8") as f:
+def output(model_dir, log=None):
+  with open(log or f"{model_dir}.log", encoding="utf-8") as f:
     return f.read()
 
 
-def finish(proc, model_dir, timeout=300):
+def finish(proc, model_dir, timeout=300, log=None):
+  """(exit status, output of this launch)."""
   try:
     rc = proc.wait(timeout)
   except subprocess.TimeoutExpired:
     proc.kill()
-    pytest.fail("worker did not exit:\n" + output(model_dir)[-3000:])
-  return rc, output(model_dir).rsplit("--- launch", 1)[-1]
+    pytest.fail("worker did not exit:\n" + output(model_dir, log)[-3000:])
+  return rc, output(model_dir, log).rsplit("--- launch", 1)[-1]
 
 
 def saved_params(model_dir, step):
@@ -428,7 +436,7 @@ def train_args(tmp_path, *extra):
   return ["--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin",
           f"--gin.MIXTURE_OR_TASK_NAME={worker.TASK}", f"--gin.MODEL_DIR={tmp_path / 'run'}",
           "--gin.BATCH_SIZE=4", "--gin.TASK_FEATURE_LENGTHS=" + repr(worker.LENGTHS),
-          "--gin.train.progress_bar=False", *extra]
+          "--gin.train.progress_bar=False", "--gin.EvalConfig.steps=0", *extra]
 
 
 def superni_dir(tmp_path):
@@ -566,3 +574,83 @@ def test_batch_must_divide_over_the_data_parallel_devices(tmp_path):
   with pytest.raises(ValueError, match=r"BATCH_SIZE=4 does not divide over the 8 data-parallel "
                      r"devices: set BATCH_SIZE to a multiple of 8."):
     train.train(**worker.tiny_run(tmp_path, 2, partitioner=EightDevices()))
+
+
+# ---- one writer per MODEL_DIR -----------------------------------------------------------------
+
+def test_run_lock_is_a_lease(tmp_path, caplog):
+  path = tmp_path / "lock.json"
+  other = {"host": "other-host", "pid": 123, "token": "theirs", "started": time.time(),
+           "refreshed": time.time()}
+  path.write_text(json.dumps(other))
+  with pytest.raises(storage.StorageError, match=r"Another training process writes to .*: host "
+                     r"other-host pid 123 \(started .*, refreshed 0 s ago\).*force_lock = True"):
+    storage.RunLock(str(path)).acquire()
+
+  # Not refreshed for an hour (its machine went away): stale, taken over with a warning.
+  path.write_text(json.dumps(dict(other, refreshed=time.time() - 3600)))
+  lock = storage.RunLock(str(path), refresh_s=0.05)
+  with caplog.at_level(logging.WARNING):
+    lock.acquire()
+  assert "not refreshed for 3600 s (stale after 180 s)" in caplog.text
+  held = json.loads(path.read_text())
+  assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+  time.sleep(0.3)
+  assert json.loads(path.read_text())["refreshed"] > held["refreshed"]  # the lease is renewed
+
+  # Another process forces it over: the holder notices at its next refresh and stops.
+  path.write_text(json.dumps(other))
+  time.sleep(0.3)
+  with pytest.raises(storage.StorageError, match="Another process took over the lock"):
+    lock.check()
+  lock.release()
+  assert json.loads(path.read_text())["token"] == "theirs"  # not ours to remove
+
+  # A process of this host that no longer runs (killed) holds no lock.
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  path.write_text(json.dumps(dict(other, host=socket.gethostname(), pid=int(gone))))
+  lock = storage.RunLock(str(path))
+  lock.acquire()
+  assert f"process {gone} no longer runs on this host" in caplog.text
+  lock.release()
+  assert not path.exists()
+
+
+def test_force_lock_takes_over_a_live_looking_lock(tmp_path, capsys, caplog):
+  run = tmp_path / "run"
+  run.mkdir()
+  holder = {"host": "other-host", "pid": 123, "token": "theirs", "started": time.time(),
+            "refreshed": time.time()}
+  with open(RunDir(run).lock, "w", encoding="utf-8") as f:
+    json.dump(holder, f)
+  status, error = run_main(capsys, train_args(tmp_path, "--gin.TRAIN_STEPS=1"))
+  assert status == 1 and "host other-host pid 123" in error, error
+  with caplog.at_level(logging.WARNING):
+    status, error = run_main(capsys, train_args(tmp_path, "--gin.TRAIN_STEPS=1",
+                                                "--gin.train.force_lock=True"))
+  assert status == 0, error
+  assert "Taking over the lock" in caplog.text and "train.force_lock = True" in caplog.text
+  assert RunDir(run).checkpoint_steps() == [1] and not os.path.exists(RunDir(run).lock)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_sigterm_to_one_process_stops_every_process_after_the_same_step(tmp_path):
+  run, port = tmp_path / "run", free_port()
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = [launch(run, 40, *(["hold@3"] if i == 1 else []), process=f"{i},2,{port}", log=logs[i])
+           for i in range(2)]
+  wait_for(procs[1], run, "hold@3")
+  procs[1].send_signal(signal.SIGTERM)  # process 0 gets no signal
+  (rc0, out0), (rc1, out1) = (finish(p, run, log=log) for p, log in zip(procs, logs))
+  assert rc0 == 0 and rc1 == 0, out0[-3000:] + out1[-3000:]
+  # The flags meet one step later: both processes finish step 4 and save it together.
+  assert "Stopped by a signal to another process after step 4" in out0, out0[-3000:]
+  assert RunDir(run).checkpoint_steps()[-1] == 4
+  saved = os.listdir(os.path.join(RunDir(run).checkpoint(4), "dataset"))
+  assert {"data_iterator-00000-of-00002.index", "data_iterator-00001-of-00002.index"} <= set(saved)
