@@ -279,6 +279,90 @@ def train(*, model_dir: str, train_steps: int, model: models_lib.EncoderDecoderM
       lock.release()
 
 
+class _Evaluation:
+  """Teacher-forced eval and infer-eval of params at a step (EvalConfig); writes summaries."""
+
+  def __init__(self, run_dir: RunDir, trainer, evaluation: configs.EvalConfig,
+               train_dataset: configs.DatasetConfig, dataset_fn, writer: SummaryWriter):
+    self.run_dir, self.trainer, self.config = run_dir, trainer, evaluation
+    self.writer, self.dataset_fn = writer, dataset_fn
+    self.eval_dataset = dataclasses.replace(
+        train_dataset, split=evaluation.split, shuffle=False,
+        mixture_or_task_name=(evaluation.mixture_or_task_name or
+                              train_dataset.mixture_or_task_name))
+    # Built once: the Evaluator caches the tokenized eval examples for every later evaluation.
+    self.infer_evaluator = evaluation.infer_eval_mixture_or_task_name and (
+        evaluation_lib.InferEvaluator(
+            trainer.model, trainer.partitioner, evaluation.infer_eval_mixture_or_task_name,
+            train_dataset.task_feature_lengths, train_dataset.batch_size,
+            split=evaluation.infer_eval_split, num_examples=evaluation.infer_eval_num_examples))
+    self.predictions_path, self.predictions = None, []
+
+  def due(self, step: int, train_steps: int) -> bool:
+    return self.config.enabled and (
+        step == train_steps or bool(self.config.period and step % self.config.period == 0))
+
+  def __call__(self, step: int, params) -> dict:
+    metrics = {}
+    if self.config.steps:
+      batches = self.dataset_fn(self.eval_dataset, num_epochs=1).as_numpy_iterator()
+      metrics = trainer_lib.evaluate_loss(
+          self.trainer, params, _global_batches(batches, self.trainer.partitioner),
+          max_batches=self.config.steps)
+    if self.infer_evaluator:
+      infer_metrics, self.predictions = self.infer_evaluator.evaluate(params, step)
+      metrics.update(infer_metrics)
+      self.predictions_path = self.run_dir.predictions("infer_eval", step)
+      evaluation_lib.write_jsonl(self.predictions, self.predictions_path)
+    self.writer.write(step, metrics)
+    return metrics
+
+
+def _loop(state, *, train_steps, trainer, iterator, manager, lock, stop_request, watch,
+          run_eval: _Evaluation, train_writer: SummaryWriter, log_period, progress_bar):
+  """The training steps from state.step on; returns (state, last eval metrics, last step)."""
+  start = int(jax.device_get(state.step))
+  bar = tqdm.tqdm(total=train_steps, initial=start, disable=not progress_bar or
+                  jax.process_index() != 0, dynamic_ncols=True, desc="train")
+  window_tokens, window_start, eval_metrics, done = [], time.time(), {}, start
+  for step in range(start, train_steps):
+    batch = partitioning.host_local_batch_to_global(next(iterator), trainer.partitioner)
+    state, metrics = trainer.train_step(state, batch)
+    watch.push(step + 1, metrics["nonfinite"])
+    window_tokens.append(metrics["num_tokens"])  # Device scalars: no sync until logging.
+    done = step + 1
+    if done % log_period == 0 or done == train_steps:
+      watch.flush()
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      elapsed = max(time.time() - window_start, 1e-9)
+      metrics["tokens_per_second"] = float(np.sum(jax.device_get(window_tokens))) / elapsed
+      metrics["skipped_nonfinite_steps"] = watch.skipped
+      window_tokens, window_start = [], time.time()
+      train_writer.write(done, metrics)
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.1f}%",
+                      tok_s=f"{metrics['tokens_per_second']:.0f}")
+      if lock is not None:
+        lock.check()
+    manager.check_for_errors()  # A failed background save stops training at once.
+    bar.update(1)
+    evaluating = run_eval.due(done, train_steps)
+    if evaluating:
+      eval_metrics = run_eval(done, state.params)
+      bar.write(f"step {done}: eval {evaluation_lib.brief(eval_metrics)}")
+    stopping = stop_request.should_stop()
+    force = stopping or done == train_steps
+    if force or manager.should_save(done):
+      watch.flush()  # A 'stop' policy raises before the step is saved.
+      # After evaluating, so keep-best checkpointing (CheckpointConfig.keep_best_metric)
+      # ranks this step by its eval metrics.
+      manager.save(state, iterator, metrics=eval_metrics if evaluating else None, force=force)
+    if stopping:
+      break
+  bar.close()
+  manager.wait()
+  return state, eval_metrics, done
+
+
 def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dataset, optimizer,
            partitioner, num_microbatches, seed, checkpoint, initial_checkpoint, evaluation,
            log_period, progress_bar, watch):
@@ -305,104 +389,42 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
     needed = int(checkpoints_lib.state_bytes(abstract) * 1.1) + _SUMMARY_BYTES
     storage.check_free_space(run_dir.root, needed, "a checkpoint of this model and its summaries")
   manager = checkpoints_lib.CheckpointManager(run_dir, checkpoint)
-  train_writer = eval_writer = None
+  writers = []
   try:
     state = restore_or_init(trainer, abstract, input_shapes, manager, iterator,
                             initial_checkpoint)
+    start = int(jax.device_get(state.step))
     gin_utils.write_operative_config(run_dir.config_gin)
     train_writer = SummaryWriter(run_dir.root, "train")
     eval_writer = SummaryWriter(run_dir.root, "eval")
-    # Built once: the Evaluator caches the tokenized eval examples for every later evaluation.
-    infer_evaluator = evaluation.infer_eval_mixture_or_task_name and evaluation_lib.InferEvaluator(
-        model, partitioner, evaluation.infer_eval_mixture_or_task_name,
-        train_dataset.task_feature_lengths, train_dataset.batch_size,
-        split=evaluation.infer_eval_split, num_examples=evaluation.infer_eval_num_examples)
-    predictions = {"path": None, "rows": []}
-
-    def run_eval(step):
-      metrics = {}
-      if evaluation.steps:
-        eval_config = dataclasses.replace(
-            train_dataset, split=evaluation.split, shuffle=False,
-            mixture_or_task_name=(evaluation.mixture_or_task_name or
-                                  train_dataset.mixture_or_task_name))
-        eval_ds = dataset(eval_config, num_epochs=1)
-        metrics = trainer_lib.evaluate_loss(
-            trainer, state.params, _global_batches(eval_ds.as_numpy_iterator(), partitioner),
-            max_batches=evaluation.steps)
-      if infer_evaluator:
-        infer_metrics, predictions["rows"] = infer_evaluator.evaluate(state.params, step)
-        metrics.update(infer_metrics)
-        predictions["path"] = run_dir.predictions("infer_eval", step)
-        evaluation_lib.write_jsonl(predictions["rows"], predictions["path"])
-      eval_writer.write(step, metrics)
-      return metrics
-
-    start = int(jax.device_get(state.step))
-    bar = tqdm.tqdm(total=train_steps, initial=start, disable=not progress_bar or
-                    jax.process_index() != 0, dynamic_ncols=True, desc="train")
-    window_tokens, window_start, eval_metrics, done = [], time.time(), {}, start
-    for step in range(start, train_steps):
-      batch = partitioning.host_local_batch_to_global(next(iterator), partitioner)
-      state, metrics = trainer.train_step(state, batch)
-      watch.push(step + 1, metrics["nonfinite"])
-      window_tokens.append(metrics["num_tokens"])  # Device scalars: no sync until logging.
-      done = step + 1
-      if done % log_period == 0 or done == train_steps:
-        watch.flush()
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        elapsed = max(time.time() - window_start, 1e-9)
-        metrics["tokens_per_second"] = float(np.sum(jax.device_get(window_tokens))) / elapsed
-        metrics["skipped_nonfinite_steps"] = watch.skipped
-        window_tokens, window_start = [], time.time()
-        train_writer.write(done, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.1f}%",
-                        tok_s=f"{metrics['tokens_per_second']:.0f}")
-        if lock is not None:
-          lock.check()
-      manager.check_for_errors()  # A failed background save stops training at once.
-      bar.update(1)
-      evaluating = evaluation.enabled and (
-          done == train_steps or bool(evaluation.period and done % evaluation.period == 0))
-      if evaluating:
-        eval_metrics = run_eval(done)
-        bar.write(f"step {done}: eval {evaluation_lib.brief(eval_metrics)}")
-      stopping = stop_request.should_stop()
-      force = stopping or done == train_steps
-      if force or manager.should_save(done):
-        watch.flush()  # A 'stop' policy raises before the step is saved.
-        # After evaluating, so keep-best checkpointing (CheckpointConfig.keep_best_metric)
-        # ranks this step by its eval metrics.
-        manager.save(state, iterator, metrics=eval_metrics if evaluating else None,
-                     force=force)
-      if stopping:
-        break
-    bar.close()
-    manager.wait()
+    writers = [train_writer, eval_writer]
+    run_eval = _Evaluation(run_dir, trainer, evaluation, train_dataset, dataset, eval_writer)
+    state, eval_metrics, done = _loop(
+        state, train_steps=train_steps, trainer=trainer, iterator=iterator, manager=manager,
+        lock=lock, stop_request=stop_request, watch=watch, run_eval=run_eval,
+        train_writer=train_writer, log_period=log_period, progress_bar=progress_bar)
     if stop_request.signal_name is not None and done < train_steps:
       if jax.process_index() == 0:
         print(f"Stopped by {stop_request.signal_name} after step {done}: saved the checkpoint "
               f"{run_dir.checkpoint(done)}. Re-run the same command to resume from step "
               f"{done}.", flush=True)
-      manager.close()
-      return state, eval_metrics
-    if start >= train_steps and evaluation.enabled:
-      # Nothing left to train: report the last evaluation instead of appending a duplicate.
-      history = read_history(eval_writer.history_path)
-      if history and history[-1]["step"] == train_steps:
-        eval_metrics = {k: v for k, v in history[-1].items() if k != "step"}
-      else:
-        eval_metrics = run_eval(train_steps)
-    if jax.process_index() == 0:
-      loss_png = plot_loss_curve(run_dir)
-      _report(run_dir, manager, loss_png, eval_writer, predictions["path"], predictions["rows"],
-              eval_metrics, evaluation.print_examples)
+    else:
+      if start >= train_steps and evaluation.enabled:
+        # Nothing left to train: report the last evaluation instead of appending a duplicate.
+        history = read_history(eval_writer.history_path)
+        if history and history[-1]["step"] == train_steps:
+          eval_metrics = {k: v for k, v in history[-1].items() if k != "step"}
+        else:
+          eval_metrics = run_eval(train_steps, state.params)
+      if jax.process_index() == 0:
+        _report(run_dir, manager, plot_loss_curve(run_dir), eval_writer,
+                run_eval.predictions_path, run_eval.predictions, eval_metrics,
+                evaluation.print_examples)
     manager.close()
     return state, eval_metrics
   except BaseException:
     _close_quietly(manager)
     raise
   finally:
-    for writer in (train_writer, eval_writer):
-      if writer is not None:
-        writer.close()
+    for writer in writers:
+      _close_quietly(writer)
