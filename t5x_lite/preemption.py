@@ -57,7 +57,9 @@ class StopRequest:
 
   def __exit__(self, *exc_info):
     for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+      # None: the previous handler was not Python's (e.g. JAX's C++ preemption notifier),
+      # and cannot be put back; the default at least still stops the process.
+      signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     self._previous = {}
 
   def _handle(self, signum, frame):
