@@ -1,28 +1,57 @@
-"""Orbax checkpoints: save periodically, keep N (or the best), restore with dtype cast and resharding.
+"""Orbax checkpoints: atomic steps, restore of the newest readable step, dtype cast, resharding.
 
-Layout (t5x_lite.run_dir): MODEL_DIR/checkpoints/<step>/state (the TrainState as an orbax
-PyTree) and MODEL_DIR/checkpoints/dataset_state/<step> (each process's input-pipeline
-position, so a resumed run continues the data order exactly).
+Layout (t5x_lite.run_dir): MODEL_DIR/checkpoints/<step>/ holds the two items of one orbax
+composite checkpoint: `state` (the TrainState as an orbax PyTree) and `dataset` (every
+process's input-pipeline position, one file set per process, written by
+DatasetCheckpointHandler), so a resumed run continues the data order exactly. Orbax writes
+a step into <step>.orbax-checkpoint-tmp and renames it once every item of every process is
+written: a step is entirely there or not there, and pruning (`keep`) removes whole steps.
+
+Restoring a run (`CheckpointManager.restore`) takes the newest step whose state, data
+positions and parameters all read back (finite); damaged newer steps are moved to
+checkpoints/damaged/ with a warning naming each and why (CheckpointConfig.restore_fallback).
+A save that fails (a full disk, a read-only directory) raises storage.StorageError at once;
+the steps already written stay intact, and the next start deletes the half-written one.
 """
 
+import contextlib
+import dataclasses
 import logging
-from typing import Any, Optional
+import time
+from typing import Any, Callable, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 from t5x_lite import configs
 from t5x_lite import run_dir as run_dir_lib
+from t5x_lite import storage
 from t5x_lite.trainer import TrainState
 
-_STATE = "state"
+log = logging.getLogger(__name__)
+
+_STATE = run_dir_lib.STATE_ITEM
+_DATASET = run_dir_lib.DATASET_ITEM
+
+
+class CheckpointError(ValueError):
+  """A checkpoint cannot be used: unreadable, incomplete, or holding non-finite values."""
+
+
+class CheckpointMismatchError(CheckpointError):
+  """A checkpoint's parameter shapes do not fit the model (a settings error, not damage)."""
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def _flat_shapes(tree):
-  return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {_path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def check_shapes(saved_params, expected_params, source: str):
@@ -47,20 +76,92 @@ def check_shapes(saved_params, expected_params, source: str):
                     f"{expected[embedding].shape[0]}; use the checkpoint's vocabulary "
                     "(get_vocabulary.sentencepiece_model_path) or its vocab_size.")
   if problems:
-    raise ValueError(f"The checkpoint {source} does not fit the model (check the model gin file "
-                     "and T5Config bindings):\n" + "\n".join(problems))
+    raise CheckpointMismatchError(
+        f"The checkpoint {source} does not fit the model (check the model gin file and "
+        "T5Config bindings):\n" + "\n".join(problems))
+
+
+@jax.jit
+def _nonfinite_counts(tree):
+  return jax.tree_util.tree_map(lambda x: jnp.sum(~jnp.isfinite(x)), tree)
+
+
+def check_finite(params, source: str) -> None:
+  """Raises CheckpointError naming the parameters that hold NaN or inf values."""
+  counts = jax.device_get(_nonfinite_counts(params))
+  bad = [(_path_name(path), int(n)) for path, n in jax.tree_util.tree_flatten_with_path(counts)[0]
+         if n]
+  if bad:
+    examples = ", ".join(f"{name} ({n} values)" for name, n in bad[:3])
+    raise CheckpointError(f"The checkpoint {source} holds non-finite values (NaN or inf) in "
+                          f"{len(bad)} parameter(s), e.g. {examples}: it cannot be used.")
+
+
+def state_bytes(abstract_state) -> int:
+  """Bytes of a (abstract) TrainState: what one checkpoint of it writes, uncompressed."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree_util.tree_leaves(abstract_state))
+
+
+class DatasetCheckpointHandler(ocp.CheckpointHandler):
+  """The `dataset` item: this process's DatasetIterator position (t5x_lite.data).
+
+  Every process writes its own files (data_iterator-<index>-of-<count>.*) into the item
+  directory, which orbax creates before the save and commits with the rest of the step.
+  """
+
+  def save(self, directory: epath.Path, args: "DatasetArgs"):
+    args.iterator.save(str(directory))
+
+  def restore(self, directory: epath.Path, args: "DatasetArgs"):
+    args.iterator.restore(str(directory))
+    return args.iterator
+
+
+@ocp.args.register_with_handler(DatasetCheckpointHandler, for_save=True, for_restore=True)
+@dataclasses.dataclass
+class DatasetArgs(ocp.args.CheckpointArgs):
+  iterator: Any  # a data.DatasetIterator
+
+
+def _all_processes(fn: Callable[[], Any], what: str):
+  """Runs fn on every process; raises on all of them if it raised on any (no process waits
+  alone in a later collective)."""
+  error = None
+  try:
+    result = fn()
+  except Exception as e:  # pylint: disable=broad-except
+    error, result = e, None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+    if error is None and failed.any():
+      error = CheckpointError(f"{what} failed on process(es) {np.flatnonzero(failed).tolist()} "
+                              "(their logs say why)")
+  if error is not None:
+    raise error
+  return result
+
+
+def _reason(error: BaseException) -> str:
+  """The error in one line (tensorstore's append a multi-line spec: dropped)."""
+  if isinstance(error, CheckpointError):
+    return str(error)
+  text = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
+  return f"{type(error).__name__}: {text[:300]}"
 
 
 class CheckpointManager:
-  """Wraps orbax.checkpoint.CheckpointManager for TrainStates of one run directory.
+  """Wraps orbax.checkpoint.CheckpointManager for the TrainStates of one run directory.
 
   Args:
     run_dir: the run's RunDir (checkpoints go to MODEL_DIR/checkpoints).
-    config: a configs.CheckpointConfig (period, keep, keep-best, async).
+    config: a configs.CheckpointConfig (period, keep, keep-best, async, restore fallback).
   """
 
   def __init__(self, run_dir: run_dir_lib.RunDir, config: configs.CheckpointConfig):
     self.run_dir = run_dir
+    self.config = config
     self.directory = run_dir.checkpoints
     best_fn = None
     if config.keep_best_metric is not None:
@@ -69,54 +170,126 @@ class CheckpointManager:
         save_interval_steps=config.period, max_to_keep=config.keep, best_fn=best_fn,
         best_mode=config.keep_best_mode,
         keep_checkpoints_without_metrics=config.keep_best_metric is None,
-        enable_async_checkpointing=config.async_save, create=True)
+        enable_async_checkpointing=config.async_save, create=True,
+        # A step a killed or failed save left half-written is deleted at the next start.
+        cleanup_tmp_directories=True,
+        # The step directory is created in save() itself, so an unwritable directory fails
+        # there; created in the background, the writers would wait 5 minutes for it.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     self.manager = ocp.CheckpointManager(
-        epath.Path(self.directory), item_names=(_STATE,), options=options)
+        epath.Path(self.directory), item_names=(_STATE, _DATASET), options=options)
+    self._pending_step: Optional[int] = None
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def all_steps(self):
+  def all_steps(self) -> List[int]:
     return list(self.manager.all_steps())
 
+  def should_save(self, step: int) -> bool:
+    return self.manager.should_save(step)
+
+  @contextlib.contextmanager
+  def _save_errors(self, step: int):
+    """Turns a failed save (this one or the background one before it) into StorageError."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      failed = self._pending_step if self._pending_step is not None else step
+      complete = self.run_dir.checkpoint_steps()
+      resume = (f"re-running the same command resumes from step {complete[-1]}" if complete
+                else "no checkpoint is complete yet: re-running starts from the beginning")
+      raise storage.StorageError(
+          f"Saving the checkpoint of step {failed} to {self.directory} failed: "
+          f"{storage.write_error_reason(e)}. The checkpoints already written are intact "
+          f"(steps {complete}); free space or fix the directory, then {resume}.") from e
+
   def save(self, state: TrainState, dataset_iterator=None, metrics=None, force=False) -> bool:
-    """Saves `state` (and each process's data position) if the save period says so."""
+    """Saves `state` and each process's data position as one step, if the period says so."""
     step = int(jax.device_get(state.step))
-    saved = self.manager.save(step, args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeSave(state)}),
-                              metrics=metrics, force=force)
-    if saved and dataset_iterator is not None:
-      dataset_iterator.save(self.run_dir.dataset_state(step))
+    items = {_STATE: ocp.args.PyTreeSave(state)}
+    if dataset_iterator is not None:
+      items[_DATASET] = DatasetArgs(dataset_iterator)
+    with self._save_errors(step):
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                                force=force)
     if saved:
-      self._prune_dataset_states()
+      self._pending_step = step
     return saved
 
-  def _prune_dataset_states(self):
-    """Drops input-pipeline states of steps orbax no longer keeps."""
-    root = epath.Path(self.run_dir.dataset_state())
-    kept = {str(s) for s in self.manager.all_steps()}
-    if jax.process_index() == 0 and root.exists():
-      for path in root.iterdir():
-        if path.name not in kept:
-          path.rmtree(missing_ok=True)
+  def check_for_errors(self):
+    """Raises StorageError if a background save has failed (cheap; no waiting)."""
+    with self._save_errors(self._pending_step or 0):
+      self.manager.check_for_errors()
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Waits for the background save; raises StorageError if it failed."""
+    with self._save_errors(self._pending_step or 0):
+      self.manager.wait_until_finished()
+    self._pending_step = None
 
   def close(self):
     self.manager.close()
 
-  def restore(self, abstract_state: TrainState, step: Optional[int] = None,
-              dataset_iterator=None) -> TrainState:
-    """Restores a full TrainState (resume) into abstract_state's shardings and dtypes."""
-    step = self.latest_step() if step is None else step
-    state = restore_state(state_path(self.run_dir.checkpoint(step)), abstract_state)
+  def restore(self, abstract_state: TrainState, dataset_iterator=None) -> TrainState:
+    """Restores the newest readable step into abstract_state's shardings and dtypes.
+
+    A step is readable when its state restores, its parameters are finite and (given
+    `dataset_iterator`) every process's data position restores. Unreadable newer steps are
+    skipped with a warning and moved to checkpoints/damaged/ (CheckpointConfig.restore_fallback;
+    when False, the first unreadable step is an error).
+
+    Raises:
+      CheckpointMismatchError: the checkpoints do not fit the model (no fallback: a settings error).
+      CheckpointError: no step is readable, or the latest is not and fallback is off.
+    """
+    skipped: List[Tuple[int, str]] = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state = self._restore_step(step, abstract_state, dataset_iterator)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (damage shows as any error)
+        if not self.config.restore_fallback:
+          raise CheckpointError(
+              f"Checkpoint step {step} in {self.directory} cannot be restored: {_reason(e)}. "
+              "Set CheckpointConfig.restore_fallback = True to resume from the newest "
+              "readable step instead.") from e
+        skipped.append((step, _reason(e)))
+        continue
+      self._set_aside(skipped, step)
+      return state
+    raise CheckpointError(
+        f"No checkpoint in {self.directory} can be restored: " +
+        "; ".join(f"step {s}: {why}" for s, why in skipped) +
+        ". Move the directory away (or choose another MODEL_DIR) to start from scratch.")
+
+  def _restore_step(self, step: int, abstract_state: TrainState, dataset_iterator):
+    step_dir = self.run_dir.checkpoint(step)
     if dataset_iterator is not None:
-      dataset_dir = self.run_dir.dataset_state(step)
-      if not epath.Path(dataset_dir).exists():
-        raise ValueError(f"Checkpoint step {step} has no input-pipeline state at {dataset_dir}; "
-                         "cannot resume the data order exactly.")
-      dataset_iterator.restore(dataset_dir)
-    return state
+      # First: it is cheap, and a state restore may take minutes.
+      _all_processes(lambda: dataset_iterator.restore(str(epath.Path(step_dir) / _DATASET)),
+                     f"Restoring the input-pipeline position of step {step}")
+    return _all_processes(lambda: restore_state(state_path(step_dir), abstract_state),
+                          f"Restoring step {step}")
+
+  def _set_aside(self, skipped: List[Tuple[int, str]], restored: int) -> None:
+    """Moves unreadable steps out of orbax's sight, so training can save those steps again."""
+    if not skipped:
+      return
+    when = int(time.time())
+    for step, why in skipped:
+      target = self.run_dir.damaged_checkpoint(step, when)
+      if jax.process_index() == 0:
+        epath.Path(target).parent.mkdir(parents=True, exist_ok=True)
+        epath.Path(self.run_dir.checkpoint(step)).rename(target)
+      log.warning("Checkpoint step %d cannot be restored (%s); moved it to %s.", step, why,
+                  target)
+    log.warning("Resuming from step %d, the newest readable checkpoint.", restored)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("t5x_lite_set_aside_damaged_checkpoints")
+    self.manager.reload()
 
 
 def _saved_tree_metadata(path: str):
@@ -131,25 +304,55 @@ def _restore_args(abstract_tree):
       lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract_tree)
 
 
+@contextlib.contextmanager
+def _reading(path: str):
+  """Turns the errors of a damaged checkpoint (orbax, tensorstore, OS) into CheckpointError."""
+  try:
+    yield
+  except CheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    step_dir = epath.Path(path).parent
+    others = [s for s in run_dir_lib.RunDir.of_checkpoint(path).checkpoint_steps()
+              if str(s) != step_dir.name]
+    hint = (f"other steps of this run: {others}" if others else
+            "the run has no other complete step")
+    raise CheckpointError(f"Cannot read the checkpoint {path} ({_reason(e)}): it is damaged "
+                          f"or incomplete; {hint}.") from e
+
+
 def restore_state(path: str, abstract_state: TrainState) -> TrainState:
-  """Restores a TrainState saved at `path` (…/<step>/state), resharded and cast."""
+  """Restores a TrainState saved at `path` (…/<step>/state), resharded and cast.
+
+  Raises:
+    CheckpointMismatchError: the parameter shapes do not fit (every path listed).
+    CheckpointError: the checkpoint is unreadable or holds non-finite parameters.
+  """
   path = run_dir_lib.absolute(path)
-  saved = _saved_tree_metadata(path)
-  check_shapes(_get(saved, "params"), abstract_state.params, path)
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item=abstract_state, restore_args=_restore_args(abstract_state)))
+  with _reading(path):
+    saved = _saved_tree_metadata(path)
+    check_shapes(_get(saved, "params"), abstract_state.params, path)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=abstract_state, restore_args=_restore_args(abstract_state)))
+  check_finite(state.params, path)
+  return state
 
 
 def restore_params(path: str, abstract_params) -> Any:
-  """Restores only the parameters from a checkpoint (finetuning without optimizer state)."""
+  """Restores only the parameters from a checkpoint (finetuning without optimizer state).
+
+  Raises: as restore_state.
+  """
   path = run_dir_lib.absolute(path)
-  saved = _saved_tree_metadata(path)
-  check_shapes(_get(saved, "params"), abstract_params, path)
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item={"params": abstract_params}, restore_args={"params": _restore_args(abstract_params)},
-        partial_restore=True))
+  with _reading(path):
+    saved = _saved_tree_metadata(path)
+    check_shapes(_get(saved, "params"), abstract_params, path)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item={"params": abstract_params},
+          restore_args={"params": _restore_args(abstract_params)}, partial_restore=True))
+  check_finite(restored["params"], path)
   return restored["params"]
 
 
@@ -167,7 +370,14 @@ def resolve_checkpoint_path(path: str) -> str:
 
   Returns:
     The absolute path of the TrainState item (…/<step>/state).
+
+  Raises:
+    ValueError: the path is empty or holds no t5x_lite checkpoint (the message says what
+      it holds instead when it can tell, e.g. a HF transformers directory).
   """
+  if not str(path or "").strip():
+    raise ValueError("The checkpoint path is empty: set CHECKPOINT_PATH (or "
+                     "INITIAL_CHECKPOINT_PATH) to MODEL_DIR/checkpoints/<step>.")
   path = epath.Path(run_dir_lib.absolute(str(path).rstrip("/")))
   if path.name == _STATE:
     return str(path)
@@ -176,9 +386,13 @@ def resolve_checkpoint_path(path: str) -> str:
   steps = sorted(ocp.utils.checkpoint_steps(path)) if path.is_dir() else []
   if steps:
     return state_path(str(path / str(steps[-1])))
-  raise ValueError(f"No checkpoint at {str(path)!r}: expected MODEL_DIR/checkpoints/<step> or a "
-                   "checkpoints directory with numbered steps (gin: INITIAL_CHECKPOINT_PATH or "
-                   "CHECKPOINT_PATH).")
+  what = "it does not exist" if not path.exists() else "it holds no numbered checkpoint step"
+  if (path / "config.json").exists():
+    what = ("it is a HF transformers directory (config.json): convert it with "
+            "t5x_lite.convert.load_hf_checkpoint, which reads T5 models only")
+  raise ValueError(f"No checkpoint at {str(path)!r}: {what}. Expected MODEL_DIR/checkpoints/"
+                   "<step> or a checkpoints directory with numbered steps (gin: "
+                   "INITIAL_CHECKPOINT_PATH or CHECKPOINT_PATH).")
 
 
 def checkpoint_step(path: str) -> int:
@@ -195,6 +409,8 @@ def restore_model_params(model, partitioner, checkpoint_path: str):
     partitioner: a partitioning.Partitioner.
     checkpoint_path: MODEL_DIR/checkpoints/<step>, its .../state, or a checkpoints
       directory (its latest step).
+
+  Raises: as restore_state; a damaged or non-finite checkpoint is an error, never output.
   """
   shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
   # Parameter shapes do not depend on the batch shapes; eval_shape allocates nothing.
@@ -204,5 +420,5 @@ def restore_model_params(model, partitioner, checkpoint_path: str):
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed),
       shardings)
   path = resolve_checkpoint_path(checkpoint_path)
-  logging.info("Restoring parameters from %s.", path)
+  log.info("Restoring parameters from %s.", path)
   return restore_params(path, abstract)

@@ -9,13 +9,31 @@ Plain frozen dataclasses; gin builds them at the edge (t5x_lite/configurables.py
 """
 
 import dataclasses
+import numbers
 from typing import Mapping, Optional
+
+
+def check_int(name: str, value, minimum: int = 1, gin: Optional[str] = None) -> None:
+  """Raises TypeError/ValueError naming the gin setting unless value is an int >= minimum.
+
+  Args:
+    name: the parameter as gin spells it, e.g. "train.train_steps".
+    value: what the user gave.
+    minimum: the smallest valid value (1: "must be positive").
+    gin: what to change when it is not `name` itself, e.g. the macro "TRAIN_STEPS".
+  """
+  where = f"gin: {gin or name}"
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name}={value!r} must be an integer ({where}).")
+  if value < minimum:
+    bound = "positive" if minimum == 1 else f">= {minimum}"
+    raise ValueError(f"{name}={value} must be {bound} ({where}).")
 
 
 def _check_positive(owner: str, **values):
   for name, value in values.items():
-    if value is not None and value <= 0:
-      raise ValueError(f"{owner}.{name}={value} must be positive (gin: {owner}.{name}).")
+    if value is not None:
+      check_int(f"{owner}.{name}", value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +61,17 @@ class DatasetConfig:
   use_cached: bool = False
 
   def __post_init__(self):
-    _check_positive("DatasetConfig", batch_size=self.batch_size,
-                    **{f"task_feature_lengths['{k}']": v
-                       for k, v in dict(self.task_feature_lengths).items()})
+    if not isinstance(self.task_feature_lengths, Mapping):
+      raise TypeError(f"DatasetConfig.task_feature_lengths={self.task_feature_lengths!r} must "
+                      "be a dict such as {'inputs': 512, 'targets': 128} (gin: "
+                      "TASK_FEATURE_LENGTHS).")
+    if not isinstance(self.mixture_or_task_name, str):
+      raise TypeError(f"DatasetConfig.mixture_or_task_name={self.mixture_or_task_name!r} must "
+                      "be a task or mixture name (gin: MIXTURE_OR_TASK_NAME).")
+    check_int("DatasetConfig.batch_size", self.batch_size, gin="BATCH_SIZE")
+    for key, length in self.task_feature_lengths.items():
+      check_int(f"DatasetConfig.task_feature_lengths[{key!r}]", length,
+                gin="TASK_FEATURE_LENGTHS")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +87,15 @@ class CheckpointConfig:
       metrics, so set EvalConfig.period = CheckpointConfig.period.
     keep_best_mode: "min" or "max".
     async_save: write in a background thread while training continues.
+    restore_fallback: resuming, skip a damaged latest step (unreadable, partial, non-finite)
+      with a warning and take the newest readable one; False makes it an error.
   """
   period: int = 1000
   keep: Optional[int] = 3
   keep_best_metric: Optional[str] = None
   keep_best_mode: str = "min"
   async_save: bool = True
+  restore_fallback: bool = True
 
   def __post_init__(self):
     _check_positive("CheckpointConfig", period=self.period, keep=self.keep)
@@ -113,8 +142,7 @@ class EvalConfig:
 
   def __post_init__(self):
     for name in ("period", "steps", "print_examples"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"EvalConfig.{name}={getattr(self, name)} must be >= 0.")
+      check_int(f"EvalConfig.{name}", getattr(self, name), minimum=0)
     _check_positive("EvalConfig", infer_eval_num_examples=self.infer_eval_num_examples)
 
   @property

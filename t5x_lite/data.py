@@ -70,6 +70,16 @@ def _check_vocabulary(provider, vocab_size: int) -> None:
             "it), or set T5Config.vocab_size to the padded size.")
 
 
+def check_feature_lengths(name: str, task_feature_lengths: Mapping[str, int],
+                          required=tuple(seqio.EncDecFeatureConverter.TASK_FEATURES)) -> None:
+  """Raises ValueError if TASK_FEATURE_LENGTHS lacks a feature the model reads."""
+  missing = [k for k in sorted(required) if k not in task_feature_lengths]
+  if missing:
+    raise ValueError(f"TASK_FEATURE_LENGTHS={dict(task_feature_lengths)} has no length for "
+                     f"{missing}, which {name!r} feeds the model: set e.g. "
+                     "TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 128}.")
+
+
 def _check_name(name: str) -> None:
   """Raises ValueError naming the closest registered tasks/mixtures if `name` is unknown."""
   registered = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
@@ -228,6 +238,7 @@ def get_dataset(mixture_or_task_name: str,
     ValueError: unknown name (the message lists the closest registered names).
   """
   provider = check_task(mixture_or_task_name)
+  check_feature_lengths(mixture_or_task_name, task_feature_lengths)
   stats = truncation_stats or TruncationStats(task_feature_lengths)
   converter = _CountingEncDecFeatureConverter(
       stats, provider.output_features, pack=pack)

@@ -31,6 +31,7 @@ import numpy as np
 import seqio
 
 from t5x_lite import checkpoints
+from t5x_lite import configs
 from t5x_lite import data
 from t5x_lite import evaluation
 from t5x_lite import models as models_lib
@@ -159,9 +160,16 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
          batch_size, split, model, partitioner, shard_id, num_shards, chunk_batches,
          max_examples, max_chunks) -> str:
   """Shared loop of infer and score: restore, skip what is written, append chunk by chunk."""
-  if not 0 <= shard_id < num_shards:
-    raise ValueError(f"shard_id={shard_id} must be in [0, num_shards={num_shards}).")
-  task_names(mixture_or_task_name, model.config.vocab_size)  # fail fast on a wrong name/vocab
+  configs.check_int("infer.num_shards", num_shards, gin="NUM_SHARDS")
+  configs.check_int("infer.shard_id", shard_id, minimum=0, gin="SHARD_ID")
+  if shard_id >= num_shards:
+    raise ValueError(f"SHARD_ID={shard_id} must be less than NUM_SHARDS={num_shards} (shards "
+                     "are numbered 0 ... NUM_SHARDS - 1).")
+  configs.check_int("infer.batch_size", batch_size, gin="BATCH_SIZE")
+  configs.check_int("infer.chunk_batches", chunk_batches)
+  # Settings a typo breaks fail here, before the checkpoint is read.
+  task_names(mixture_or_task_name, model.config.vocab_size)
+  data.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
   partitioner = partitioner or partitioning.Partitioner()
   path = os.path.join(output_dir, f"{kind}-{shard_id:05d}-of-{num_shards:05d}.jsonl")
   run_config = {"checkpoint_path": os.path.abspath(str(checkpoint_path)),

@@ -17,6 +17,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -154,8 +155,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     log_path = os.path.join(tempfile.gettempdir(), f"t5x_lite-error-{os.getpid()}.log")
     with open(log_path, "w", encoding="utf-8") as f:
       traceback.print_exc(file=f)
-    print(f"t5x-lite: {type(e).__name__}: {e}\n(traceback in {log_path}; --verbose prints it)",
-          file=sys.stderr)
+    # Gin appends "In call to configurable 'train' (<function train at 0x...>)": noise here.
+    message = re.sub(r"\n\s*In call to configurable [^\n]*", "", str(e))
+    print(f"t5x-lite: {type(e).__name__}: {message}\n(traceback in {log_path}; --verbose prints "
+          "it)", file=sys.stderr)
     return 1
   return 0
 

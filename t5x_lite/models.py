@@ -12,6 +12,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from t5x_lite import configs
 from t5x_lite import decoding
 from t5x_lite import network
 
@@ -79,6 +80,28 @@ class DecodingSettings:
   length_penalty: str = "t5x"
   max_decode_length: Optional[int] = None
   seed: int = 0
+
+  def __post_init__(self):
+    # Checked when gin builds the model, before any checkpoint is read or step compiled.
+    for name, choices in (("method", decoding.METHODS),
+                          ("length_penalty", decoding.LENGTH_PENALTIES)):
+      if getattr(self, name) not in choices:
+        raise ValueError(f"DecodingSettings.{name}={getattr(self, name)!r}: choose one of "
+                         f"{choices}.")
+    configs.check_int("DecodingSettings.num_decodes", self.num_decodes)
+    configs.check_int("DecodingSettings.top_k", self.top_k, minimum=0)
+    if self.max_decode_length is not None:
+      configs.check_int("DecodingSettings.max_decode_length", self.max_decode_length)
+    for name in ("temperature", "top_p", "alpha"):
+      if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name),
+                                                                  (int, float)):
+        raise TypeError(f"DecodingSettings.{name}={getattr(self, name)!r} must be a number.")
+    if self.temperature < 0 or (self.method == "sample" and self.temperature == 0):
+      raise ValueError(f"DecodingSettings.temperature={self.temperature} must be > 0 (for the "
+                       "most likely token, set DecodingSettings.method = 'greedy').")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"DecodingSettings.top_p={self.top_p} must be in (0, 1] (1 keeps every "
+                       "token).")
 
 
 class EncoderDecoderModel:

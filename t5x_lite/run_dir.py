@@ -2,8 +2,12 @@
 
   MODEL_DIR/
     config.gin                          the operative gin config of the last start
-    checkpoints/<step>/                 orbax checkpoints (steps listed by orbax)
-    checkpoints/dataset_state/<step>/   each process's input-pipeline position at <step>
+    lock.json                           the lease of the training process writing here
+    checkpoints/<step>/                 one orbax checkpoint, committed as a whole:
+      state/                              the TrainState (step, params, optimizer state)
+      dataset/                            each process's input-pipeline position at <step>
+    checkpoints/<step>.orbax-checkpoint-tmp*/   a save in progress (removed at the next start)
+    checkpoints/damaged/<step>-<time>/  steps a resume could not read, set aside
     train/, eval/, eval_<split>/        TensorBoard event files
     train_metrics.jsonl, eval_metrics.jsonl, eval_<split>_metrics.jsonl
                                         one JSON object per write: {"step": s, metric: value}
@@ -15,13 +19,17 @@ Paths are strings handled through `etils.epath`, so MODEL_DIR may be local or re
 (gs://... and the other schemes epath reaches through tf.io.gfile / fsspec).
 """
 
-from typing import List, Optional
+from typing import List
 
 from etils import epath
 import orbax.checkpoint as ocp
 
 CHECKPOINTS = "checkpoints"
-DATASET_STATE = "dataset_state"
+# Item names inside a checkpoint step directory.
+STATE_ITEM = "state"
+DATASET_ITEM = "dataset"
+DAMAGED = "damaged"
+LOCK = "lock.json"
 
 
 def _join(*parts) -> str:
@@ -62,10 +70,13 @@ class RunDir:
       return []
     return sorted(ocp.utils.checkpoint_steps(self.checkpoints))
 
-  def dataset_state(self, step: Optional[int] = None) -> str:
-    """Input-pipeline states: the directory of all of them, or of one step."""
-    root = _join(self.checkpoints, DATASET_STATE)
-    return root if step is None else _join(root, step)
+  def damaged_checkpoint(self, step: int, when: int) -> str:
+    """Where a step that could not be restored is moved (`when`: seconds since the epoch)."""
+    return _join(self.checkpoints, DAMAGED, f"{step}-{when}")
+
+  @property
+  def lock(self) -> str:
+    return _join(self.root, LOCK)
 
   def tensorboard(self, name: str) -> str:
     return _join(self.root, name)

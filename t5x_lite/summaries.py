@@ -3,20 +3,24 @@
 Every run mode writes through `SummaryWriter`: TensorBoard event files in
 MODEL_DIR/<name>/ and one JSON object per write in MODEL_DIR/<name>_metrics.jsonl
 (`{"step": s, metric: value, ...}`), on process 0 only. Non-finite values are written as
-null (JSON has no NaN). `read_history` reads such a file tolerantly: a torn last line (a run
-killed mid-write) is skipped with a warning, and a step written twice (a resumed run redoes
-the steps after its last checkpoint) keeps its latest row.
+null (JSON has no NaN). `read_history` reads such a file tolerantly: a torn line (a run
+killed mid-write; the next writer ends it with a newline) is skipped with a warning, and a
+step written twice keeps its latest row. That is the de-duplication rule of resumed runs:
+a run resumed from checkpoint N redoes the steps after N, and their new rows, identical in a
+deterministic run, supersede those the stopped run wrote.
 """
 
 import json
 import logging
 import math
+import os
 from typing import Dict, List, Mapping
 
 from clu import metric_writers
 from etils import epath
 import jax
 
+from t5x_lite import storage
 from t5x_lite.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,15 @@ class _JsonlWriter(metric_writers.MetricWriter):
   def __init__(self, path: str):
     self.path = epath.Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    # A run killed mid-write leaves a torn last line: end it, so the rows of the resumed
+    # run start on lines of their own (read_history skips the torn one).
+    if self.path.exists() and self.path.stat().length:
+      with self.path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        torn = f.read(1) != b"\n"
+      if torn:
+        with self.path.open("a") as f:
+          f.write("\n")
 
   def write_scalars(self, step, scalars):
     row = {"step": int(step), **{k: _json_value(v) for k, v in scalars.items()}}
@@ -80,9 +93,14 @@ class SummaryWriter:
           metric_writers.SummaryWriter(self.tensorboard_dir), _JsonlWriter(self.history_path)])
 
   def write(self, step: int, scalars: Mapping[str, float]):
+    """Writes one row; raises storage.StorageError naming the file if the disk refuses it."""
     if self.enabled:
-      self._writer.write_scalars(step, {k: float(v) for k, v in scalars.items()})
-      self._writer.flush()
+      try:
+        self._writer.write_scalars(step, {k: float(v) for k, v in scalars.items()})
+        self._writer.flush()
+      except OSError as e:
+        raise storage.StorageError(f"Writing the metrics of step {step} to {self.history_path} "
+                                   f"failed: {storage.write_error_reason(e)}.") from e
 
   def close(self):
     if self.enabled:

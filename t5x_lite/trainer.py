@@ -19,6 +19,11 @@ class TrainState:
   opt_state: Any
 
 
+def _all_finite(tree) -> jax.Array:
+  """One boolean: no NaN or inf anywhere in the tree."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
 def _split_microbatches(batch, num_microbatches):
   def split(x):
     if x.shape[0] % num_microbatches:
@@ -153,11 +158,25 @@ class Trainer:
     grads, metrics = self._grads_and_metrics(state.params, batch, state.step)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = jax.tree_util.tree_map(jnp.add, state.params, updates)
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, self._summarize(metrics, batch, state.step)
+    summary = self._summarize(metrics, batch, state.step)
+    # A step with a non-finite loss or update is dropped here, on the device, so parameters
+    # and optimizer state never hold NaN; the host learns of it from "nonfinite" without
+    # waiting for the step. Non-finite updates cover non-finite gradients (NaN propagates).
+    finite = jnp.isfinite(metrics["loss_sum"]) & _all_finite(updates)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    new_state = TrainState(step=state.step + 1,
+                           params=jax.tree_util.tree_map(keep, params, state.params),
+                           opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state))
+    summary["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    return new_state, summary
 
   def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
-    """One optimizer update on a global batch (dict of [B, ...] arrays)."""
+    """One optimizer update on a global batch (dict of [B, ...] arrays).
+
+    A step whose loss or update is not finite leaves params and optimizer state as they
+    were (the step counter still advances: the batch is consumed) and returns
+    metrics["nonfinite"] = 1.0; train.train applies its nonfinite_policy.
+    """
     if self._train_step is None:
       shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
       self._train_step = jax.jit(

@@ -25,6 +25,7 @@ from typing import Optional
 
 import seqio
 import sentencepiece as spm
+import tensorflow as tf
 
 from t5x_lite.tasks import corpora
 
@@ -158,9 +159,17 @@ def get_vocabulary(sentencepiece_model_path: Optional[str] = None,
 
   Returns:
     A seqio.SentencePieceVocabulary; its `vocab_size` includes the extra ids.
+
+  Raises:
+    FileNotFoundError: the model file does not exist (seqio would fail only at first use,
+      deep inside the input pipeline).
   """
   if sentencepiece_model_path is None:
     return default_vocabulary(extra_ids)
+  if not tf.io.gfile.exists(sentencepiece_model_path):
+    raise FileNotFoundError(
+        f"get_vocabulary.sentencepiece_model_path={sentencepiece_model_path!r} does not exist: "
+        "set it to a SentencePiece .model file, or leave it unset for the default vocabulary.")
   return seqio.SentencePieceVocabulary(sentencepiece_model_path, extra_ids=extra_ids)
 
 

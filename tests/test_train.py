@@ -1,7 +1,6 @@
 """Training: loss goes down, microbatching is exact, resume is exact, finetuning starts from a
 checkpoint, and the gin entry point (quickstart recipe, errors) works."""
 
-import json
 import logging
 import os
 
@@ -10,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite import checkpoints, configs, main, models, network, optimizers, partitioning, train, trainer
+from t5x_lite import checkpoints, configs, main, models, network, optimizers, partitioning
+from t5x_lite import summaries, train, trainer
 from tree_utils import tree_max_abs_diff
 
 TASK = "embedded_copy_zeroshot"
@@ -37,8 +37,7 @@ def run(model_dir, steps, **kwargs):
 
 
 def history(model_dir):
-  with open(os.path.join(model_dir, "train_metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  return summaries.read_history(os.path.join(model_dir, "train_metrics.jsonl"))
 
 
 @pytest.fixture(autouse=True)
@@ -195,8 +194,8 @@ def test_keep_best_checkpoint_by_eval_metric(tmp_path):
   run(tmp_path, 6, checkpoint=configs.CheckpointConfig(
           period=2, keep=1, keep_best_metric="loss", keep_best_mode="max"),  # keep the worst
       evaluation=configs.EvalConfig(period=2, steps=1))
-  evals = {row["step"]: row["loss"] for row in (
-      json.loads(line) for line in open(tmp_path / "eval_metrics.jsonl"))}
+  evals = {row["step"]: row["loss"]
+           for row in summaries.read_history(tmp_path / "eval_metrics.jsonl")}
   assert sorted(evals) == [2, 4, 6]
   worst = max(evals, key=evals.get)
   kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
