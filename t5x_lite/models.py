@@ -106,6 +106,16 @@ class EncoderDecoderModel:
                        f"{loss_normalizing_factor!r}: use one of {NORMALIZERS} or a number.")
     self.loss_normalizing_factor = loss_normalizing_factor
 
+  @property
+  def uses_dropout(self) -> bool:
+    """Whether training needs a dropout RNG."""
+    return bool(self.config.dropout_rate or self.config.attention_dropout)
+
+  def feature_converter(self, pack: bool):
+    """The seqio.FeatureConverter that makes this model's batches (module docstring)."""
+    import seqio  # pylint: disable=g-import-not-at-top  # keep `import models` free of TF
+    return seqio.EncDecFeatureConverter(pack=pack)
+
   def init(self, rng, input_shapes):
     """Boxed (logically partitioned) params from shapes {"encoder_input_tokens": (B, Li), ...}."""
     enc = jnp.ones(input_shapes["encoder_input_tokens"], jnp.int32)

@@ -15,6 +15,7 @@ from t5x_lite import configs
 from t5x_lite import data
 from t5x_lite import evaluation as evaluation_lib
 from t5x_lite import gin_utils
+from t5x_lite import heads
 from t5x_lite import models as models_lib
 from t5x_lite import optimizers
 from t5x_lite import partitioning
@@ -61,6 +62,8 @@ def restore_or_init(trainer: trainer_lib.Trainer, input_shapes, manager, dataset
   """Resume from MODEL_DIR if it has checkpoints, else start from the initial checkpoint, else init.
 
   Resuming wins over INITIAL_CHECKPOINT_PATH: a preempted finetune must continue, not restart.
+  An encoder head model (t5x_lite/heads.py) takes only the encoder of INITIAL_CHECKPOINT_PATH
+  (an orbax checkpoint or a HF directory): decoder dropped, head and optimizer fresh.
   """
   abstract, shardings = trainer.state_shardings(input_shapes)
   abstract = jax.tree_util.tree_map(
@@ -73,6 +76,16 @@ def restore_or_init(trainer: trainer_lib.Trainer, input_shapes, manager, dataset
     else:
       log.info("Resuming from %s/%d.", manager.directory, latest)
     return manager.restore(abstract, latest, dataset_iterator)
+  if initial_checkpoint and isinstance(trainer.model, heads.EncoderHeadModel):
+    if initial_checkpoint.restore_optimizer_state:
+      raise ValueError("RestoreConfig.restore_optimizer_state=True: an encoder head model "
+                       "starts from the encoder of INITIAL_CHECKPOINT_PATH with a fresh "
+                       "optimizer; set it False.")
+    log.info("Starting from the encoder of %s (decoder dropped, head initialised from seed "
+             "%d).", initial_checkpoint.path, trainer.seed)
+    state = trainer.init_state(input_shapes)
+    return state.replace(params=trainer.model.load_encoder(initial_checkpoint.path,
+                                                           state.params))
   if initial_checkpoint:
     path = checkpoints_lib.resolve_checkpoint_path(initial_checkpoint.path)
     if initial_checkpoint.restore_optimizer_state:
@@ -120,7 +133,8 @@ def train(*, model_dir: str, train_steps: int, model: models_lib.EncoderDecoderM
   Args (gin; the run files gin/runs/*.gin bind the macros in capitals):
     model_dir: MODEL_DIR — checkpoints, summaries, config.gin and loss.png (t5x_lite.run_dir).
     train_steps: TRAIN_STEPS — total steps (a resumed run continues up to this step).
-    model: an EncoderDecoderModel (its T5Config comes from a gin/models file).
+    model: an EncoderDecoderModel, or an encoder head model (t5x_lite/heads.py); its
+      T5Config comes from a gin/models file.
     train_dataset: what to train on (MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE).
     optimizer: (transform, schedule); default optimizers.adafactor().
     partitioner: mesh + rules; default partitioning.Partitioner().
@@ -149,7 +163,8 @@ def train(*, model_dir: str, train_steps: int, model: models_lib.EncoderDecoderM
     return data.get_dataset(config.mixture_or_task_name, config.task_feature_lengths,
                             split=config.split, batch_size=local_batch, shuffle=config.shuffle,
                             seed=config.seed, pack=config.pack, use_cached=config.use_cached,
-                            shard_info=data.host_shard_info(), num_epochs=num_epochs)
+                            shard_info=data.host_shard_info(), num_epochs=num_epochs,
+                            feature_converter=model.feature_converter(config.pack))
 
   train_ds = dataset(train_dataset)
   iterator = data.DatasetIterator(train_ds)
