@@ -22,7 +22,8 @@ seqio.EncDecFeatureConverter for the encoder-decoder. Task features -> model fea
        (start/end -1 when truncation cut the answer off: no loss, see the model)
 
 A label id outside the model's classes fails the input pipeline with a message naming
-the example (its text) and the binding to change: never a silently wrong label.
+the binding to change and the example (its text, last: TensorFlow prints assertion
+messages C-escaped, so they hold no quotes of their own): never a silently wrong label.
 """
 
 from typing import Mapping, Optional
@@ -48,7 +49,7 @@ def _checked(features, condition, *message_parts):
                              and p.dtype != tf.string else p for p in message_parts])
   check = tf.debugging.Assert(condition, [message])
   with tf.control_dependencies([check]):
-    return {k: tf.identity(v) for k, v in features.items()}
+    return tf.nest.map_structure(tf.identity, features)
 
 
 def _refuse_packing(pack: bool, model: str):
@@ -86,9 +87,9 @@ class SequenceClassificationFeatureConverter(seqio.FeatureConverter):
     label -= labels_lib.FIRST_LABEL_ID
     features = _checked(
         features, (label >= -1) & (label < self.num_labels), "label ", label,
-        f" is outside the model's classes 0..{self.num_labels - 1} in the example '",
-        _example_text(features), f"': set {self.MODEL}.num_labels to the task's number of "
-        "classes (gin).")
+        f" is outside the classes 0..{self.num_labels - 1} of the model: set "
+        f"{self.MODEL}.num_labels to the number of classes of the task (gin). Example: ",
+        _example_text(features))
     return features, label
 
   def _convert_features(self, ds, task_feature_lengths):
@@ -125,28 +126,36 @@ class TokenClassificationFeatureConverter(seqio.FeatureConverter):
     inputs, targets = features["inputs"], features["targets"]
     features = _checked(
         features, tf.size(inputs) == tf.size(targets), "inputs (", tf.size(inputs),
-        " tokens) and targets (", tf.size(targets), " labels) are not aligned in the example '",
-        _example_text(features), "': a token-classification task gives one label id per "
-        "input token.")
+        " tokens) and targets (", tf.size(targets), " labels) are not aligned: a "
+        "token-classification task gives one label id per input token. Example: ",
+        _example_text(features))
     return _checked(
         features, tf.reduce_all((targets >= 0) & (targets <= self.num_labels)), "label id ",
-        tf.reduce_max(targets), f" is outside the model's tag ids 1..{self.num_labels} in the "
-        "example '", _example_text(features), f"': set {self.MODEL}.num_labels to the task's "
-        "number of tags (gin).")
+        tf.reduce_max(targets), f" is outside the tag ids 1..{self.num_labels} of the model: "
+        f"set {self.MODEL}.num_labels to the number of tags of the task (gin). Example: ",
+        _example_text(features))
 
   def _convert_features(self, ds, task_feature_lengths):
     length = self._length(task_feature_lengths)
 
+    def shift(features):
+      # seqio's packing reads every 0 as padding (it cuts a sequence at its count of
+      # non-zero ids), so "no label" (0) travels as 1 through it.
+      return dict(features, targets=features["targets"] + 1)
+
     def convert(features):
+      targets = tf.maximum(features["targets"] - 1, 0) if self.pack else features["targets"]
       out = {"encoder_input_tokens": features["inputs"],
-             "encoder_target_tokens": features["targets"],
-             "encoder_loss_weights": tf.cast(features["targets"] > 0, tf.int32)}
+             "encoder_target_tokens": targets,
+             "encoder_loss_weights": tf.cast(targets > 0, tf.int32)}
       if self.pack:
         out["encoder_segment_ids"] = features["inputs_segment_ids"]
         out["encoder_positions"] = features["inputs_positions"]
       return out
 
     ds = ds.map(self._check, num_parallel_calls=tf.data.AUTOTUNE)
+    if self.pack:
+      ds = ds.map(shift, num_parallel_calls=tf.data.AUTOTUNE)
     ds = self._pack_or_pad(ds, {"inputs": length, "targets": length})
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 

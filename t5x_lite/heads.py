@@ -114,9 +114,13 @@ class EncoderHeadNetwork(nn.Module):
       self.pre_classifier_dense = BiasedDense(cfg.d_model, ("embed", "mlp"), **dtypes)
     self.classifier = BiasedDense(self.num_outputs, ("embed", LABELS), **dtypes)
 
+  def encode(self, tokens, segment_ids=None, deterministic=True):
+    """The encoder's output [batch, length, embed] (HF T5EncoderModel's last_hidden_state)."""
+    return self.encoder(tokens, segment_ids, deterministic)
+
   def __call__(self, tokens, segment_ids=None, deterministic=True):
     """tokens int [batch, length] -> float32 [batch, num_outputs] or [batch, length, num_outputs]."""
-    x = self.encoder(tokens, segment_ids, deterministic)
+    x = self.encode(tokens, segment_ids, deterministic)
     if self.pooling is not None:
       x = pool(x, tokens > 0, self.pooling)
     x = self.dropout(x, deterministic=deterministic)
@@ -130,6 +134,17 @@ def _label_log_probs(logits, labels):
   """log p(label) [...] from logits [..., C]; negative labels (none) read class 0."""
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   return jnp.take_along_axis(log_probs, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+
+
+def _max_log_prob(logits):
+  """log p of the most likely class [...], precise near certainty.
+
+  -log1p(mass of the other classes relative to the best): log_softmax's log(1 + tiny)
+  rounds to 0 once the margin passes ~17 in float32, making near-certain predictions tie.
+  """
+  best = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=bool)
+  shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+  return -jnp.log1p(jnp.sum(jnp.where(best, 0.0, jnp.exp(shifted)), axis=-1))
 
 
 class EncoderHeadModel:
@@ -259,8 +274,8 @@ class SequenceClassificationModel(EncoderHeadModel):
     if self.regression:
       return outputs, {"scores": jnp.zeros(outputs.shape[:1], jnp.float32)}
     best = jnp.argmax(outputs, axis=-1)
-    scores = jnp.max(jax.nn.log_softmax(outputs, axis=-1), axis=-1)
-    return (best + labels_lib.FIRST_LABEL_ID)[:, None].astype(jnp.int32), {"scores": scores}
+    ids = (best + labels_lib.FIRST_LABEL_ID)[:, None].astype(jnp.int32)
+    return ids, {"scores": _max_log_prob(outputs)}
 
 
 class TokenClassificationModel(EncoderHeadModel):
@@ -307,8 +322,7 @@ class TokenClassificationModel(EncoderHeadModel):
     outputs = self.outputs(params, batch)
     weights = self.loss_weights(batch)
     ids = jnp.where(weights > 0, jnp.argmax(outputs, axis=-1) + labels_lib.FIRST_LABEL_ID, 0)
-    best = jnp.max(jax.nn.log_softmax(outputs, axis=-1), axis=-1)
-    return ids.astype(jnp.int32), {"scores": jnp.sum(best * weights, axis=-1)}
+    return ids.astype(jnp.int32), {"scores": jnp.sum(_max_log_prob(outputs) * weights, axis=-1)}
 
 
 def best_spans(start_log_probs, end_log_probs, valid, max_answer_length: int):

@@ -51,12 +51,15 @@ def glue_encoder_task_name(name: str) -> str:
 
 
 def _checked(features, condition, *message_parts):
-  """`features` with an assertion: the pipeline fails with the joined message if not."""
+  """`features` with an assertion: the pipeline fails with the joined message if not.
+
+  TensorFlow prints the message C-escaped: fixed parts hold no quotes, texts come last.
+  """
   message = tf.strings.join([tf.strings.as_string(p) if isinstance(p, tf.Tensor)
                              and p.dtype != tf.string else p for p in message_parts])
   check = tf.debugging.Assert(condition, [message])
   with tf.control_dependencies([check]):
-    return {k: tf.identity(v) for k, v in features.items()}
+    return tf.nest.map_structure(tf.identity, features)
 
 
 def _register(name: str, tfds_name: str, splits, preprocessors: Sequence[Callable],
@@ -120,8 +123,8 @@ def conll_example(x: Mapping[str, tf.Tensor], vocabulary: seqio.Vocabulary,
   pieces = vocabulary.encode_tf(words)  # ragged [words, pieces]
   lengths = tf.cast(pieces.row_lengths(), tf.int32)
   sentence = tf.strings.reduce_join(words, separator=" ")
-  x = _checked(dict(x), tf.reduce_all(lengths > 0), f"{task_name}: a word of the sentence '",
-               sentence, "' encodes to no token, so its tag would land on the next word's.")
+  x = _checked(dict(x), tf.reduce_all(lengths > 0), f"{task_name}: a word encodes to no "
+               "token, so its tag would land on the next word. Sentence: ", sentence)
   starts = tf.cumsum(lengths, exclusive=True)
   tag_ids = tf.scatter_nd(starts[:, None], tags + labels.FIRST_LABEL_ID,
                           [tf.reduce_sum(lengths)])
@@ -167,9 +170,9 @@ def squad_example(x: Mapping[str, tf.Tensor], vocabulary: seqio.Vocabulary,
   # substr clamps out-of-range offsets, so `found` is only compared when `inside`.
   found = tf.strings.substr(context, tf.maximum(start, 0), size, unit="UTF8_CHAR")
   x = _checked(dict(x), inside & tf.equal(found, answer),
-               f"{task_name}: example ", x["id"], ": the answer '", answer,
-               "' is not the context's text at character ", start, " (the context has ",
-               context_size, " characters): fix or drop the example.")
+               f"{task_name}: example ", x["id"], ": its first answer is not the text of its "
+               "context at character ", start, " (the context has ", context_size,
+               " characters); fix or drop the example. Answer: ", answer)
   encode = lambda s: tf.cast(vocabulary.encode_tf(s), tf.int32)  # noqa: E731
   prefix = encode(tf.strings.join(["question: ", x["question"], " context:"]))
   before = encode(tf.strings.substr(context, 0, start, unit="UTF8_CHAR"))

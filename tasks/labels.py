@@ -77,9 +77,10 @@ class LabelVocabulary(seqio.Vocabulary):
     known = tf.constant((NO_LABEL,) + self.label_names)
     matches = tf.equal(names[:, None], known[None, :])
     found = tf.reduce_any(matches, axis=1)
-    check = tf.debugging.Assert(tf.reduce_all(found), [
-        tf.strings.join(["label text '", s, f"' has a name that is not one of "
-                         f"{self.label_names} (the task's LabelVocabulary)"])])
+    # TensorFlow prints the message C-escaped: the label text goes last, unquoted.
+    names_text = ", ".join(self.label_names)
+    check = tf.debugging.Assert(tf.reduce_all(found), [tf.strings.join([
+        f"a label name is not one of the labels of the task ({names_text}). Label text: ", s])])
     with tf.control_dependencies([check]):
       # Index 0 of `known` is NO_LABEL -> id 0, label i -> id i + 1.
       return tf.cast(tf.argmax(tf.cast(matches, tf.int32), axis=1), tf.int32)

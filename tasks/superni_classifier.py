@@ -105,9 +105,8 @@ def rank_examples(tasks: Sequence[Mapping[str, Any]],
 def _source(examples_fn, fields, subset, options):
   def dataset_fn(split, shuffle_files, seed=None):
     del split, shuffle_files, seed  # The instances are fixed (superni.py caps and samples).
-    examples = examples_fn(superni.load_split_tasks(options, subset))
-    spec = {k: tf.TensorSpec([], tf.string) for k in fields}
-    return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
+    return superni.string_columns_dataset(
+        examples_fn(superni.load_split_tasks(options, subset)), fields)
   splits = ("train",) if subset == "train" else ("test", "validation")
   return seqio.FunctionDataSource(dataset_fn, splits=splits)
 
@@ -132,11 +131,12 @@ def fit_pair(dataset: tf.data.Dataset, sequence_length=None, eos_id: int = 1,
       return dict(x, inputs=tf.concat([head, tail, eos], 0))
     length = sequence_length["inputs"]
     need = tf.size(tail) + 1
+    # TensorFlow prints the message C-escaped: no quotes, the candidate's text last.
     message = tf.strings.join([
-        f"{task_name}: the candidate '", x["candidate"], "' of SuperNI task ", x["task_name"],
-        " (instance ", x["id"], ") needs ", tf.strings.as_string(need), " tokens with the "
-        f"question after it, more than the inputs length {length}: raise "
-        "TASK_FEATURE_LENGTHS['inputs'] (gin)."])
+        f"{task_name}: SuperNI task ", x["task_name"], ", instance ", x["id"], ": the "
+        "candidate needs ", tf.strings.as_string(need), " tokens with the question after it, "
+        f"more than the inputs length {length}: raise the inputs length of "
+        "TASK_FEATURE_LENGTHS (gin). Candidate: ", x["candidate"]])
     with tf.control_dependencies([tf.debugging.Assert(need <= length, [message])]):
       head = head[:tf.maximum(length - need, 0)]
       return dict(x, inputs=tf.concat([head, tail, eos], 0))
