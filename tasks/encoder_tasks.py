@@ -9,7 +9,7 @@ score them. Inputs use the shared SentencePiece vocabulary.
       label names); T5's postprocessors and metrics. SequenceClassificationModel.
   glue_stsb_v2_encoder   the score itself as a float (ScalarVocabulary, no 0.2 rounding);
       Pearson / Spearman. SequenceClassificationModel(regression=True).
-  conll2003_ner          TFDS conll2003:1.0.0 (splits train, validation = dev, test).
+  conll2003_ner          TFDS conll2003/conll2003:1.0.0 (splits train, validation = dev, test).
       Each word is tokenized on its own; its first piece carries the word's tag id, other
       pieces and EOS get 0 (no label). Span F1 (conlleval) and tag accuracy over words.
       TokenClassificationModel(num_labels=9); packs.
@@ -138,7 +138,8 @@ def conll_example(x: Mapping[str, tf.Tensor], vocabulary: seqio.Vocabulary,
 
 def register_conll_task(vocabulary: seqio.Vocabulary) -> None:
   # Inputs without seqio's EOS: truncation must cut inputs and targets alike.
-  _register(CONLL_TASK, "conll2003:1.0.0", _CONLL_SPLITS,
+  # The config named explicitly: seqio refuses to list a configured builder's files without.
+  _register(CONLL_TASK, "conll2003/conll2003:1.0.0", _CONLL_SPLITS,
             [pretraining.sanitize_text,
              seqio.map_over_dataset(functools.partial(conll_example, vocabulary=vocabulary)),
              seqio.CacheDatasetPlaceholder()],

@@ -80,7 +80,8 @@ def pair_examples(tasks: Sequence[Mapping[str, Any]], encoding: superni.Encoding
   examples = []
   for task in tasks:
     if task["TaskType"] == "classification":
-      pairs = [(inst, c) for inst in task["Instances"] for c in _output_space(task)]
+      space = _output_space(task)
+      pairs = [(inst, c) for inst in task["Instances"] for c in space]
     elif with_generation_tasks:
       pairs = [(inst, inst["target"]) for inst in task["Instances"]]
     else:
@@ -96,10 +97,14 @@ def pair_examples(tasks: Sequence[Mapping[str, Any]], encoding: superni.Encoding
 def rank_examples(tasks: Sequence[Mapping[str, Any]],
                   encoding: superni.Encoding) -> List[Dict[str, str]]:
   """Rank classification: the generator's prompt with each candidate as the target."""
-  return [{"inputs": superni.encode_prompt(task, inst["input"], encoding), "targets": c,
-           **_meta(task, inst, c)}
-          for task in tasks if task["TaskType"] == "classification"
-          for inst in task["Instances"] for c in _output_space(task)]
+  examples = []
+  for task in tasks:
+    if task["TaskType"] == "classification":
+      space = _output_space(task)
+      examples += [{"inputs": superni.encode_prompt(task, inst["input"], encoding),
+                    "targets": c, **_meta(task, inst, c)}
+                   for inst in task["Instances"] for c in space]
+  return examples
 
 
 def _source(examples_fn, fields, subset, options):
