@@ -51,6 +51,6 @@ def export(*, checkpoint_path: str, output_dir: str, model: models_lib.EncoderDe
   if jax.process_index() == 0:
     save = convert.save_hf_token_classifier if token_classifier else convert.save_hf_checkpoint
     save(params, model.config, output_dir)
-    log.info("Exported %s to %s (transformers.T5ForConditionalGeneration.from_pretrained).",
-             checkpoint_path, output_dir)
+    log.info("Exported %s to %s (transformers.%s.from_pretrained).", checkpoint_path, output_dir,
+             "T5ForTokenClassification" if token_classifier else "T5ForConditionalGeneration")
   return output_dir

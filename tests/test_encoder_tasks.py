@@ -202,7 +202,7 @@ def recipe_run(mock_tfds, tmp_path, monkeypatch):
                         # From scratch: no pretrained T5 here.
                         "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.train.initial_checkpoint=None",
                         "--gin.train.progress_bar=False",
-                        "--gin.EvalConfig.steps=1", *u.TINY_GIN, *bindings,
+                        "--gin.EvalConfig.steps=0", *u.TINY_GIN, *bindings,
                         # Steps of milliseconds: orbax's background commit of step 1 raced
                         # the step-2 save here (its tmp directory gone); save synchronously.
                         "--gin.CheckpointConfig.async_save=False"])
@@ -220,7 +220,7 @@ def recipe_run(mock_tfds, tmp_path, monkeypatch):
 def test_head_recipes_parse_and_run(recipe_run, tmp_path, recipe, task, lengths, metric):
   state, eval_metrics = recipe_run(recipe, f"--gin.TASK_FEATURE_LENGTHS={lengths}")
   assert int(state.step) == 2 and "decoder" not in state.params
-  assert f"{task}/{metric}" in eval_metrics and "loss" in eval_metrics
+  assert 0.0 <= eval_metrics[f"{task}/{metric}"] <= 100.0
   operative = (tmp_path / "run" / "config.gin").read_text()
   assert f"MIXTURE_OR_TASK_NAME = '{task}'" in operative
   assert (tmp_path / "run" / "checkpoints" / "2").is_dir()

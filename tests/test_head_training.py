@@ -21,6 +21,14 @@ from tree_utils import tree_max_abs_diff
 CONFIG = u.tiny_model().config
 
 
+@pytest.fixture(scope="module")
+def encoder_decoder(tmp_path_factory):
+  """(final TrainState, checkpoint path) of runmode_utils' encoder-decoder after one step."""
+  model_dir = tmp_path_factory.mktemp("ed")
+  state, _ = u.train_tiny(model_dir, 1)
+  return state, str(model_dir / "checkpoints" / "1")
+
+
 @pytest.fixture(autouse=True)
 def clean_gin():
   gin.clear_config()
@@ -57,17 +65,16 @@ def fresh_head(model, name):
   return jax.device_get(nn.unbox(boxed)[name])
 
 
-def test_sequence_head_from_encoder_decoder_checkpoint_learns_and_restores(tmp_path,
-                                                                         monkeypatch):
-  encoder_decoder, _ = u.train_tiny(tmp_path / "ed", 1)
+def test_sequence_head_from_encoder_decoder_checkpoint_learns_and_restores(
+    tmp_path, monkeypatch, encoder_decoder):
+  ed_state, ed_checkpoint = encoder_decoder
   started = spy_initial_params(monkeypatch)
   model = heads.SequenceClassificationModel(CONFIG)
   lengths = {"inputs": 16, "targets": 1}
   _, metrics = run_head(tmp_path / "cls", model, head_tasks.YES_NO, lengths, 40,
-                        initial_checkpoint=configs.RestoreConfig(str(tmp_path / "ed" /
-                                                                     "checkpoints" / "1")))
+                        initial_checkpoint=configs.RestoreConfig(ed_checkpoint))
   # Encoder and embedding by value from the checkpoint, decoder dropped, head fresh.
-  expected = jax.device_get(encoder_decoder.params)
+  expected = jax.device_get(ed_state.params)
   assert sorted(started["params"]) == ["classifier", "encoder", "token_embedder"]
   for name in ("token_embedder", "encoder"):
     assert tree_max_abs_diff(started["params"][name], expected[name]) == 0.0
@@ -127,15 +134,15 @@ def test_qa_head_learns_spans_from_scratch(tmp_path):
   assert all(p["prediction"].isdigit() for p in right)
 
 
-def test_head_rejects_optimizer_state_from_an_encoder_decoder(tmp_path):
-  u.train_tiny(tmp_path / "ed", 1)
+def test_encoder_that_does_not_fit_and_optimizer_state_are_refused(tmp_path, encoder_decoder):
+  _, ed_checkpoint = encoder_decoder
   with pytest.raises(ValueError, match="restore_optimizer_state=True: an encoder head model"):
     run_head(tmp_path / "cls", heads.SequenceClassificationModel(CONFIG), head_tasks.YES_NO,
              {"inputs": 16, "targets": 1}, 1, initial_checkpoint=configs.RestoreConfig(
-                 str(tmp_path / "ed" / "checkpoints"), restore_optimizer_state=True))
+                 ed_checkpoint, restore_optimizer_state=True))
+  narrow = heads.SequenceClassificationModel(dataclasses.replace(CONFIG, d_ff=96))
+  params = nn.unbox(jax.jit(lambda r: narrow.init(r, {"encoder_input_tokens": (1, 4)}))(
+      jax.random.PRNGKey(0)))
   with pytest.raises(ValueError, match=r"encoder/layers_0/mlp/wi/kernel: checkpoint \(64, 128\) "
                                        r"vs model \(64, 96\)"):
-    run_head(tmp_path / "cls2", heads.SequenceClassificationModel(
-        dataclasses.replace(CONFIG, d_ff=96)),
-             head_tasks.YES_NO, {"inputs": 16, "targets": 1}, 1,
-             initial_checkpoint=configs.RestoreConfig(str(tmp_path / "ed" / "checkpoints")))
+    narrow.load_encoder(ed_checkpoint, params)

@@ -20,6 +20,9 @@ RELU = network.T5Config(vocab_size=96, d_model=32, d_ff=48, d_kv=12, num_heads=3
 GATED = network.T5Config(vocab_size=80, d_model=24, d_ff=40, d_kv=8, num_heads=4,
                          num_encoder_layers=2, num_decoder_layers=3, feed_forward="gated-gelu",
                          tie_word_embeddings=False, dropout_rate=0.0)
+# One layer: the loss and prediction tests run the model op by op (no jit).
+SMALL = network.T5Config(vocab_size=96, d_model=16, d_ff=16, d_kv=8, num_heads=2,
+                         num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
 # T5-Efficient-TINY (gin/models/tiny.gin).
 TINY = network.T5Config(vocab_size=32128, d_model=256, d_ff=1024, d_kv=64, num_heads=4,
                         num_encoder_layers=4, num_decoder_layers=4)
@@ -158,9 +161,9 @@ def _log_softmax(x):
 
 
 def test_sequence_classification_loss_scores_and_predictions():
-  model = heads.SequenceClassificationModel(RELU, num_labels=3, pooling="mean")
+  model = heads.SequenceClassificationModel(SMALL, num_labels=3, pooling="mean")
   params = init_params(model)
-  enc, _, _ = hf_utils.random_batch(RELU, batch=4, enc_len=9)
+  enc, _, _ = hf_utils.random_batch(SMALL, batch=4, enc_len=9)
   enc[3] = 0  # a padding row (as run_batches adds)
   batch = {"encoder_input_tokens": enc, "labels": np.array([2, -1, 0, 1], np.int32)}
   log_probs = _log_softmax(model.outputs(params, batch))
@@ -179,10 +182,10 @@ def test_sequence_classification_loss_scores_and_predictions():
 
 def test_prediction_score_keeps_precision_near_certainty():
   """log p of a near-certain class stays distinct from 0 (the pair metric ranks by it)."""
-  model = heads.SequenceClassificationModel(RELU, num_labels=2)
+  model = heads.SequenceClassificationModel(SMALL, num_labels=2)
   params = init_params(model)
   params["classifier"]["bias"] = np.array([0.0, 30.0], np.float32)
-  enc, _, _ = hf_utils.random_batch(RELU, batch=2)
+  enc, _, _ = hf_utils.random_batch(SMALL, batch=2)
   _, aux = model.predict_batch_with_aux(params, {"encoder_input_tokens": enc})
   logits = np.asarray(model.outputs(params, {"encoder_input_tokens": enc}), np.float64)
   margin = logits[:, 1] - logits[:, 0]
@@ -191,9 +194,9 @@ def test_prediction_score_keeps_precision_near_certainty():
 
 
 def test_regression_loss_is_squared_error():
-  model = heads.SequenceClassificationModel(RELU, regression=True)
+  model = heads.SequenceClassificationModel(SMALL, regression=True)
   params = init_params(model)
-  enc, _, _ = hf_utils.random_batch(RELU)
+  enc, _, _ = hf_utils.random_batch(SMALL)
   batch = {"encoder_input_tokens": enc, "labels": np.array([0.5, 3.0, 4.8], np.float32)}
   predicted = np.asarray(model.outputs(params, batch))[:, 0]
   loss, metrics = model.loss_fn(params, batch)
@@ -221,7 +224,7 @@ def test_best_spans_against_brute_force():
 
 
 def test_question_answering_loss_and_predicted_answer_tokens():
-  model = heads.QuestionAnsweringModel(RELU, max_answer_length=2)
+  model = heads.QuestionAnsweringModel(SMALL, max_answer_length=2)
   params = init_params(model)
   tokens = np.array([[7, 8, 9, 10, 11, 12, 1, 0], [7, 8, 20, 21, 22, 1, 0, 0]], np.int32)
   batch = {"encoder_input_tokens": tokens, "context_start": np.array([2, 2], np.int32),
@@ -320,12 +323,12 @@ def test_label_axis_has_factor_and_partition_rules():
   assert optimizers.factoring((64, 3), ("embed", "labels")) == optimizers.Factoring(
       rows=(0,), cols=(1,))
   assert not optimizers.factoring((3,), ("labels",)).factored
-  model = heads.SequenceClassificationModel(RELU, pre_classifier=True)
+  model = heads.SequenceClassificationModel(SMALL, pre_classifier=True)
   t = trainer.Trainer(model, optimizers.adafactor(), partitioning.Partitioner())
   state = t.init_state({"encoder_input_tokens": (2, 8), "labels": (2,)})
   states = state.opt_state.param_states
-  assert states["classifier"]["kernel"].v_row.shape == (32,)  # [embed]
+  assert states["classifier"]["kernel"].v_row.shape == (16,)  # [embed]
   assert states["classifier"]["kernel"].v_col.shape == (2,)   # [labels]
   assert states["classifier"]["bias"].v.shape == (2,)
-  assert states["pre_classifier_dense"]["kernel"].v_col.shape == (32,)  # [mlp]
+  assert states["pre_classifier_dense"]["kernel"].v_col.shape == (16,)  # [mlp]
   assert "decoder" not in state.params
