@@ -13,8 +13,8 @@ import transformers
 
 import head_tasks
 import runmode_utils as u
-from t5x_lite import (configs, convert, evaluate, export, heads, infer, network, optimizers,
-                      train)
+from t5x_lite import (checkpoints, configs, convert, evaluate, export, heads, infer, network,
+                      optimizers, partitioning, train)
 from tree_utils import tree_max_abs_diff
 
 # runmode_utils' encoder-decoder shape: its checkpoints fit the heads' encoder.
@@ -121,10 +121,13 @@ def test_token_head_from_hf_directory_learns_infers_and_exports(tmp_path, monkey
   assert hf.config.num_labels == 9
 
 
-def test_qa_head_learns_spans_from_scratch(tmp_path):
+def test_qa_head_learns_spans_from_scratch_and_restores(tmp_path):
   model = heads.QuestionAnsweringModel(CONFIG, max_answer_length=4)
-  _, metrics = run_head(tmp_path / "qa", model, head_tasks.NUMBERS, {"inputs": 32, "targets": 4},
-                        80)
+  state, metrics = run_head(tmp_path / "qa", model, head_tasks.NUMBERS,
+                            {"inputs": 32, "targets": 4}, 80)
+  restored = checkpoints.restore_model_params(model, partitioning.Partitioner(),
+                                              str(tmp_path / "qa" / "checkpoints"))
+  assert tree_max_abs_diff(jax.device_get(restored), jax.device_get(state.params)) == 0.0
   # The number among 5-9 words: a random span of the context is right well under 10% of
   # the time.
   assert metrics[f"{head_tasks.NUMBERS}/em"] >= 60.0
