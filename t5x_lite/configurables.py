@@ -13,6 +13,7 @@ import gin
 from t5x_lite import configs
 from t5x_lite import evaluate as evaluate_lib
 from t5x_lite import export as export_lib
+from t5x_lite import heads
 from t5x_lite import infer as infer_lib
 from t5x_lite import model_sizes
 from t5x_lite import models
@@ -23,12 +24,17 @@ from t5x_lite import tasks
 from t5x_lite import train as train_lib
 from t5x_lite.tasks import instructions
 from t5x_lite.tasks import superni
+from t5x_lite.tasks import superni_classifier
 from t5x_lite.tasks import vocab
 
 # The model and how it decodes.
 T5Config = gin.external_configurable(network.T5Config)
 gin.external_configurable(models.EncoderDecoderModel)
 gin.external_configurable(models.DecodingSettings)
+# Encoder-only models (e.g. `train.model = @SequenceClassificationModel()`).
+for _cls in (heads.SequenceClassificationModel, heads.TokenClassificationModel,
+             heads.QuestionAnsweringModel):
+  gin.external_configurable(_cls)
 gin.external_configurable(model_sizes.efficient_field)
 gin.external_configurable(model_sizes.efficient_config)
 
@@ -40,6 +46,8 @@ gin.external_configurable(vocab.padded_vocab_size)
 superni_options = gin.external_configurable(superni.superni_options, module="superni")
 instruction_mixture_cap = gin.external_configurable(instructions.instruction_mixture_cap,
                                                     module="instructions")
+# The task names of the SuperNI generator / classifier comparison recipes.
+gin.external_configurable(superni_classifier.superni_comparison_task, module="superni")
 
 # Optimizer and schedules.
 for _fn in (optimizers.adafactor, optimizers.constant_schedule, optimizers.rsqrt_schedule,

@@ -4,6 +4,11 @@ Import: `load_hf_checkpoint(directory)` reads an HF T5 directory, local or remot
 config.json plus model.safetensors, pytorch_model.bin, or their sharded `*.index.json` forms;
 it returns `(T5Config, params)`. Export: `save_hf_checkpoint(params, config, directory)` writes a
 config.json and model.safetensors that `T5ForConditionalGeneration.from_pretrained` loads.
+Encoder-only models (t5x_lite/heads.py): `load_hf_encoder` takes the encoder of any of
+T5ForConditionalGeneration, T5EncoderModel and T5ForTokenClassification directories;
+`save_hf_encoder` writes a T5EncoderModel, and `save_hf_token_classifier` /
+`load_hf_token_classifier` a T5ForTokenClassification (keys under `transformer.`, plus
+`classifier.weight` [num_labels, d_model] and `classifier.bias`).
 Nothing here touches the network (no hub access).
 
 `params` is the t5x_lite parameter tree without the outer "params" collection key
@@ -134,11 +139,18 @@ def _layer_keys(stack: str, i: int, feed_forward: str):
   return keys
 
 
-def _key_table(config: network.T5Config):
+def _stacks(config: network.T5Config, encoder_only: bool = False):
+  """(name, depth, final norm) of the stacks a model has: T5EncoderModel has no decoder."""
+  stacks = [("encoder", config.num_encoder_layers, "encoder_norm")]
+  if not encoder_only:
+    stacks.append(("decoder", config.num_decoder_layers, "decoder_norm"))
+  return stacks
+
+
+def _key_table(config: network.T5Config, encoder_only: bool = False):
   """Every HF key of `config` -> (t5x_lite path in the per-layer layout, kind)."""
   table = {"shared.weight": (("token_embedder", "embedding"), "embed")}
-  for stack, depth, norm in (("encoder", config.num_encoder_layers, "encoder_norm"),
-                             ("decoder", config.num_decoder_layers, "decoder_norm")):
+  for stack, depth, norm in _stacks(config, encoder_only):
     # One table per stack, stored in the first block's self-attention (as HF does).
     table[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
         (stack, "relpos_bias", "rel_embedding"), "relpos")
@@ -146,7 +158,7 @@ def _key_table(config: network.T5Config):
       for hf_key, path, kind in _layer_keys(stack, i, config.feed_forward):
         table[hf_key] = ((stack, f"layers_{i}") + path, kind)
     table[f"{stack}.final_layer_norm.weight"] = ((stack, norm, "scale"), "norm")
-  if not config.tie_word_embeddings:
+  if not config.tie_word_embeddings and not encoder_only:
     table["lm_head.weight"] = (("decoder", "logits_dense", "kernel"), "linear")
   return table
 
@@ -209,8 +221,7 @@ def _to_hf(kind, w):
 def stack_layers(params: Mapping[str, Any], config: network.T5Config) -> dict:
   """Per-layer params (`layers_{i}`) -> the scan_layers layout (`layers`, leading layer axis)."""
   params = {k: dict(v) if isinstance(v, Mapping) else v for k, v in params.items()}
-  for stack, depth in (("encoder", config.num_encoder_layers),
-                       ("decoder", config.num_decoder_layers)):
+  for stack, depth, _ in _stacks(config, encoder_only="decoder" not in params):
     per_layer = [_flatten(params[stack].pop(f"layers_{i}")) for i in range(depth)]
     params[stack]["layers"] = _unflatten(
         {path: np.stack([np.asarray(layer[path]) for layer in per_layer])
@@ -221,8 +232,7 @@ def stack_layers(params: Mapping[str, Any], config: network.T5Config) -> dict:
 def unstack_layers(params: Mapping[str, Any], config: network.T5Config) -> dict:
   """The scan_layers layout (`layers`, leading layer axis) -> per-layer params (`layers_{i}`)."""
   params = {k: dict(v) if isinstance(v, Mapping) else v for k, v in params.items()}
-  for stack, depth in (("encoder", config.num_encoder_layers),
-                       ("decoder", config.num_decoder_layers)):
+  for stack, depth, _ in _stacks(config, encoder_only="decoder" not in params):
     stacked = _flatten(params[stack].pop("layers"))
     for i in range(depth):
       params[stack][f"layers_{i}"] = _unflatten(
@@ -230,12 +240,14 @@ def unstack_layers(params: Mapping[str, Any], config: network.T5Config) -> dict:
   return params
 
 
-def params_from_hf_state_dict(state_dict: Mapping[str, Any], config: network.T5Config) -> dict:
+def params_from_hf_state_dict(state_dict: Mapping[str, Any], config: network.T5Config,
+                              encoder_only: bool = False) -> dict:
   """t5x_lite params (layout per config.scan_layers, dtype config.param_dtype, numpy) from HF.
 
   Args:
     state_dict: HF key -> array (numpy, or torch tensors: converted via .float().numpy()).
     config: the T5Config the checkpoint must match.
+    encoder_only: a T5EncoderModel's keys (shared + encoder): params without a decoder.
 
   Raises:
     ValueError: on a missing or unknown key, a tensor whose shape differs from what `config`
@@ -243,9 +255,10 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], config: network.T5C
       alias (encoder/decoder.embed_tokens, a tied lm_head) that differs from shared.weight.
   """
   arrays = {key: _as_numpy(value) for key, value in state_dict.items()}
-  table = _key_table(config)
+  table = _key_table(config, encoder_only)
   t5x_shapes = _expected_t5x_shapes(config)
-  aliases = list(_EMBEDDING_ALIASES) + ([] if not config.tie_word_embeddings else ["lm_head.weight"])
+  tied_head = config.tie_word_embeddings and not encoder_only
+  aliases = list(_EMBEDDING_ALIASES) + (["lm_head.weight"] if tied_head else [])
   unknown = sorted(k for k in arrays if k not in table and k not in aliases
                    and k not in _IGNORED_HF_KEYS)
   if unknown:
@@ -282,12 +295,14 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], config: network.T5C
   return stack_layers(params, config) if config.scan_layers else params
 
 
-def hf_state_dict_from_params(params: Mapping[str, Any], config: network.T5Config) -> dict:
+def hf_state_dict_from_params(params: Mapping[str, Any], config: network.T5Config,
+                              encoder_only: bool = False) -> dict:
   """HF T5ForConditionalGeneration state dict (numpy float32, contiguous) from t5x_lite params.
 
   Accepts boxed (nn.LogicallyPartitioned) or plain params, per-layer or stacked, with or
   without the outer "params" key. Writes shared.weight once (no embed_tokens aliases:
   transformers ties them on load) and lm_head.weight only for untied configs.
+  encoder_only: T5EncoderModel's keys from params holding token_embedder and encoder only.
   """
   params = nn.meta.unbox(params)
   if "params" in params and "token_embedder" not in params:
@@ -296,7 +311,7 @@ def hf_state_dict_from_params(params: Mapping[str, Any], config: network.T5Confi
     params = unstack_layers(params, config)
   flat = _flatten(params)
   t5x_shapes = _expected_t5x_shapes(config)
-  table = _key_table(config)
+  table = _key_table(config, encoder_only)
   known = {path for path, _ in table.values()}
   unknown = sorted("/".join(p) for p in flat if p not in known)
   if unknown:
@@ -320,14 +335,17 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: network.T5Config,
 
   `directory` may be local or remote (gs://...): files are written through etils.epath.
   """
+  _write_hf(directory, hf_config_dict(config), hf_state_dict_from_params(params, config))
+
+
+def _write_hf(directory: str, hf_config: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+  """config.json + model.safetensors, local or remote (etils.epath)."""
   from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
-  state = hf_state_dict_from_params(params, config)
   directory = epath.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  (directory / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2,
-                                                    sort_keys=True))
+  (directory / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
   # format=pt: transformers refuses safetensors files without it.
-  (directory / "model.safetensors").write_bytes(save(state, metadata={"format": "pt"}))
+  (directory / "model.safetensors").write_bytes(save(dict(state), metadata={"format": "pt"}))
 
 
 def load_hf_state_dict(directory: str) -> dict:
@@ -385,3 +403,96 @@ def load_hf_checkpoint(directory: str, **config_overrides):
   hf_config = json.loads((epath.Path(directory) / "config.json").read_text())
   config = config_from_hf(hf_config, **config_overrides)
   return config, params_from_hf_state_dict(load_hf_state_dict(directory), config)
+
+
+# ---------------------------------------------------------------- encoder-only models
+
+_TOKEN_CLASSIFIER_PREFIX = "transformer."
+_CLASSIFIER_KEYS = ("classifier.weight", "classifier.bias")
+
+
+def _read_hf_config(directory: str, **config_overrides) -> network.T5Config:
+  config = json.loads((epath.Path(directory) / "config.json").read_text())
+  return config_from_hf(config, **config_overrides)
+
+
+def _encoder_params(state: Mapping[str, Any], config: network.T5Config) -> dict:
+  """{token_embedder, encoder} from any HF T5 state dict (decoder, lm_head, classifier dropped)."""
+  prefix = _TOKEN_CLASSIFIER_PREFIX if any(
+      k.startswith(_TOKEN_CLASSIFIER_PREFIX) for k in state) else ""
+  encoder_state = {}
+  for key, value in state.items():
+    name = key[len(prefix):] if key.startswith(prefix) else key
+    if name == "shared.weight" or name.startswith("encoder."):
+      encoder_state[name] = value
+  return params_from_hf_state_dict(encoder_state, config, encoder_only=True)
+
+
+def load_hf_encoder(directory: str, **config_overrides):
+  """(T5Config, {"token_embedder", "encoder"} params) from a local HF T5 directory.
+
+  Reads T5ForConditionalGeneration (its decoder and lm_head are dropped), T5EncoderModel
+  and T5ForTokenClassification (its classifier is dropped) directories alike.
+  """
+  config = _read_hf_config(directory, **config_overrides)
+  return config, _encoder_params(load_hf_state_dict(directory), config)
+
+
+def load_hf_token_classifier(directory: str, **config_overrides):
+  """(T5Config, params with "classifier" {kernel [d_model, labels], bias}) of a
+  T5ForTokenClassification directory; num_labels is the classifier's width."""
+  config = _read_hf_config(directory, **config_overrides)
+  state = load_hf_state_dict(directory)
+  missing = [k for k in _CLASSIFIER_KEYS if k not in state]
+  if missing:
+    raise ValueError(f"{directory} has no {missing}: not a T5ForTokenClassification "
+                     "checkpoint (load_hf_encoder reads its encoder alone).")
+  params = _encoder_params(state, config)
+  params["classifier"] = {
+      "kernel": np.ascontiguousarray(state["classifier.weight"].T).astype(config.parameter_dtype),
+      "bias": np.asarray(state["classifier.bias"]).astype(config.parameter_dtype)}
+  return config, params
+
+
+def _plain(params: Mapping[str, Any]) -> Mapping[str, Any]:
+  params = nn.meta.unbox(params)
+  return params["params"] if "params" in params and "token_embedder" not in params else params
+
+
+def _encoder_only_config(config: network.T5Config, architecture: str) -> dict:
+  return dict(hf_config_dict(config), architectures=[architecture], is_encoder_decoder=False,
+              use_cache=False)
+
+
+
+
+def save_hf_encoder(params: Mapping[str, Any], config: network.T5Config, directory: str) -> None:
+  """Writes the encoder of params (any head is left out) as a HF T5EncoderModel directory."""
+  params = _plain(params)
+  state = hf_state_dict_from_params({k: params[k] for k in ("token_embedder", "encoder")},
+                                    config, encoder_only=True)
+  _write_hf(directory, _encoder_only_config(config, "T5EncoderModel"), state)
+
+
+def save_hf_token_classifier(params: Mapping[str, Any], config: network.T5Config,
+                             directory: str, label_names=None) -> None:
+  """Writes a TokenClassificationModel's params as a HF T5ForTokenClassification directory.
+
+  Args:
+    label_names: the classes' names for config.json's id2label (default LABEL_i).
+  """
+  params = _plain(params)
+  encoder = {k: params[k] for k in ("token_embedder", "encoder")}
+  state = {_TOKEN_CLASSIFIER_PREFIX + k: v for k, v in hf_state_dict_from_params(
+      encoder, config, encoder_only=True).items()}
+  kernel = np.asarray(params["classifier"]["kernel"], np.float32)  # [d_model, num_labels]
+  state["classifier.weight"] = np.ascontiguousarray(kernel.T)
+  state["classifier.bias"] = np.asarray(params["classifier"]["bias"], np.float32)
+  names = list(label_names or [f"LABEL_{i}" for i in range(kernel.shape[1])])
+  if len(names) != kernel.shape[1]:
+    raise ValueError(f"{len(names)} label names for a classifier with {kernel.shape[1]} "
+                     "outputs.")
+  hf_config = dict(_encoder_only_config(config, "T5ForTokenClassification"),
+                   classifier_dropout=0.0, id2label={str(i): n for i, n in enumerate(names)},
+                   label2id={name: i for i, name in enumerate(names)})
+  _write_hf(directory, hf_config, state)

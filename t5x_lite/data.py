@@ -1,7 +1,9 @@
-"""SeqIO tasks/mixtures -> batches of numpy arrays for the encoder-decoder model.
+"""SeqIO tasks/mixtures -> batches of numpy arrays for the model.
 
-`get_dataset` runs `seqio.get_dataset` with `seqio.EncDecFeatureConverter` and returns a
-batched `tf.data.Dataset` with, per example of a batch of size B:
+`get_dataset` runs `seqio.get_dataset` with the model's feature converter
+(`model.feature_converter(pack)`; the encoder heads' are in t5x_lite/head_features.py)
+and returns a batched `tf.data.Dataset`; with `seqio.EncDecFeatureConverter` (the
+encoder-decoder's, and the default) it has, per example of a batch of size B:
   encoder_input_tokens     [B, inputs_length]  int32
   decoder_input_tokens     [B, targets_length] int32  (targets shifted right, 0 first)
   decoder_target_tokens    [B, targets_length] int32
@@ -19,7 +21,7 @@ TfDatasetIterator, tf.train.Checkpoint as t5x does), so resuming at step N costs
 
 import difflib
 import logging
-from typing import Dict, Iterator, Mapping, Optional
+from typing import Dict, Iterator, Mapping, Optional, Sequence
 
 from clu import data as clu_data
 from etils import epath
@@ -35,13 +37,18 @@ from t5x_lite.tasks import vocab
 tf.config.set_visible_devices([], "GPU")
 
 
-def check_task(name: str, vocab_size: Optional[int] = None) -> seqio.DatasetProviderBase:
+def check_task(name: str, vocab_size: Optional[int] = None,
+               token_features: Sequence[str] = ("inputs", "targets")
+               ) -> seqio.DatasetProviderBase:
   """The registered task or mixture `name`, checked before any pipeline is built.
 
   Args:
     name: a task or mixture name.
-    vocab_size: the model's embedding size (T5Config.vocab_size); if given, every task's
-      vocabulary must pad to it (tasks.vocab.padded_vocab_size).
+    vocab_size: the model's embedding size (T5Config.vocab_size); if given, the vocabulary
+      of every task feature in `token_features` must pad to it
+      (tasks.vocab.padded_vocab_size).
+    token_features: the task features the model reads as tokens of its embedding
+      (`model.token_features`; the encoder heads' targets are labels, not tokens).
 
   Raises:
     ValueError: unknown name (the message lists the closest registered names), or a task
@@ -52,14 +59,16 @@ def check_task(name: str, vocab_size: Optional[int] = None) -> seqio.DatasetProv
   provider = seqio.get_mixture_or_task(name)
   _check_tfds_prepared(provider)
   if vocab_size is not None:
-    _check_vocabulary(provider, vocab_size)
+    _check_vocabulary(provider, vocab_size, token_features)
   return provider
 
 
-def _check_vocabulary(provider, vocab_size: int) -> None:
-  """Every task's vocabulary must be the model's: its size padded to 128 == vocab_size."""
+def _check_vocabulary(provider, vocab_size: int, token_features: Sequence[str]) -> None:
+  """Every task's token vocabulary must be the model's: its size padded to 128 == vocab_size."""
   for task in seqio.get_subtasks(provider):
     for feature_name, feature in task.output_features.items():
+      if feature_name not in token_features:
+        continue
       size = feature.vocabulary.vocab_size
       if vocab.padded_vocab_size(feature.vocabulary) != vocab_size:
         raise ValueError(
@@ -178,17 +187,32 @@ class TruncationStats:
     return dataset.map(_fn)
 
 
-class _CountingEncDecFeatureConverter(seqio.EncDecFeatureConverter):
-  """EncDecFeatureConverter that first counts and truncates over-long task features."""
+class _CountingFeatureConverter(seqio.FeatureConverter):
+  """Counts and truncates over-long task features, then runs the model's converter.
 
-  def __init__(self, stats: TruncationStats, output_features, **kwargs):
-    super().__init__(**kwargs)
+  Only wraps `converter` (seqio.get_dataset accepts FeatureConverter instances only): the
+  wrapped converter's own __call__ does every check and conversion.
+  """
+
+  def __init__(self, converter: seqio.FeatureConverter, stats: TruncationStats,
+               output_features):  # pylint: disable=super-init-not-called
+    self._converter = converter
     self._stats = stats
     self._output_features = output_features
 
   def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
     ds = self._stats.count_and_trim(ds, self._output_features)
-    return super().__call__(ds, task_feature_lengths)
+    return self._converter(ds, task_feature_lengths)
+
+  def _convert_features(self, ds, task_feature_lengths):
+    return self._converter._convert_features(ds, task_feature_lengths)  # pylint: disable=protected-access
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    return self._converter.get_model_feature_lengths(task_feature_lengths)
+
+  @property
+  def pack(self) -> bool:
+    return self._converter.pack
 
 
 def host_shard_info() -> seqio.ShardInfo:
@@ -210,7 +234,9 @@ def get_dataset(mixture_or_task_name: str,
                 shard_info: Optional[seqio.ShardInfo] = None,
                 use_cached: bool = False,
                 num_epochs: Optional[int] = None,
-                truncation_stats: Optional[TruncationStats] = None) -> tf.data.Dataset:
+                truncation_stats: Optional[TruncationStats] = None,
+                feature_converter: Optional[seqio.FeatureConverter] = None
+               ) -> tf.data.Dataset:
   """Batched model features for a registered seqio task or mixture.
 
   Args:
@@ -223,16 +249,19 @@ def get_dataset(mixture_or_task_name: str,
     shuffle: shuffle examples (the task's shuffle buffer) with `seed`.
     seed: seeds shuffling and seqio's random preprocessors (span corruption): the same
       seed gives the same batches. None: non-deterministic.
-    pack: pack several examples per row (adds *_segment_ids and *_positions).
+    pack: pack several examples per row (adds *_segment_ids and *_positions); used by
+      the default converter only (a given feature_converter was built with its own).
     shard_info: this host's shard, e.g. `host_shard_info()`; None reads everything.
       Shards are disjoint and together cover the split.
     use_cached: read the task's offline cache (seqio cache_tasks_main).
     num_epochs: passes over the data; None repeats forever (training).
     truncation_stats: counters to fill; a new one is made if None. Available on the
       result as `dataset.truncation_stats`.
+    feature_converter: the model's, `model.feature_converter(pack)`; None:
+      seqio.EncDecFeatureConverter(pack=pack).
 
   Returns:
-    tf.data.Dataset of dicts of [batch_size, length] int32 tensors (see module doc).
+    tf.data.Dataset of dicts of [batch_size, ...] tensors (see module doc).
 
   Raises:
     ValueError: unknown name (the message lists the closest registered names).
@@ -240,8 +269,9 @@ def get_dataset(mixture_or_task_name: str,
   provider = check_task(mixture_or_task_name)
   check_feature_lengths(mixture_or_task_name, task_feature_lengths)
   stats = truncation_stats or TruncationStats(task_feature_lengths)
-  converter = _CountingEncDecFeatureConverter(
-      stats, provider.output_features, pack=pack)
+  converter = _CountingFeatureConverter(
+      feature_converter or seqio.EncDecFeatureConverter(pack=pack), stats,
+      provider.output_features)
   ds = seqio.get_dataset(
       mixture_or_task_name,
       task_feature_lengths=task_feature_lengths,

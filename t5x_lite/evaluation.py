@@ -1,7 +1,8 @@
 """Evaluation plumbing shared by training's infer-eval and the eval / infer / score run modes.
 
-`InferEvaluator` binds a seqio.Evaluator to a model: predictions come from
-`EncoderDecoderModel.predict_batch_with_aux` (decoding set by `DecodingSettings`),
+`InferEvaluator` binds a seqio.Evaluator to a model: batches come from the model's
+`feature_converter`, predictions from `predict_batch_with_aux` (decoding set by
+`DecodingSettings` for the encoder-decoder; class ids, tags or spans for the encoder heads),
 log-likelihoods (rank classification) from `score_batch`. `run_batches` feeds host batches
 of any size to a jitted function on the mesh. Also: metric flattening ("task/metric",
 "average/metric"), JSONL rows of predictions and their printing.
@@ -49,8 +50,11 @@ def run_batches(fn, batch: Mapping[str, np.ndarray], batch_size: int,
 def make_predict_fn(model: models_lib.EncoderDecoderModel):
   """fn(params, batch, first_index) -> (tokens [B, L], scores [B]); sampling keys depend on
   the batch's first example index, so a resumed or re-run job draws the same samples."""
+  # The encoder heads sample nothing and have no DecodingSettings.
+  seed = model.decoding.seed if model.decoding is not None else 0
+
   def predict(params, batch, first_index):
-    rng = jax.random.fold_in(jax.random.PRNGKey(model.decoding.seed), first_index)
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), first_index)
     tokens, aux = model.predict_batch_with_aux(params, batch, rng)
     return tokens, aux["scores"]
   return predict
@@ -87,7 +91,8 @@ class InferEvaluator:
   """A seqio.Evaluator bound to a model: build once (it caches the eval data), run per step.
 
   Args:
-    model, partitioner: the EncoderDecoderModel and its Partitioner.
+    model, partitioner: the model (EncoderDecoderModel or a t5x_lite.heads model) and
+      its Partitioner.
     mixture_or_task_name: task or mixture whose metric fns are computed.
     task_feature_lengths: {"inputs": Li, "targets": Lt}; Lt is the default decode length.
     batch_size: global batch for decoding / scoring.
@@ -100,9 +105,9 @@ class InferEvaluator:
                task_feature_lengths: Mapping[str, int], batch_size: int,
                split: str = "validation", num_examples: Optional[int] = None):
     self.model, self.partitioner, self.batch_size = model, partitioner, batch_size
-    data.check_task(mixture_or_task_name, model.config.vocab_size)
+    data.check_task(mixture_or_task_name, model.config.vocab_size, model.token_features)
     self.evaluator = seqio.Evaluator(
-        mixture_or_task_name, seqio.EncDecFeatureConverter(pack=False), eval_split=split,
+        mixture_or_task_name, model.feature_converter(pack=False), eval_split=split,
         sequence_length=dict(task_feature_lengths), num_examples=num_examples,
         async_compute_metrics=False, use_memory_cache=True)
     if not self.evaluator.eval_tasks:
@@ -167,7 +172,8 @@ class InferEvaluator:
             "task": task.name,
             "inputs": as_text(example.get("inputs_pretokenized", b"")),
             "targets": as_text(example.get("targets_pretokenized", b"")),
-            "prediction": vocabulary.decode([int(t) for t in predicted])})
+            # Token ids, or the heads' class ids / real values: as seqio decodes them.
+            "prediction": vocabulary.decode(list(predicted))})
     return flatten_metrics(metrics_future.result()), rows
 
 

@@ -29,6 +29,7 @@ from typing import Dict, Iterator, List, Mapping, Optional
 import jax
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from t5x_lite import checkpoints
 from t5x_lite import configs
@@ -109,26 +110,25 @@ class ResumableJsonl:
     _commit_state(self.state_path, self.state)
 
 
-def task_names(mixture_or_task_name: str, vocab_size: Optional[int] = None) -> List[str]:
+def task_names(mixture_or_task_name: str, model=None) -> List[str]:
   """The tasks of a task or mixture, sorted by name (the fixed example order).
 
   Args:
-    vocab_size: the model's T5Config.vocab_size, checked against every task's vocabulary.
+    model: if given, every task's vocabulary is checked against the model's embedding.
   """
-  provider = data.check_task(mixture_or_task_name, vocab_size)
+  provider = (data.check_task(mixture_or_task_name) if model is None else
+              data.check_task(mixture_or_task_name, model.config.vocab_size,
+                              model.token_features))
   return sorted(t.name for t in seqio.get_subtasks(provider))
 
 
-def _pad(tokens: np.ndarray, length: int) -> np.ndarray:
-  tokens = tokens[:length]
-  return np.pad(tokens, (0, length - len(tokens))).astype(np.int32)
-
-
 def examples(mixture_or_task_name: str, split: str, task_feature_lengths: Mapping[str, int],
-             shard_id: int = 0, num_shards: int = 1,
-             max_examples: Optional[int] = None) -> Iterator[Dict]:
+             shard_id: int = 0, num_shards: int = 1, max_examples: Optional[int] = None,
+             feature_converter: Optional[seqio.FeatureConverter] = None) -> Iterator[Dict]:
   """This shard's examples in the fixed order: {"index", "task", "inputs", "targets",
-  "features"} with model features as EncDecFeatureConverter(pack=False) makes them."""
+  "features"} with model features as `feature_converter` (the model's, unpacked; default
+  EncDecFeatureConverter(pack=False)) makes them."""
+  converter = feature_converter or seqio.EncDecFeatureConverter(pack=False)
   index = 0
   for name in task_names(mixture_or_task_name):
     task = seqio.get_mixture_or_task(name)
@@ -137,23 +137,19 @@ def examples(mixture_or_task_name: str, split: str, task_feature_lengths: Mappin
     dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False,
                                num_epochs=1)
     vocabulary = task.output_features["targets"].vocabulary
-    for ex in dataset.as_numpy_iterator():
+    # Unpacked conversion maps example i to model example i.
+    pairs = tf.data.Dataset.zip((dataset, converter(dataset, dict(task_feature_lengths))))
+    for ex, features in pairs.as_numpy_iterator():
       if max_examples is not None and index >= max_examples:
         return
       index += 1
       if (index - 1) % num_shards != shard_id:
         continue
-      targets = _pad(ex["targets"], task_feature_lengths["targets"])
       text = lambda key: evaluation.as_text(
           ex[f"{key}_pretokenized"] if f"{key}_pretokenized" in ex else vocabulary.decode(
               ex[key].tolist()))
       yield {"index": index - 1, "task": name, "inputs": text("inputs"), "targets": text("targets"),
-             "features": {
-                 "encoder_input_tokens": _pad(ex["inputs"], task_feature_lengths["inputs"]),
-                 "decoder_target_tokens": targets,
-                 # Teacher forcing: targets shifted right, decoding starts from 0.
-                 "decoder_input_tokens": np.concatenate([[0], targets[:-1]]).astype(np.int32),
-                 "decoder_loss_weights": (targets > 0).astype(np.int32)}}
+             "features": features}
 
 
 def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_feature_lengths,
@@ -168,7 +164,7 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
   configs.check_int("infer.batch_size", batch_size, gin="BATCH_SIZE")
   configs.check_int("infer.chunk_batches", chunk_batches)
   # Settings a typo breaks fail here, before the checkpoint is read.
-  task_names(mixture_or_task_name, model.config.vocab_size)
+  task_names(mixture_or_task_name, model)
   data.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
   partitioner = partitioner or partitioning.Partitioner()
   path = os.path.join(output_dir, f"{kind}-{shard_id:05d}-of-{num_shards:05d}.jsonl")
@@ -189,7 +185,8 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
   params = checkpoints.restore_model_params(model, partitioner, checkpoint_path)
   predict, score = evaluation.make_predict_fn(model), evaluation.make_score_fn(model)
   stream = itertools.islice(examples(mixture_or_task_name, split, task_feature_lengths,
-                                     shard_id, num_shards, max_examples), done_rows, None)
+                                     shard_id, num_shards, max_examples,
+                                     model.feature_converter(pack=False)), done_rows, None)
   chunks = 0
   while True:
     rows = []
@@ -245,7 +242,7 @@ def infer(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
     task_feature_lengths: TASK_FEATURE_LENGTHS — longer inputs/targets are truncated.
     batch_size: BATCH_SIZE — global batch (all processes of this job together).
     split: SPLIT — the split to read ("validation", "test", ...).
-    model: the EncoderDecoderModel (model gin file).
+    model: the EncoderDecoderModel or encoder head model (model gin file).
     partitioner: mesh and rules; default partitioning.Partitioner().
     shard_id, num_shards: SHARD_ID / NUM_SHARDS — this job does examples with
       index % num_shards == shard_id and writes its own file.

@@ -117,6 +117,9 @@ class EncoderDecoderModel:
       (t5x pretraining uses a constant, e.g. 233472).
     decoding: DecodingSettings for predict_batch (default: greedy, targets length).
   """
+  # Task features read as tokens of the shared embedding (data.check_task checks their
+  # vocabulary against config.vocab_size).
+  token_features = ("inputs", "targets")
 
   def __init__(self, config: network.T5Config, z_loss: float = 1e-4,
                label_smoothing: float = 0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
@@ -130,6 +133,16 @@ class EncoderDecoderModel:
       raise ValueError(f"EncoderDecoderModel.loss_normalizing_factor="
                        f"{loss_normalizing_factor!r}: use one of {NORMALIZERS} or a number.")
     self.loss_normalizing_factor = loss_normalizing_factor
+
+  @property
+  def uses_dropout(self) -> bool:
+    """Whether training needs a dropout RNG."""
+    return bool(self.config.dropout_rate or self.config.attention_dropout)
+
+  def feature_converter(self, pack: bool):
+    """The seqio.FeatureConverter that makes this model's batches (module docstring)."""
+    import seqio  # pylint: disable=g-import-not-at-top  # keep `import models` free of TF
+    return seqio.EncDecFeatureConverter(pack=pack)
 
   def init(self, rng, input_shapes):
     """Boxed (logically partitioned) params from shapes {"encoder_input_tokens": (B, Li), ...}."""

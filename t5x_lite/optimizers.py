@@ -49,11 +49,16 @@ def standard_logical_factor_rules():
 
   Returns:
     {logical axis name: role}: ROW dims are what v_col is averaged over (`embed`), COLUMN
-    dims what v_row is averaged over, BATCH dims (`layers`) keep separate statistics, update
-    clipping and parameter scale per index, and NONE dims leave the parameter unfactored.
+    dims what v_row is averaged over (`vocab`, `mlp`, `heads`, `kv`, `joined_kv`, and
+    `labels`, the class axis of t5x_lite/heads.py), BATCH dims (`layers`) keep separate
+    statistics, update clipping and parameter scale per index, and NONE dims leave the
+    parameter unfactored.
   """
   return {"embed": ROW, "vocab": COLUMN, "mlp": COLUMN, "heads": COLUMN, "kv": COLUMN,
-          "joined_kv": COLUMN, "relpos_buckets": NONE, "layers": BATCH}
+          "joined_kv": COLUMN, "relpos_buckets": NONE, "layers": BATCH,
+          # Encoder heads' label axis: an [embed, labels] classifier is factored like an
+          # [embed, vocab] output layer; a [labels] bias keeps a full second moment.
+          "labels": COLUMN}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,6 +42,8 @@ def standard_logical_axis_rules(fsdp: bool = False, activation_partitioning: boo
       ("kv", None),
       ("embed", "data" if fsdp else None),
       ("relpos_buckets", None),
+      # The label axis of encoder heads (t5x_lite/heads.py): a few classes, replicated.
+      ("labels", None),
       ("layers", None),
       # Activations.
       ("activation_batch", ("replica", "data")),

@@ -15,6 +15,7 @@ from t5x_lite import configs
 from t5x_lite import data
 from t5x_lite import evaluation as evaluation_lib
 from t5x_lite import gin_utils
+from t5x_lite import heads
 from t5x_lite import models as models_lib
 from t5x_lite import optimizers
 from t5x_lite import partitioning
@@ -65,6 +66,8 @@ def restore_or_init(trainer: trainer_lib.Trainer, abstract, input_shapes, manage
   """Resume from MODEL_DIR if it has checkpoints, else start from the initial checkpoint, else init.
 
   Resuming wins over INITIAL_CHECKPOINT_PATH: a preempted finetune must continue, not restart.
+  An encoder head model (t5x_lite/heads.py) takes only the encoder of INITIAL_CHECKPOINT_PATH
+  (an orbax checkpoint or a HF directory): decoder dropped, head and optimizer fresh.
   A damaged latest step is skipped for the newest readable one (CheckpointManager.restore).
 
   Args:
@@ -78,6 +81,16 @@ def restore_or_init(trainer: trainer_lib.Trainer, abstract, input_shapes, manage
     state = manager.restore(abstract, dataset_iterator)
     log.info("Resumed from %s/%d.", manager.directory, int(jax.device_get(state.step)))
     return state
+  if initial_checkpoint and isinstance(trainer.model, heads.EncoderHeadModel):
+    if initial_checkpoint.restore_optimizer_state:
+      raise ValueError("RestoreConfig.restore_optimizer_state=True: an encoder head model "
+                       "starts from the encoder of INITIAL_CHECKPOINT_PATH with a fresh "
+                       "optimizer; set it False.")
+    log.info("Starting from the encoder of %s (decoder dropped, head initialised from seed "
+             "%d).", initial_checkpoint.path, trainer.seed)
+    state = trainer.init_state(input_shapes)
+    return state.replace(params=trainer.model.load_encoder(initial_checkpoint.path,
+                                                           state.params))
   if initial_checkpoint:
     path = checkpoints_lib.resolve_checkpoint_path(initial_checkpoint.path)
     if initial_checkpoint.restore_optimizer_state:
@@ -146,7 +159,7 @@ class _NonFiniteWatch:
 def _check_settings(train_steps, log_period, num_microbatches, nonfinite_policy,
                     max_consecutive_nonfinite, train_dataset: configs.DatasetConfig,
                     evaluation: configs.EvalConfig, partitioner: partitioning.Partitioner,
-                    vocab_size: int):
+                    model):
   """Every setting a typo can break, checked before any expensive start-up work."""
   configs.check_int("train.train_steps", train_steps, gin="TRAIN_STEPS")
   configs.check_int("train.log_period", log_period)
@@ -166,7 +179,7 @@ def _check_settings(train_steps, log_period, num_microbatches, nonfinite_policy,
   if evaluation.steps:
     names.append(evaluation.mixture_or_task_name)
   for name in filter(None, names):
-    data.check_task(name, vocab_size)
+    data.check_task(name, model.config.vocab_size, model.token_features)
     data.check_feature_lengths(name, train_dataset.task_feature_lengths)
 
 
@@ -234,7 +247,8 @@ def train(*, model_dir: str, train_steps: int, model: models_lib.EncoderDecoderM
   Args (gin; the run files gin/runs/*.gin bind the macros in capitals):
     model_dir: MODEL_DIR — checkpoints, summaries, config.gin and loss.png (t5x_lite.run_dir).
     train_steps: TRAIN_STEPS — total steps (a resumed run continues up to this step).
-    model: an EncoderDecoderModel (its T5Config comes from a gin/models file).
+    model: an EncoderDecoderModel, or an encoder head model (t5x_lite/heads.py); its
+      T5Config comes from a gin/models file.
     train_dataset: what to train on (MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE).
     optimizer: (transform, schedule); default optimizers.adafactor().
     partitioner: mesh + rules; default partitioning.Partitioner().
@@ -260,11 +274,13 @@ def train(*, model_dir: str, train_steps: int, model: models_lib.EncoderDecoderM
   """
   partitioner = partitioner or partitioning.Partitioner()
   _check_settings(train_steps, log_period, num_microbatches, nonfinite_policy,
-                  max_consecutive_nonfinite, train_dataset, evaluation, partitioner,
-                  model.config.vocab_size)
+                  max_consecutive_nonfinite, train_dataset, evaluation, partitioner, model)
   run_dir = RunDir(model_dir)
   if initial_checkpoint and not run_dir.checkpoint_steps():
-    checkpoints_lib.resolve_checkpoint_path(initial_checkpoint.path)  # Fails fast if wrong.
+    # Fails fast if wrong; an encoder head also reads a HF directory (heads.load_encoder).
+    if not (isinstance(model, heads.EncoderHeadModel) and heads.is_hf_directory(
+        initial_checkpoint.path)):
+      checkpoints_lib.resolve_checkpoint_path(initial_checkpoint.path)
   lock = _take_lock(run_dir, force_lock)
   try:
     with preemption.StopRequest() as stop_request:
@@ -381,7 +397,8 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
     return data.get_dataset(config.mixture_or_task_name, config.task_feature_lengths,
                             split=config.split, batch_size=local_batch, shuffle=config.shuffle,
                             seed=config.seed, pack=config.pack, use_cached=config.use_cached,
-                            shard_info=data.host_shard_info(), num_epochs=num_epochs)
+                            shard_info=data.host_shard_info(), num_epochs=num_epochs,
+                            feature_converter=model.feature_converter(config.pack))
 
   train_ds = dataset(train_dataset)
   iterator = data.DatasetIterator(train_ds)

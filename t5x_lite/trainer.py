@@ -37,7 +37,7 @@ class Trainer:
   """Owns the model, optimizer and partitioner; builds jitted steps with in/out shardings.
 
   Args:
-    model: an EncoderDecoderModel.
+    model: an EncoderDecoderModel or an encoder head model (t5x_lite/heads.py).
     optimizer: (optax.GradientTransformation, schedule) as optimizers.adafactor returns;
       its init gets the boxed params (Adafactor reads their logical axis names).
     partitioner: a partitioning.Partitioner (mesh + rules).
@@ -113,7 +113,7 @@ class Trainer:
   # ---- steps ------------------------------------------------------------------------------
 
   def _dropout_rng(self, step):
-    if self.model.config.dropout_rate == 0.0 and not self.model.config.attention_dropout:
+    if not self.model.uses_dropout:
       return None
     return jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), step)
 
@@ -144,13 +144,14 @@ class Trainer:
 
   def _summarize(self, metrics, batch, step):
     tokens = jnp.maximum(metrics["num_tokens"], 1.0)
-    targets = batch["decoder_target_tokens"]
+    # Every label slot of the batch (target tokens; examples or tokens for the heads).
+    slots = self.model.loss_weights(batch).size
     return {
         "loss": metrics["loss_sum"] / tokens,
         "z_loss": metrics["z_loss_sum"] / tokens,
         "accuracy": 100.0 * metrics["correct"] / tokens,  # percent, like seqio's metrics
         "num_tokens": metrics["num_tokens"],
-        "nonpadding_fraction": metrics["num_tokens"] / targets.size,
+        "nonpadding_fraction": metrics["num_tokens"] / slots,
         "learning_rate": jnp.asarray(self.schedule(step), jnp.float32),
     }
 

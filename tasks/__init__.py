@@ -13,12 +13,14 @@ from typing import Optional
 import seqio
 
 from t5x_lite.tasks import corpora  # noqa: F401
+from t5x_lite.tasks import encoder_tasks
 from t5x_lite.tasks import glue
 from t5x_lite.tasks import instructions
 from t5x_lite.tasks import metrics  # noqa: F401
 from t5x_lite.tasks import pretraining
 from t5x_lite.tasks import quickstart
 from t5x_lite.tasks import superni
+from t5x_lite.tasks import superni_classifier
 from t5x_lite.tasks import ul2
 from t5x_lite.tasks import vocab
 
@@ -39,6 +41,8 @@ def register_builtin_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
   glue.register_tasks(vocabulary)
   instructions.register_instruction_tasks(vocabulary, mixture_cap=instruction_mixture_cap)
   superni.register_superni_tasks(vocabulary, superni_options)
+  superni_classifier.register_superni_classifier_tasks(vocabulary, superni_options)
+  encoder_tasks.register_tasks(vocabulary)
   quickstart.register_mixture(instruction_mixture_cap)
 
 

@@ -1,4 +1,5 @@
-"""Evaluation metrics as seqio metric fns: SuperNI exact match / ROUGE-L, accuracy, F1.
+"""Evaluation metrics as seqio metric fns: SuperNI exact match / ROUGE-L, accuracy, F1,
+SQuAD EM / F1 and CoNLL span F1.
 
 The SuperNI metrics reproduce allenai/natural-instructions' official scorer
 (`eval/automatic/evaluation.py`, also Tk-Instruct's `src/compute_metrics.py`):
@@ -220,3 +221,61 @@ def f1(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, float
   """seqio metric fn: token F1 (max over references) averaged, x100."""
   return _averaged("f1", targets, predictions,
                    lambda p, rs: metric_max_over_references(token_f1_score, p, rs))
+
+
+def squad(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, float]:
+  """seqio metric fn: SQuAD v1.1's EM and F1 (x100, max over each example's answers).
+
+  SQuAD's normalisation (`remove_articles=True`): lower-case, no punctuation, no
+  a/an/the, single spaces.
+  """
+  refs = [references_of(t) for t in targets]
+  if not refs:
+    return {"em": 0.0, "f1": 0.0}
+  em = sum(metric_max_over_references(
+      lambda p, r: exact_match_score(p, r, remove_articles=True), p, rs)
+           for p, rs in zip(predictions, refs))
+  f1_total = sum(metric_max_over_references(
+      lambda p, r: token_f1_score(p, r, remove_articles=True), p, rs)
+                 for p, rs in zip(predictions, refs))
+  return {"em": 100.0 * em / len(refs), "f1": 100.0 * f1_total / len(refs)}
+
+
+def iob_chunks(tags: Sequence[str]) -> set:
+  """Entity chunks {(start, end, type)} of an IOB1/IOB2 tag sequence, as conlleval reads it.
+
+  A chunk starts at a B- tag, or at an I- tag that does not continue a chunk of its type
+  (conlleval's lenient reading), and ends before the next tag that does not continue it.
+  """
+  chunks, start, kind = set(), None, None
+  for i, tag in enumerate(list(tags) + ["O"]):
+    prefix, _, tag_kind = tag.partition("-")
+    if start is not None and (prefix != "I" or tag_kind != kind):
+      chunks.add((start, i, kind))
+      start = None
+    if prefix in ("B", "I") and start is None:
+      start, kind = i, tag_kind
+  return chunks
+
+
+def span_f1(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float]:
+  """seqio metric fn: entity-level precision / recall / F1 (conlleval's micro average) and
+  tag accuracy, x100, over space-separated word tag sequences.
+
+  A prediction shorter than its target (words cut off by truncation) is padded with "O".
+  """
+  found = correct = gold = right_tags = words = 0
+  for target, prediction in zip(targets, predictions):
+    target_tags = target.split()
+    predicted = (prediction.split() + ["O"] * len(target_tags))[:len(target_tags)]
+    target_chunks, predicted_chunks = iob_chunks(target_tags), iob_chunks(predicted)
+    gold += len(target_chunks)
+    found += len(predicted_chunks)
+    correct += len(target_chunks & predicted_chunks)
+    right_tags += sum(t == p for t, p in zip(target_tags, predicted))
+    words += len(target_tags)
+  precision = correct / found if found else 0.0
+  recall = correct / gold if gold else 0.0
+  f1_value = 2 * precision * recall / (precision + recall) if correct else 0.0
+  return {"precision": 100.0 * precision, "recall": 100.0 * recall, "f1": 100.0 * f1_value,
+          "accuracy": 100.0 * right_tags / words if words else 0.0}

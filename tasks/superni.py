@@ -29,11 +29,17 @@ random sample of `max_train_instances_per_task` (100); test tasks keep the first
 instances first, and its leaderboard scores exactly those.
 
 Task type rule (for the `superni_classification_*` / `superni_generation_*`
-subsets): a task is "classification" when its valid instances' normalised
-references take at most `max_classification_labels` (10) distinct values and there
-are at least twice as many instances as distinct values (so a 3-instance task with
-3 different answers is not a 3-way classifier); otherwise "generation". The rule is
-computed on all of the task's instances, before the per-task cap.
+subsets), `superni_options.task_type_rule`, computed on all of a task's valid
+instances, before the per-task cap:
+  "category" (default): "classification" when the task's category (its first
+    "Categories" entry) is in CLASSIFICATION_CATEGORIES and its instances' lower-cased
+    outputs take at most `max_output_space` (100) distinct values — its output space,
+    the candidate labels of the encoder classifier and of rank classification
+    (tasks/superni_classifier.py); otherwise "generation".
+  "label_count": "classification" when the normalised references take at most
+    `max_classification_labels` (10) distinct values and there are at least twice as
+    many instances as distinct values (so a 3-instance task with 3 different answers is
+    not a 3-way classifier).
 
 Registered tasks (`{enc}` in ENCODINGS):
   superni_{enc}_train                    splits: train       (train_tasks.txt)
@@ -51,7 +57,7 @@ import logging
 import os
 import random
 import string
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import seqio
 import tensorflow as tf
@@ -84,6 +90,27 @@ ENCODINGS: Dict[str, Encoding] = {
     "def_pos2_neg2_expl": Encoding(num_neg_examples=2, add_explanation=True),
 }
 TASK_TYPES = ("classification", "generation")
+TASK_TYPE_RULES = ("category", "label_count")
+
+# SuperNI's categories (its task JSON "Categories" names, spelled as there) whose tasks
+# pick a label from a closed set: detection, identification, recognition, verification,
+# classification, entailment and matching tasks, and coreference (picking the referent).
+# Tasks of these categories whose outputs still take more than max_output_space values
+# (e.g. coreference answered with free names) count as generation.
+CLASSIFICATION_CATEGORIES = frozenset((
+    "Answer Verification", "Answerability Classification", "Cause Effect Classification",
+    "Coherence Classification", "Commonsense Classification", "Coreference Resolution",
+    "Dialogue Act Recognition", "Discourse Connective Identification",
+    "Discourse Relation Classification", "Entity Relation Classification",
+    "Ethics Classification", "Fact Verification", "Gender Classification",
+    "Grammar Error Detection", "Intent Identification", "Irony Detection",
+    "Language Identification", "Linguistic Probing", "Negotiation Strategy Detection",
+    "Punctuation Error Detection", "Section Classification", "Sentiment Analysis",
+    "Spam Classification", "Speaker Identification", "Speaker Relation Classification",
+    "Spelling Error Detection", "Stance Detection", "Stereotype Detection",
+    "Text Categorization", "Text Matching", "Text Quality Evaluation", "Textual Entailment",
+    "Toxic Language Detection", "Word Relation Classification", "Word Semantics",
+))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +125,11 @@ class SuperNIOptions:
     max_train_instances_per_task: instances sampled per training task (Tk-Instruct: 100).
       A negative value keeps all.
     max_test_instances_per_task: first instances kept per test task (SuperNI: 100).
-    max_classification_labels: largest label set of a "classification" task.
+    task_type_rule: "category" (the category table and the output space) or
+      "label_count" (at most max_classification_labels labels); see the module docstring.
+    max_output_space: largest output space of a "classification" task ("category").
+    max_classification_labels: largest label set of a "classification" task
+      ("label_count").
     seed: seeds the training-instance sample, the choice among several references
       for the training target, and the task order when files are shuffled.
   """
@@ -106,8 +137,15 @@ class SuperNIOptions:
   split: str = "default"
   max_train_instances_per_task: int = 100
   max_test_instances_per_task: int = 100
+  task_type_rule: str = "category"
+  max_output_space: int = 100
   max_classification_labels: int = 10
   seed: int = 42
+
+  def __post_init__(self):
+    if self.task_type_rule not in TASK_TYPE_RULES:
+      raise ValueError(f"superni_options.task_type_rule={self.task_type_rule!r}; use one of "
+                       f"{TASK_TYPE_RULES}.")
 
   def resolved_data_dir(self) -> str:
     """data_dir, else $SUPERNI_DATA_DIR.
@@ -161,7 +199,27 @@ def encode_prompt(task: Mapping[str, Any], instance_input: str, encoding: Encodi
   """
   task_input = _end_sentence(
       "Now complete the following example -\n" + f"Input: {instance_input.strip()}")
-  task_input += "\nOutput: "
+  return instruction(task, encoding) + task_input + "\nOutput: "
+
+
+def classifier_prompt(task: Mapping[str, Any], instance_input: str, candidate: str,
+                      encoding: Encoding) -> Tuple[str, str]:
+  """The encoder classifier's input, asking whether `candidate` is this instance's output.
+
+  The instruction (as in encode_prompt), then "Input: <input>.\nOutput: <candidate>.\nIs
+  this example correct?" ("." added as Tk-Instruct adds it: unless the text already ends
+  in punctuation).
+
+  Returns:
+    (head, tail): the prompt is head + tail; the tail ("Output: <candidate>. ...") is what
+    must survive truncation, so that the question the label answers is in the input.
+  """
+  head = instruction(task, encoding) + _end_sentence(f"Input: {instance_input.strip()}") + "\n"
+  return head, _end_sentence(f"Output: {candidate.strip()}") + "\nIs this example correct?"
+
+
+def instruction(task: Mapping[str, Any], encoding: Encoding) -> str:
+  """The task part of a prompt: name, definition, positive and negative examples."""
   name = task["Task"] + ". " if encoding.add_task_name else ""
   definition = ""
   if encoding.add_definition:
@@ -172,7 +230,7 @@ def encode_prompt(task: Mapping[str, Any], instance_input: str, encoding: Encodi
          for i, ex in enumerate(task["Positive Examples"][:encoding.num_pos_examples])]
   neg = [_example_block("Negative", i + 1, ex, encoding.add_explanation)
          for i, ex in enumerate(task["Negative Examples"][:encoding.num_neg_examples])]
-  return name + definition + "".join(pos) + "".join(neg) + task_input
+  return name + definition + "".join(pos) + "".join(neg)
 
 
 # ---------------------------------------------------------------- reading the clone
@@ -271,29 +329,57 @@ def _valid_instances(task_name: str, instances: List[Any], path: str) -> List[Di
 
 
 def classify_task_type(instances: Sequence[Mapping[str, Any]], max_labels: int) -> str:
-  """"classification" or "generation" by the label-set rule in the module docstring."""
+  """"classification" or "generation" by the "label_count" rule (module docstring)."""
   labels = {metrics.normalize_answer(o) for inst in instances for o in inst["output"]}
   if len(labels) <= max_labels and 2 * len(labels) <= len(instances):
     return "classification"
   return "generation"
 
 
+def output_space(instances: Sequence[Mapping[str, Any]]) -> List[str]:
+  """The distinct lower-cased outputs of a task's instances, each as first spelled there.
+
+  Returns:
+    One candidate per lower-cased value, in order of first appearance.
+  """
+  first = {}
+  for inst in instances:
+    for output in inst["output"]:
+      first.setdefault(output.lower(), output)
+  return list(first.values())
+
+
+def category_task_type(category: str, space: Sequence[str], max_output_space: int) -> str:
+  """"classification" or "generation" by the "category" rule, given the output space."""
+  if category in CLASSIFICATION_CATEGORIES and len(space) <= max_output_space:
+    return "classification"
+  return "generation"
+
+
 @functools.lru_cache(maxsize=4096)
 def _load_task(path: str, mtime_ns: int, size: int, subset: str, cap: int, seed: int,
-               max_labels: int) -> Dict[str, Any]:
-  """Parsed, capped task; cached on (path, mtime, size) since files are big."""
+               rule: str, max_size: int) -> Dict[str, Any]:
+  """Parsed, capped task; cached on (path, mtime, size) since files are big.
+
+  `max_size` is the rule's limit: max_output_space ("category") or
+  max_classification_labels ("label_count").
+  """
   del mtime_ns, size  # Cache key only: a rewritten file is re-read.
   task_name = os.path.basename(path)[:-len(".json")]
   data = read_task_file(path)
   instances = _valid_instances(task_name, data["Instances"], path)
-  task_type = classify_task_type(instances, max_labels)
+  categories = data.get("Categories") or [""]
+  space = output_space(instances)
+  if rule == "category":
+    task_type = category_task_type(_text(categories[0]), space, max_size)
+  else:
+    task_type = classify_task_type(instances, max_size)
   rng = random.Random(f"{seed}:{task_name}")
   if subset == "train":
     instances = list(instances)
     rng.shuffle(instances)
   if cap >= 0:
     instances = instances[:cap]
-  categories = data.get("Categories") or [""]
   return {
       "Task": task_name,
       "Definition": data["Definition"] if isinstance(data["Definition"], list)
@@ -302,6 +388,8 @@ def _load_task(path: str, mtime_ns: int, size: int, subset: str, cap: int, seed:
       "Negative Examples": _clean_examples(data.get("Negative Examples")),
       "Category": _text(categories[0]),
       "TaskType": task_type,
+      # The candidate labels of classification tasks (tasks/superni_classifier.py).
+      "OutputSpace": space if task_type == "classification" else [],
       # Tk-Instruct samples one reference per training step; a seeded pick per
       # instance keeps the dataset deterministic. Test targets use the first one.
       "Instances": [dict(inst, target=(rng.choice(inst["output"]) if subset == "train"
@@ -328,8 +416,10 @@ def load_split_tasks(options: SuperNIOptions, subset: str) -> List[Dict[str, Any
       raise FileNotFoundError(f"SuperNI task file {path} does not exist, but task "
                               f"{name!r} is listed in {split_file}")
     stat = os.stat(path)
+    max_size = (options.max_output_space if options.task_type_rule == "category"
+                else options.max_classification_labels)
     tasks.append(_load_task(path, stat.st_mtime_ns, stat.st_size, subset, cap,
-                            options.seed, options.max_classification_labels))
+                            options.seed, options.task_type_rule, max_size))
   return tasks
 
 
@@ -367,9 +457,15 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
   if shuffle_files:
     tasks = list(tasks)
     random.Random(options.seed if seed is None else seed).shuffle(tasks)
-  examples = build_examples(tasks, encoding, task_type)
-  spec = {k: tf.TensorSpec([], tf.string) for k in _FIELDS}
-  return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
+  return string_columns_dataset(build_examples(tasks, encoding, task_type), _FIELDS)
+
+
+def string_columns_dataset(examples: Sequence[Mapping[str, str]],
+                           fields: Sequence[str]) -> tf.data.Dataset:
+  """A dataset of str-field dicts, from columns: unlike a generator-backed dataset, its
+  iterator can be checkpointed (training saves the input pipeline's position)."""
+  return tf.data.Dataset.from_tensor_slices(
+      {k: tf.constant([ex[k] for ex in examples], tf.string) for k in fields})
 
 
 def _as_str(value: Any) -> str:

@@ -1,0 +1,151 @@
+"""The encoder heads through the run modes: each learns a small task (tests/head_tasks.py),
+saves and restores through orbax, starts from an encoder-decoder checkpoint (orbax or HF
+directory) with the decoder dropped, and its predictions reach eval / infer / export."""
+
+import dataclasses
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+import pytest
+import transformers
+
+import head_tasks
+import runmode_utils as u
+from t5x_lite import (checkpoints, configs, convert, evaluate, export, heads, infer, network,
+                      optimizers, partitioning, train)
+from tree_utils import tree_max_abs_diff
+
+# runmode_utils' encoder-decoder shape: its checkpoints fit the heads' encoder.
+CONFIG = u.tiny_model().config
+
+
+@pytest.fixture(scope="module")
+def encoder_decoder(tmp_path_factory):
+  """(final TrainState, checkpoint path) of runmode_utils' encoder-decoder after one step."""
+  model_dir = tmp_path_factory.mktemp("ed")
+  state, _ = u.train_tiny(model_dir, 1)
+  return state, str(model_dir / "checkpoints" / "1")
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def spy_initial_params(monkeypatch):
+  """Records the parameters training starts from (before any step)."""
+  started = {}
+  original = train.restore_or_init
+
+  def spy(*args, **kwargs):
+    state = original(*args, **kwargs)
+    started["params"] = jax.device_get(state.params)
+    return state
+
+  monkeypatch.setattr(train, "restore_or_init", spy)
+  return started
+
+
+def run_head(model_dir, model, task, lengths, steps, pack=False, **kwargs):
+  return train.train(
+      model_dir=str(model_dir), train_steps=steps, model=model,
+      train_dataset=configs.DatasetConfig(task, lengths, batch_size=16, pack=pack),
+      optimizer=optimizers.adafactor(optimizers.constant_schedule(1e-2)),
+      checkpoint=configs.CheckpointConfig(period=1000, keep=None),
+      evaluation=configs.EvalConfig(steps=1, infer_eval_mixture_or_task_name=task),
+      log_period=steps, progress_bar=False, **kwargs)
+
+
+def fresh_head(model, name):
+  boxed = model.init(jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 8)})  # trainer's seed 0
+  return jax.device_get(nn.unbox(boxed)[name])
+
+
+def test_sequence_head_from_encoder_decoder_checkpoint_learns_and_restores(
+    tmp_path, monkeypatch, encoder_decoder):
+  ed_state, ed_checkpoint = encoder_decoder
+  started = spy_initial_params(monkeypatch)
+  model = heads.SequenceClassificationModel(CONFIG)
+  lengths = {"inputs": 16, "targets": 1}
+  _, metrics = run_head(tmp_path / "cls", model, head_tasks.YES_NO, lengths, 40,
+                        initial_checkpoint=configs.RestoreConfig(ed_checkpoint))
+  # Encoder and embedding by value from the checkpoint, decoder dropped, head fresh.
+  expected = jax.device_get(ed_state.params)
+  assert sorted(started["params"]) == ["classifier", "encoder", "token_embedder"]
+  for name in ("token_embedder", "encoder"):
+    assert tree_max_abs_diff(started["params"][name], expected[name]) == 0.0
+  assert tree_max_abs_diff(started["params"]["classifier"],
+                           fresh_head(model, "classifier")) == 0.0
+  # Chance is 50%; 40 steps on "say yes 17" / "say no 9" get every validation example.
+  assert metrics[f"{head_tasks.YES_NO}/accuracy"] >= 90.0
+  assert metrics["loss"] < 0.1
+  # The orbax checkpoint restores to the same predictions through the eval run mode.
+  results = evaluate.evaluate(mixture_or_task_name=head_tasks.YES_NO, task_feature_lengths=lengths,
+                              batch_size=8, model=model, model_dir=str(tmp_path / "cls"),
+                              output_dir=str(tmp_path / "eval"))
+  assert results[40][f"{head_tasks.YES_NO}/accuracy"] == metrics[f"{head_tasks.YES_NO}/accuracy"]
+  rows = u.read_jsonl(tmp_path / "eval" / "eval_validation_predictions" / "40.jsonl")
+  assert len(rows) == 32 and {r["prediction"] for r in rows} <= {"yes", "no"}
+  right = np.mean([r["prediction"] == r["targets"] for r in rows])
+  assert 100.0 * right == pytest.approx(metrics[f"{head_tasks.YES_NO}/accuracy"])
+
+
+def test_token_head_from_hf_directory_learns_infers_and_exports(tmp_path, monkeypatch):
+  ed_params = nn.unbox(jax.jit(lambda r: network.Transformer(CONFIG).init(
+      r, np.ones((1, 4), np.int32), np.ones((1, 4), np.int32)))(jax.random.PRNGKey(3))["params"])
+  convert.save_hf_checkpoint(ed_params, CONFIG, str(tmp_path / "hf"))
+  started = spy_initial_params(monkeypatch)
+  model = heads.TokenClassificationModel(CONFIG, num_labels=9)
+  lengths = {"inputs": 32, "targets": 32}
+  _, metrics = run_head(tmp_path / "tok", model, head_tasks.NAMES, lengths, 40, pack=True,
+                        initial_checkpoint=configs.RestoreConfig(str(tmp_path / "hf")))
+  for name in ("token_embedder", "encoder"):
+    assert tree_max_abs_diff(started["params"][name], ed_params[name]) == 0.0
+  # Entity F1 of "Alice"/"Bob"... as B-PER among other words; chance is far below.
+  assert metrics[f"{head_tasks.NAMES}/f1"] >= 80.0
+  checkpoint = str(tmp_path / "tok" / "checkpoints" / "40")
+  path = infer.infer(checkpoint_path=checkpoint, output_dir=str(tmp_path / "infer"),
+                     mixture_or_task_name=head_tasks.NAMES, task_feature_lengths=lengths,
+                     batch_size=8, model=model)
+  rows = u.read_jsonl(path)
+  assert len(rows) == 32
+  for row in rows:  # one predicted tag per word (no sentence here is truncated)
+    assert len(row["prediction"].split()) == len(row["targets"].split()) == len(
+        row["inputs"].split())
+  export.export(checkpoint_path=checkpoint, output_dir=str(tmp_path / "export"), model=model)
+  hf = transformers.T5ForTokenClassification.from_pretrained(str(tmp_path / "export"))
+  assert hf.config.num_labels == 9
+
+
+def test_qa_head_learns_spans_from_scratch_and_restores(tmp_path):
+  model = heads.QuestionAnsweringModel(CONFIG, max_answer_length=4)
+  state, metrics = run_head(tmp_path / "qa", model, head_tasks.NUMBERS,
+                            {"inputs": 32, "targets": 4}, 80)
+  restored = checkpoints.restore_model_params(model, partitioning.Partitioner(),
+                                              str(tmp_path / "qa" / "checkpoints"))
+  assert tree_max_abs_diff(jax.device_get(restored), jax.device_get(state.params)) == 0.0
+  # The number among 5-9 words: a random span of the context is right well under 10% of
+  # the time.
+  assert metrics[f"{head_tasks.NUMBERS}/em"] >= 60.0
+  predictions = u.read_jsonl(tmp_path / "qa" / "infer_eval_predictions" / "80.jsonl")
+  right = [p for p in predictions if p["prediction"] == p["targets"]]
+  assert len(right) / len(predictions) >= 0.6
+  assert all(p["prediction"].isdigit() for p in right)
+
+
+def test_encoder_that_does_not_fit_and_optimizer_state_are_refused(tmp_path, encoder_decoder):
+  _, ed_checkpoint = encoder_decoder
+  with pytest.raises(ValueError, match="restore_optimizer_state=True: an encoder head model"):
+    run_head(tmp_path / "cls", heads.SequenceClassificationModel(CONFIG), head_tasks.YES_NO,
+             {"inputs": 16, "targets": 1}, 1, initial_checkpoint=configs.RestoreConfig(
+                 ed_checkpoint, restore_optimizer_state=True))
+  narrow = heads.SequenceClassificationModel(dataclasses.replace(CONFIG, d_ff=96))
+  params = nn.unbox(jax.jit(lambda r: narrow.init(r, {"encoder_input_tokens": (1, 4)}))(
+      jax.random.PRNGKey(0)))
+  with pytest.raises(ValueError, match=r"encoder/layers_0/mlp/wi/kernel: checkpoint \(64, 128\) "
+                                       r"vs model \(64, 96\)"):
+    narrow.load_encoder(ed_checkpoint, params)
