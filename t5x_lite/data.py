@@ -286,6 +286,8 @@ def get_dataset(mixture_or_task_name: str,
       # Trimming happens in the converter, where it is counted.
       trim_output_features=False,
   )
+  # Batches are made while the model runs a step; saved iterator states include the buffer.
+  ds = ds.prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
   # The truncation counter is external state; without this, saving the iterator fails.
   options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE

@@ -347,8 +347,11 @@ def _loop(state, *, train_steps, trainer, iterator, manager, lock, stop_request,
   bar = tqdm.tqdm(total=train_steps, initial=start, disable=not progress_bar or
                   jax.process_index() != 0, dynamic_ncols=True, desc="train")
   window_tokens, window_start, eval_metrics, done = [], time.time(), {}, start
+  input_seconds = 0.0  # Host time waiting for batches: large when the input starves the step.
   for step in range(start, train_steps):
+    wait_start = time.time()
     batch = partitioning.host_local_batch_to_global(next(iterator), trainer.partitioner)
+    input_seconds += time.time() - wait_start
     state, metrics = trainer.train_step(state, batch)
     watch.push(step + 1, metrics["nonfinite"])
     window_tokens.append(metrics["num_tokens"])  # Device scalars: no sync until logging.
@@ -358,8 +361,10 @@ def _loop(state, *, train_steps, trainer, iterator, manager, lock, stop_request,
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       elapsed = max(time.time() - window_start, 1e-9)
       metrics["tokens_per_second"] = float(np.sum(jax.device_get(window_tokens))) / elapsed
+      metrics["input_seconds_per_step"] = input_seconds / len(window_tokens)
+      metrics["input_wait_fraction"] = min(input_seconds / elapsed, 1.0)
       metrics["skipped_nonfinite_steps"] = watch.skipped
-      window_tokens, window_start = [], time.time()
+      window_tokens, window_start, input_seconds = [], time.time(), 0.0
       train_writer.write(done, metrics)
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.1f}%",
                       tok_s=f"{metrics['tokens_per_second']:.0f}")

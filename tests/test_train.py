@@ -3,13 +3,14 @@ checkpoint, and the gin entry point (quickstart recipe, errors) works."""
 
 import logging
 import os
+import time
 
 import gin
 import jax
 import numpy as np
 import pytest
 
-from t5x_lite import checkpoints, configs, main, models, network, optimizers, partitioning
+from t5x_lite import checkpoints, configs, data, main, models, network, optimizers, partitioning
 from t5x_lite import summaries, train, trainer
 from tree_utils import tree_max_abs_diff
 
@@ -59,6 +60,24 @@ def test_loss_goes_down_and_outputs_are_written(tmp_path):
   assert set(row) >= {"loss", "accuracy", "z_loss", "learning_rate", "tokens_per_second",
                       "nonpadding_fraction"}
   assert row["learning_rate"] == pytest.approx(1e-2)
+
+
+def test_a_starved_input_pipeline_shows_in_the_train_summaries(tmp_path, monkeypatch):
+  """Each batch held back 0.3 s on the host: the summaries report that wait per step."""
+  next_batch = data.DatasetIterator.__next__
+
+  def slow_next(self):
+    time.sleep(0.3)
+    return next_batch(self)
+
+  monkeypatch.setattr(data.DatasetIterator, "__next__", slow_next)
+  run(tmp_path, 4, log_period=2)
+  rows = history(tmp_path)
+  assert [r["step"] for r in rows] == [2, 4]
+  for row in rows:
+    assert 0.3 <= row["input_seconds_per_step"] < 1.0, row
+  # The first window also holds the compile; the second is mostly waiting.
+  assert 0.5 < rows[-1]["input_wait_fraction"] <= 1.0, rows[-1]
 
 
 def synthetic_batch(seed=0):
