@@ -28,7 +28,19 @@ NO_LABEL = "<unk>"  # T5's target text for an unlabelled example (GLUE test spli
 FIRST_LABEL_ID = 1  # Label i has id i + FIRST_LABEL_ID; id 0 is padding.
 
 
-class LabelVocabulary(seqio.Vocabulary):
+class _NoSpecialIds(seqio.Vocabulary):
+  """A vocabulary of values, not text: no EOS and no unknown id."""
+
+  @property
+  def eos_id(self):
+    return None
+
+  @property
+  def unk_id(self):
+    return None
+
+
+class LabelVocabulary(_NoSpecialIds):
   """Label names <-> ids (name i is id i + 1; 0 is padding / no label).
 
   Args:
@@ -43,14 +55,6 @@ class LabelVocabulary(seqio.Vocabulary):
       raise ValueError(f"LabelVocabulary{self.label_names}: label names must be distinct, "
                        f"non-empty, without whitespace and not {NO_LABEL!r} (bad: {bad}).")
     super().__init__(extra_ids=0)
-
-  @property
-  def eos_id(self):
-    return None
-
-  @property
-  def unk_id(self):
-    return None
 
   @property
   def _base_vocab_size(self) -> int:
@@ -97,19 +101,11 @@ class LabelVocabulary(seqio.Vocabulary):
     return f"LabelVocabulary{self.label_names}"
 
 
-class ScalarVocabulary(seqio.Vocabulary):
+class ScalarVocabulary(_NoSpecialIds):
   """A real number as a one-element float32 "sequence": regression targets (STS-B)."""
 
   def __init__(self):
     super().__init__(extra_ids=0)
-
-  @property
-  def eos_id(self):
-    return None
-
-  @property
-  def unk_id(self):
-    return None
 
   @property
   def _base_vocab_size(self) -> int:
