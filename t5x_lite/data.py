@@ -20,6 +20,7 @@ TfDatasetIterator, tf.train.Checkpoint as t5x does), so resuming at step N costs
 """
 
 import difflib
+import inspect
 import logging
 from typing import Dict, Iterator, Mapping, Optional, Sequence
 
@@ -187,11 +188,15 @@ class TruncationStats:
     return dataset.map(_fn)
 
 
-class _CountingFeatureConverter(seqio.FeatureConverter):
-  """Counts and truncates over-long task features, then runs the model's converter.
+class TruncatingFeatureConverter(seqio.FeatureConverter):
+  """The one truncation rule of train, eval, infer and score, then the model's converter.
 
-  Only wraps `converter` (seqio.get_dataset accepts FeatureConverter instances only): the
-  wrapped converter's own __call__ does every check and conversion.
+  Over-long task features are counted and cut to `stats.feature_lengths`, keeping EOS
+  (TruncationStats.count_and_trim), whatever lengths the caller passes: seqio.Evaluator
+  built without a sequence_length passes the longest lengths it measured, and its own
+  trimming (trim_output_features) would drop the EOS that training keeps.
+  Only wraps `converter` (seqio accepts FeatureConverter instances only): the wrapped
+  converter's own __call__ does every check and conversion.
   """
 
   def __init__(self, converter: seqio.FeatureConverter, stats: TruncationStats,
@@ -201,8 +206,9 @@ class _CountingFeatureConverter(seqio.FeatureConverter):
     self._output_features = output_features
 
   def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
+    del task_feature_lengths  # Always the configured lengths (see the class docstring).
     ds = self._stats.count_and_trim(ds, self._output_features)
-    return self._converter(ds, task_feature_lengths)
+    return self._converter(ds, self._stats.feature_lengths)
 
   def _convert_features(self, ds, task_feature_lengths):
     return self._converter._convert_features(ds, task_feature_lengths)  # pylint: disable=protected-access
@@ -213,6 +219,24 @@ class _CountingFeatureConverter(seqio.FeatureConverter):
   @property
   def pack(self) -> bool:
     return self._converter.pack
+
+  @property
+  def TASK_FEATURES(self):  # pylint: disable=invalid-name  # seqio.Evaluator reads it
+    return self._converter.TASK_FEATURES
+
+  @property
+  def MODEL_FEATURES(self):  # pylint: disable=invalid-name
+    return self._converter.MODEL_FEATURES
+
+
+def needs_sequence_length(task: seqio.Task) -> bool:
+  """Whether a preprocessor of `task` takes a required `sequence_length` (span corruption,
+  SuperNI prompts): such tasks fit their examples to the lengths themselves."""
+  for preprocessor in task.preprocessors:
+    parameter = inspect.signature(preprocessor).parameters.get("sequence_length")
+    if parameter is not None and parameter.default is inspect.Parameter.empty:
+      return True
+  return False
 
 
 def host_shard_info() -> seqio.ShardInfo:
@@ -269,7 +293,7 @@ def get_dataset(mixture_or_task_name: str,
   provider = check_task(mixture_or_task_name)
   check_feature_lengths(mixture_or_task_name, task_feature_lengths)
   stats = truncation_stats or TruncationStats(task_feature_lengths)
-  converter = _CountingFeatureConverter(
+  converter = TruncatingFeatureConverter(
       feature_converter or seqio.EncDecFeatureConverter(pack=pack), stats,
       provider.output_features)
   ds = seqio.get_dataset(

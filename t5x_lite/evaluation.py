@@ -105,11 +105,19 @@ class InferEvaluator:
                task_feature_lengths: Mapping[str, int], batch_size: int,
                split: str = "validation", num_examples: Optional[int] = None):
     self.model, self.partitioner, self.batch_size = model, partitioner, batch_size
-    data.check_task(mixture_or_task_name, model.config.vocab_size, model.token_features)
+    provider = data.check_task(mixture_or_task_name, model.config.vocab_size,
+                               model.token_features)
+    # Training's truncation rule (data.TruncatingFeatureConverter), not seqio's trimming:
+    # without a sequence_length the Evaluator leaves examples whole. Tasks whose
+    # preprocessors need the lengths get them (they fit their examples themselves).
+    converter = data.TruncatingFeatureConverter(
+        model.feature_converter(pack=False), data.TruncationStats(task_feature_lengths),
+        provider.output_features)
+    needs_lengths = any(data.needs_sequence_length(t) for t in seqio.get_subtasks(provider))
     self.evaluator = seqio.Evaluator(
-        mixture_or_task_name, model.feature_converter(pack=False), eval_split=split,
-        sequence_length=dict(task_feature_lengths), num_examples=num_examples,
-        async_compute_metrics=False, use_memory_cache=True)
+        mixture_or_task_name, converter, eval_split=split,
+        sequence_length=dict(task_feature_lengths) if needs_lengths else None,
+        num_examples=num_examples, async_compute_metrics=False, use_memory_cache=True)
     if not self.evaluator.eval_tasks:
       raise ValueError(f"No task of {mixture_or_task_name!r} has metric fns and a {split!r} "
                        "split: nothing to evaluate (gin: the eval/infer-eval task name and split).")

@@ -127,15 +127,18 @@ def examples(mixture_or_task_name: str, split: str, task_feature_lengths: Mappin
              feature_converter: Optional[seqio.FeatureConverter] = None) -> Iterator[Dict]:
   """This shard's examples in the fixed order: {"index", "task", "inputs", "targets",
   "features"} with model features as `feature_converter` (the model's, unpacked; default
-  EncDecFeatureConverter(pack=False)) makes them."""
-  converter = feature_converter or seqio.EncDecFeatureConverter(pack=False)
+  EncDecFeatureConverter(pack=False)) makes them, truncated by training's rule
+  (data.TruncatingFeatureConverter)."""
   index = 0
   for name in task_names(mixture_or_task_name):
     task = seqio.get_mixture_or_task(name)
     if split not in task.splits:
       continue
+    converter = data.TruncatingFeatureConverter(
+        feature_converter or seqio.EncDecFeatureConverter(pack=False),
+        data.TruncationStats(task_feature_lengths), task.output_features)
     dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False,
-                               num_epochs=1)
+                               num_epochs=1, trim_output_features=False)
     vocabulary = task.output_features["targets"].vocabulary
     # Unpacked conversion maps example i to model example i.
     pairs = tf.data.Dataset.zip((dataset, converter(dataset, dict(task_feature_lengths))))

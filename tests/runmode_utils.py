@@ -1,5 +1,6 @@
 """Shared helpers for the run-mode tests (eval, infer, score, export): a tiny model and a
-tiny learnable task with a prediction metric and a score (rank-classification) metric."""
+tiny learnable task with a prediction metric and a score (rank-classification) metric, and
+the tokens each run mode feeds the model."""
 
 import functools
 
@@ -10,7 +11,8 @@ import tensorflow as tf
 from t5x_lite import tasks  # noqa: F401
 from t5x_lite.tasks import metrics as task_metrics
 from t5x_lite.tasks import vocab
-from t5x_lite import configs, models, network, optimizers, train
+from t5x_lite import configs, data, evaluation, infer, models, network, optimizers, partitioning
+from t5x_lite import train
 
 TASK = "runmode_test_yes_no"
 LENGTHS = {"inputs": 16, "targets": 4}
@@ -76,3 +78,26 @@ def read_jsonl(path):
 
 
 common = functools.partial(dict, mixture_or_task_name=TASK, task_feature_lengths=LENGTHS)
+
+
+def tokens_in_each_mode(name, lengths, split):
+  """{mode: (encoder_input_tokens, decoder_target_tokens)} of the first example of `name`'s
+  `split` as training (data.get_dataset), eval (InferEvaluator's seqio.Evaluator) and
+  infer / score (infer.examples) feed it to a model of the task's vocabulary."""
+  task = infer.task_names(name)[0]
+  vocabulary = seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
+  model = models.EncoderDecoderModel(network.T5Config(
+      vocab_size=vocab.padded_vocab_size(vocabulary), d_model=8, d_ff=8, d_kv=4, num_heads=2,
+      num_encoder_layers=1, num_decoder_layers=1))
+  first = lambda batch: (batch["encoder_input_tokens"].tolist(),
+                         batch["decoder_target_tokens"].tolist())
+  train_batch = next(data.get_dataset(name, lengths, split=split, batch_size=1, shuffle=False,
+                                      pack=False, num_epochs=1).as_numpy_iterator())
+  evaluator = evaluation.InferEvaluator(model, partitioning.Partitioner(), name, lengths,
+                                        batch_size=1, split=split)
+  # The Evaluator's cached model examples are (index, features) pairs.
+  _, eval_example = next(evaluator.evaluator.cached_model_datasets[task].as_numpy_iterator())
+  infer_example = next(infer.examples(name, split, lengths,
+                                      feature_converter=model.feature_converter(pack=False)))
+  return {"train": first({k: v[0] for k, v in train_batch.items()}),
+          "eval": first(eval_example), "infer": first(infer_example["features"])}

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from t5x_lite import data
 from t5x_lite.tasks import pretraining
+import runmode_utils
 
 TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
                         "test_data/sentencepiece/sentencepiece.model")
@@ -152,3 +153,13 @@ def test_truncation_is_counted_and_logged(caplog):
     assert tokens[tokens != 0].tolist() == _expected(text, 6)
   assert (f"Truncated examples: inputs: {expected_in} of {N} examples longer than 6 tokens; "
           f"targets: {expected_tg} of {N} examples longer than 4 tokens") in caplog.text
+
+
+def test_train_eval_and_infer_truncate_an_over_long_example_alike():
+  """One truncation rule: cut to the length, EOS kept, in every run mode."""
+  modes = runmode_utils.tokens_in_each_mode("embedded_copy_zeroshot",
+                                            {"inputs": 6, "targets": 3}, "validation")
+  assert modes["train"] == modes["eval"] == modes["infer"], modes
+  inputs, targets = modes["train"]
+  assert len(inputs) == 6 and inputs[-1] == 1 and 0 not in inputs  # cut, EOS last
+  assert len(targets) == 3 and targets[-1] == 1

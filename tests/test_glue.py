@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from t5x_lite.tasks import glue
 from t5x_lite.tasks import glue_metrics as gm
+import runmode_utils
 
 # ---------------------------------------------------------------- mock TFDS examples ---
 
@@ -362,3 +363,15 @@ def test_wsc_simple_postprocessor():
   assert gm.wsc_simple("the boy", example) == 0
   assert gm.wsc_simple("the pony's", example) == 0  # possessive on one side only
   assert gm.wsc_simple("anything", example, is_target=True) == 1
+
+
+def test_over_long_glue_example_is_cut_alike_in_train_eval_and_infer(random_tfds):
+  """T5's GLUE tasks append EOS before any cut: every run mode cuts keeping it."""
+  with mock.patch.object(seqio.TfdsDataSource, "list_shards", lambda self, split: []), \
+      mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", lambda self: True):
+    modes = runmode_utils.tokens_in_each_mode(glue.glue_task_name("cola"),
+                                              {"inputs": 5, "targets": 2}, "validation")
+  assert modes["train"] == modes["eval"] == modes["infer"], modes
+  inputs, targets = modes["train"]
+  assert len(inputs) == 5 and inputs[-1] == 1 and 0 not in inputs
+  assert targets[-1] == 1

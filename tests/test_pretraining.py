@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from t5x_lite.tasks import pretraining as P
+from span_utils import fill_sentinels
 
 TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
                         "test_data/sentencepiece/sentencepiece.model")
@@ -34,17 +35,7 @@ def _runs(mask):
 
 def _resolve(inputs, targets, vocab_size):
   """Reconstructs the original tokens from span-corruption inputs/targets (no EOS)."""
-  spans, current = {}, None
-  for t in targets:
-    if t >= vocab_size - 100:
-      current = int(t)
-      spans[current] = []
-    else:
-      spans[current].append(int(t))
-  out = []
-  for t in inputs:
-    out.extend(spans[int(t)] if t >= vocab_size - 100 else [int(t)])
-  return out
+  return fill_sentinels(inputs, targets, vocab_size - 100)[0]
 
 
 def test_random_spans_helper_t5_values():

@@ -10,6 +10,7 @@ import seqio
 from t5x_lite import configurables
 from t5x_lite.tasks import superni
 from t5x_lite.tasks import vocab
+import runmode_utils
 
 _SPM = os.path.join(os.path.dirname(seqio.__file__),
                     "test_data/sentencepiece/sentencepiece.model")
@@ -256,3 +257,12 @@ def test_encode_prompt_task_name_and_string_definition():
       max_labels=10) == "classification"
   assert superni.classify_task_type(
       [{"output": ["a"]}, {"output": ["b"]}, {"output": ["c"]}], max_labels=10) == "generation"
+
+
+def test_over_long_example_is_cut_alike_in_train_eval_and_infer(clone, names):
+  modes = runmode_utils.tokens_in_each_mode("t_sni_def_pos2_test", {"inputs": 16, "targets": 2},
+                                            "test")
+  assert modes["train"] == modes["eval"] == modes["infer"], modes
+  inputs, targets = modes["train"]
+  assert len(inputs) == 16 and inputs[-1] == 1 and 0 not in inputs
+  assert len(targets) == 2 and targets[-1] == 1

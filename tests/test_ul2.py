@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from t5x_lite import configurables, gin_utils
 from t5x_lite.tasks import ul2
+from span_utils import fill_sentinels
 
 TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
                         "test_data/sentencepiece/sentencepiece.model")
@@ -29,16 +30,7 @@ def _resolve(inputs, targets, vocabulary):
   the lengths of the noise spans.
   """
   first_sentinel = vocabulary.vocab_size - vocabulary.extra_ids + ul2.NUM_PARADIGM_TOKENS
-  spans, current = {}, None
-  for t in targets:
-    if t >= first_sentinel:
-      current = int(t)
-      spans[current] = []
-    else:
-      spans[current].append(int(t))
-  out = []
-  for t in inputs:
-    out.extend(spans[int(t)] if t >= first_sentinel else [int(t)])
+  out, spans = fill_sentinels(inputs, targets, first_sentinel)
   assert [s for s in targets if s >= first_sentinel] == [s for s in inputs if s >= first_sentinel]
   return out, [len(v) for v in spans.values()]
 
