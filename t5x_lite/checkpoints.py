@@ -187,7 +187,9 @@ class CheckpointManager:
     return list(self.manager.all_steps())
 
   def should_save(self, step: int) -> bool:
-    return self.manager.should_save(step)
+    """At multiples of CheckpointConfig.period (orbax alone would also save the first step
+    a manager sees: minutes of writing for a large model at step 1) and at a preemption."""
+    return step % self.config.period == 0 or self.manager.reached_preemption(step)
 
   @contextlib.contextmanager
   def _save_errors(self, step: int):
