@@ -38,18 +38,14 @@ from t5x_lite.tasks import vocab
 tf.config.set_visible_devices([], "GPU")
 
 
-def check_task(name: str, vocab_size: Optional[int] = None,
-               token_features: Sequence[str] = ("inputs", "targets")
-               ) -> seqio.DatasetProviderBase:
+def check_task(name: str, model=None) -> seqio.DatasetProviderBase:
   """The registered task or mixture `name`, checked before any pipeline is built.
 
   Args:
     name: a task or mixture name.
-    vocab_size: the model's embedding size (T5Config.vocab_size); if given, the vocabulary
-      of every task feature in `token_features` must pad to it
-      (tasks.vocab.padded_vocab_size).
-    token_features: the task features the model reads as tokens of its embedding
-      (`model.token_features`; the encoder heads' targets are labels, not tokens).
+    model: if given, the vocabulary of every task feature the model reads as tokens
+      (`model.token_features`; the encoder heads' targets are labels, not tokens) must pad
+      to its embedding size, `model.config.vocab_size` (tasks.vocab.padded_vocab_size).
 
   Raises:
     ValueError: unknown name (the message lists the closest registered names), or a task
@@ -59,8 +55,8 @@ def check_task(name: str, vocab_size: Optional[int] = None,
   _check_name(name)
   provider = seqio.get_mixture_or_task(name)
   _check_tfds_prepared(provider)
-  if vocab_size is not None:
-    _check_vocabulary(provider, vocab_size, token_features)
+  if model is not None:
+    _check_vocabulary(provider, model.config.vocab_size, model.token_features)
   return provider
 
 
@@ -70,11 +66,11 @@ def _check_vocabulary(provider, vocab_size: int, token_features: Sequence[str]) 
     for feature_name, feature in task.output_features.items():
       if feature_name not in token_features:
         continue
-      size = feature.vocabulary.vocab_size
-      if vocab.padded_vocab_size(feature.vocabulary) != vocab_size:
+      padded = vocab.padded_vocab_size(feature.vocabulary)
+      if padded != vocab_size:
         raise ValueError(
-            f"Task {task.name!r} {feature_name!r} uses a vocabulary of {size} ids (padded: "
-            f"{vocab.padded_vocab_size(feature.vocabulary)}), but the model has "
+            f"Task {task.name!r} {feature_name!r} uses a vocabulary of "
+            f"{feature.vocabulary.vocab_size} ids (padded: {padded}), but the model has "
             f"T5Config.vocab_size={vocab_size}. Use one vocabulary for both: bind "
             "get_vocabulary.sentencepiece_model_path (the model files size the embedding from "
             "it), or set T5Config.vocab_size to the padded size.")

@@ -105,8 +105,7 @@ class InferEvaluator:
                task_feature_lengths: Mapping[str, int], batch_size: int,
                split: str = "validation", num_examples: Optional[int] = None):
     self.model, self.partitioner, self.batch_size = model, partitioner, batch_size
-    provider = data.check_task(mixture_or_task_name, model.config.vocab_size,
-                               model.token_features)
+    provider = data.check_task(mixture_or_task_name, model)
     # Training's truncation rule (data.TruncatingFeatureConverter), not seqio's trimming:
     # without a sequence_length the Evaluator leaves examples whole. Tasks whose
     # preprocessors need the lengths get them (they fit their examples themselves).

@@ -116,9 +116,7 @@ def task_names(mixture_or_task_name: str, model=None) -> List[str]:
   Args:
     model: if given, every task's vocabulary is checked against the model's embedding.
   """
-  provider = (data.check_task(mixture_or_task_name) if model is None else
-              data.check_task(mixture_or_task_name, model.config.vocab_size,
-                              model.token_features))
+  provider = data.check_task(mixture_or_task_name, model)
   return sorted(t.name for t in seqio.get_subtasks(provider))
 
 

@@ -179,7 +179,7 @@ def _check_settings(train_steps, log_period, num_microbatches, nonfinite_policy,
   if evaluation.steps:
     names.append(evaluation.mixture_or_task_name)
   for name in filter(None, names):
-    data.check_task(name, model.config.vocab_size, model.token_features)
+    data.check_task(name, model)
     data.check_feature_lengths(name, train_dataset.task_feature_lengths)
 
 
