@@ -4,28 +4,36 @@ Each job writes OUTPUT_DIR/<kind>-<shard_id:05d>-of-<num_shards:05d>.jsonl (kind
 or scores), one JSON object per example:
   infer:  {"index", "task", "inputs", "targets", "prediction", "score"}
   score:  {"index", "task", "inputs", "targets", "score"}
-"index" numbers the examples of the split in a fixed order (the tasks of a mixture sorted by
-name, each task's examples in dataset order, unshuffled); shard k of n takes the examples
-with index % n == k, so n jobs (machines) split the work disjointly and completely. Texts
-are the task's pretokenized fields, predictions are detokenized with the task's targets
-vocabulary (up to EOS, as seqio.Evaluator decodes them). "score" is the summed
-log-probability of the prediction (infer; divided by the length penalty for beam search)
-or of the targets (score, for rank classification).
+"task" and "index" name an example: its task (a mixture's tasks in name order) and its
+position in that task's source split (unshuffled). Shard k of n takes the source examples
+with index % n == k, so n jobs (machines) split the work disjointly and completely, and
+each job reads only its share: the source split is sharded before preprocessing, so the
+other shards' examples are never preprocessed or tokenized. Preprocessors therefore run
+on one source example at a time (per-example maps and filters behave as in seqio; a
+preprocessor that joins documents, like span corruption's, sees one document at a time).
+A filtered-out example has no row; one that a preprocessor splits has several rows with
+the same index. Texts are the task's pretokenized fields, predictions are detokenized
+with the task's targets vocabulary (up to EOS, as seqio.Evaluator decodes them). "score"
+is the summed log-probability of the prediction (infer; divided by the length penalty for
+beam search) or of the targets (score, for rank classification).
 
-Resuming: rows are appended in chunks of `chunk_batches` batches; after each chunk the file
-is flushed and fsync'ed, then `<file>.state.json` (rows and bytes written, replaced
-atomically) records it. A restarted job truncates whatever a killed one wrote past the last
-recorded chunk and continues at the next example, so the file ends with every row once,
-in order. A finished job records "done" and a rerun returns at once. Outputs must be on a
-local (or FUSE-mounted) filesystem: truncate and fsync are POSIX calls.
+Resuming: rows are written in chunks of `chunk_batches` batches, each chunk a file of its
+own under `<file>.parts/`, then `<file>.state.json` (rows written and the last example,
+replaced atomically) records it. A restarted job overwrites any chunk a killed one wrote
+after the last record and continues after the last recorded example. At the end the
+chunks are joined into the JSONL file, every row once, in order, the state records
+"done" and a rerun returns at once. Every file goes through epath, so OUTPUT_DIR may be a
+bucket (gs://...) as well as a local directory.
 """
 
+import io
 import itertools
 import json
 import logging
 import os
-from typing import Dict, Iterator, List, Mapping, Optional
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
+from etils import epath
 import jax
 import numpy as np
 import seqio
@@ -37,55 +45,60 @@ from t5x_lite import data
 from t5x_lite import evaluation
 from t5x_lite import models as models_lib
 from t5x_lite import partitioning
+from t5x_lite import run_dir as run_dir_lib
 
 log = logging.getLogger(__name__)
 
+# Where a stream of rows starts: (task number in name order, source index, rows of that
+# index already written). Rows of one source example can span two chunks.
+Position = Tuple[int, int, int]
 
-def _commit_state(path: str, state: Mapping) -> None:
-  """Atomically replaces the state file (a crash leaves the old or the new one, never half)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(state, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+
+def _write_atomically(path: epath.Path, text: str) -> None:
+  """Writes `path` whole: a crash leaves the old file or the new one, never half of one."""
+  tmp = path.parent / f"{path.name}.tmp"
+  with tmp.open("w") as f:
+    f.write(text)
+    try:  # Local files: on disk before the rename (object stores write whole objects).
+      f.flush()
+      os.fsync(f.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+      pass
+  tmp.replace(path)
+
+
+def _commit_state(path: epath.Path, state: Mapping) -> None:
+  _write_atomically(path, json.dumps(state))
 
 
 class ResumableJsonl:
-  """Appends rows in chunks to a JSONL file whose committed length lives in a state file.
+  """A JSONL file written chunk by chunk, each chunk recorded in a state file.
 
   Args:
-    path: the JSONL file.
+    path: the JSONL file (any epath: local or gs://...).
     run_config: what the rows depend on (task, split, checkpoint, shard, ...); resuming
       with a different config is refused, as its rows would not continue the file's.
   """
 
   def __init__(self, path: str, run_config: Mapping):
-    self.path, self.state_path = path, path + ".state.json"
-    self.state = {"rows": 0, "bytes": 0, "chunks": 0, "done": False, "config": dict(run_config)}
-    if os.path.exists(self.state_path):
-      with open(self.state_path, encoding="utf-8") as f:
-        saved = json.load(f)
-      if saved["config"] != self.state["config"]:
-        changed = sorted(k for k in set(saved["config"]) | set(run_config)
-                         if saved["config"].get(k) != run_config.get(k))
+    self.path = epath.Path(path)
+    self.state_path = self.path.parent / f"{self.path.name}.state.json"
+    self.parts = self.path.parent / f"{self.path.name}.parts"
+    self.state = {"rows": 0, "chunks": 0, "position": None, "done": False,
+                  "config": dict(run_config)}
+    if self.state_path.exists():
+      saved = json.loads(self.state_path.read_text())
+      if saved.get("config") != self.state["config"] or "position" not in saved:
+        changed = sorted(k for k in set(saved.get("config", {})) | set(run_config)
+                         if saved.get("config", {}).get(k) != run_config.get(k))
         raise ValueError(f"{path} was started with different settings ({changed}: "
-                         f"{[saved['config'].get(k) for k in changed]} then, "
+                         f"{[saved.get('config', {}).get(k) for k in changed]} then, "
                          f"{[run_config.get(k) for k in changed]} now). Use another OUTPUT_DIR "
-                         "or delete the file and its .state.json.")
+                         "or delete the file, its .state.json and its .parts directory.")
       self.state = saved
-    elif os.path.exists(path) and os.path.getsize(path):
+    elif self.path.exists():
       raise ValueError(f"{path} exists without {self.state_path}: refusing to overwrite it.")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "ab") as f:
-      size = f.tell()
-      if size < self.state["bytes"]:
-        raise ValueError(f"{path} is shorter ({size} bytes) than its state file records "
-                         f"({self.state['bytes']}): it was modified; delete both to restart.")
-      if size > self.state["bytes"]:
-        log.info("Dropping %d bytes a stopped run wrote after its last chunk in %s.",
-                 size - self.state["bytes"], path)
-        f.truncate(self.state["bytes"])
+    self.parts.mkdir(parents=True, exist_ok=True)
 
   @property
   def rows(self) -> int:
@@ -95,19 +108,29 @@ class ResumableJsonl:
   def done(self) -> bool:
     return self.state["done"]
 
-  def append(self, rows: List[Mapping]) -> None:
-    with open(self.path, "ab") as f:
-      f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
-      f.flush()
-      os.fsync(f.fileno())
-      size = f.tell()
-    self.state.update(rows=self.state["rows"] + len(rows), bytes=size,
-                      chunks=self.state["chunks"] + 1)
+  @property
+  def position(self) -> Optional[Position]:
+    """Where the next row's stream starts (None: at the beginning)."""
+    return tuple(self.state["position"]) if self.state["position"] else None
+
+  def _part(self, number: int) -> epath.Path:
+    return self.parts / f"{number:06d}.jsonl"
+
+  def append(self, rows: List[Mapping], position: Position) -> None:
+    """Writes `rows` as the next chunk; `position` is where the stream after them starts."""
+    _write_atomically(self._part(self.state["chunks"]), "".join(
+        json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    self.state.update(rows=self.state["rows"] + len(rows), chunks=self.state["chunks"] + 1,
+                      position=list(position))
     _commit_state(self.state_path, self.state)
 
   def finish(self) -> None:
+    """Joins the recorded chunks into the JSONL file and records that it is complete."""
+    _write_atomically(self.path, "".join(self._part(i).read_text()
+                                         for i in range(self.state["chunks"])))
     self.state["done"] = True
     _commit_state(self.state_path, self.state)
+    self.parts.rmtree()
 
 
 def task_names(mixture_or_task_name: str, model=None) -> List[str]:
@@ -120,37 +143,76 @@ def task_names(mixture_or_task_name: str, model=None) -> List[str]:
   return sorted(t.name for t in seqio.get_subtasks(provider))
 
 
+def _task_rows(task: seqio.Task, split: str, task_feature_lengths: Mapping[str, int],
+               converter: seqio.FeatureConverter, shard_id: int, num_shards: int,
+               max_examples: Optional[int], first_index: int) -> tf.data.Dataset:
+  """(source index, preprocessed example, model features) of this shard's examples of `task`.
+
+  The source is sharded (and resumed at `first_index`) before any preprocessing, so the
+  examples of other shards are read from the source but never preprocessed or tokenized.
+  """
+  source = task.source.get_dataset(split=split, shuffle=False)
+  if max_examples is not None:
+    source = source.take(max_examples)
+  source = source.enumerate().shard(num_shards, shard_id)
+  if first_index:
+    source = source.filter(lambda index, _: index >= first_index)
+
+  def preprocess(index, example):
+    # seqio's own chain (Task.get_dataset) on this one example; no trimming: the converter
+    # truncates by training's rule.
+    one = tf.data.Dataset.from_tensors(example)
+    one = task.preprocess_postcache(task.preprocess_precache(one), task_feature_lengths)
+    return one.map(lambda ex: (index, ex))
+
+  def convert(index, example):
+    one = tf.data.Dataset.from_tensors(example)  # Already computed: zipping costs no rework.
+    return tf.data.Dataset.zip((one, converter(one, dict(task_feature_lengths)))).map(
+        lambda ex, features: (index, ex, features))
+
+  return source.flat_map(preprocess).flat_map(convert)
+
+
 def examples(mixture_or_task_name: str, split: str, task_feature_lengths: Mapping[str, int],
              shard_id: int = 0, num_shards: int = 1, max_examples: Optional[int] = None,
-             feature_converter: Optional[seqio.FeatureConverter] = None) -> Iterator[Dict]:
-  """This shard's examples in the fixed order: {"index", "task", "inputs", "targets",
-  "features"} with model features as `feature_converter` (the model's, unpacked; default
-  EncDecFeatureConverter(pack=False)) makes them, truncated by training's rule
-  (data.TruncatingFeatureConverter)."""
-  index = 0
-  for name in task_names(mixture_or_task_name):
-    task = seqio.get_mixture_or_task(name)
+             feature_converter: Optional[seqio.FeatureConverter] = None,
+             start: Optional[Position] = None) -> Iterator[Dict]:
+  """This shard's examples in the fixed order (see the module docstring).
+
+  Yields {"index", "task", "inputs", "targets", "features", "position"}: "features" as
+  `feature_converter` (the model's, unpacked; default EncDecFeatureConverter(pack=False))
+  makes them, truncated by training's rule (data.TruncatingFeatureConverter); "position"
+  is where the stream after this example starts (to resume there with `start`).
+
+  Args:
+    max_examples: only each task's first N source examples (before sharding); None: all.
+    start: a `position` yielded by an earlier stream: continue right after that example.
+  """
+  task_number, first_index, skip_rows = start or (0, 0, 0)
+  names = task_names(mixture_or_task_name)
+  for number in range(task_number, len(names)):
+    task = seqio.get_mixture_or_task(names[number])
     if split not in task.splits:
       continue
     converter = data.TruncatingFeatureConverter(
         feature_converter or seqio.EncDecFeatureConverter(pack=False),
         data.TruncationStats(task_feature_lengths), task.output_features)
-    dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False,
-                               num_epochs=1, trim_output_features=False)
+    if number != task_number:
+      first_index, skip_rows = 0, 0
+    rows = _task_rows(task, split, task_feature_lengths, converter, shard_id, num_shards,
+                      max_examples, first_index)
     vocabulary = task.output_features["targets"].vocabulary
-    # Unpacked conversion maps example i to model example i.
-    pairs = tf.data.Dataset.zip((dataset, converter(dataset, dict(task_feature_lengths))))
-    for ex, features in pairs.as_numpy_iterator():
-      if max_examples is not None and index >= max_examples:
-        return
-      index += 1
-      if (index - 1) % num_shards != shard_id:
-        continue
+    last_index, rows_of_index = first_index, skip_rows
+    for index, ex, features in rows.skip(skip_rows).as_numpy_iterator():
+      index = int(index)
+      rows_of_index = rows_of_index + 1 if index == last_index else 1
+      last_index = index
       text = lambda key: evaluation.as_text(
           ex[f"{key}_pretokenized"] if f"{key}_pretokenized" in ex else vocabulary.decode(
               ex[key].tolist()))
-      yield {"index": index - 1, "task": name, "inputs": text("inputs"), "targets": text("targets"),
-             "features": features}
+      yield {"index": index, "task": task.name, "inputs": text("inputs"),
+             "targets": text("targets"), "features": features,
+             "position": (number, index, rows_of_index)}
 
 
 def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_feature_lengths,
@@ -168,26 +230,26 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
   task_names(mixture_or_task_name, model)
   data.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
   partitioner = partitioner or partitioning.Partitioner()
-  path = os.path.join(output_dir, f"{kind}-{shard_id:05d}-of-{num_shards:05d}.jsonl")
-  run_config = {"checkpoint_path": os.path.abspath(str(checkpoint_path)),
+  path = run_dir_lib.join(output_dir, f"{kind}-{shard_id:05d}-of-{num_shards:05d}.jsonl")
+  run_config = {"checkpoint_path": run_dir_lib.absolute(checkpoint_path),
                 "mixture_or_task_name": mixture_or_task_name, "split": split,
                 "task_feature_lengths": dict(task_feature_lengths), "batch_size": batch_size,
                 "max_examples": max_examples, "decoding": repr(model.decoding)}
   writer = ResumableJsonl(path, run_config) if jax.process_index() == 0 else None
   done_rows, done = (writer.rows, writer.done) if writer else (0, False)
+  position = (writer.position if writer else None) or (0, 0, 0)
   if jax.process_count() > 1:
     # Only process 0 writes; every process must skip the same examples and stop together.
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    done_rows, done = (int(x) for x in multihost_utils.broadcast_one_to_all(
-        np.array([done_rows, done], np.int64)))
+    done_rows, done, *position = (int(x) for x in multihost_utils.broadcast_one_to_all(
+        np.array([done_rows, done, *position], np.int64)))
   if done:
     log.info("%s is complete (%d rows); nothing to do.", path, done_rows)
     return path
   params = checkpoints.restore_model_params(model, partitioner, checkpoint_path)
   predict, score = evaluation.make_predict_fn(model), evaluation.make_score_fn(model)
-  stream = itertools.islice(examples(mixture_or_task_name, split, task_feature_lengths,
-                                     shard_id, num_shards, max_examples,
-                                     model.feature_converter(pack=False)), done_rows, None)
+  stream = examples(mixture_or_task_name, split, task_feature_lengths, shard_id, num_shards,
+                    max_examples, model.feature_converter(pack=False), tuple(position))
   chunks = 0
   while True:
     rows = []
@@ -198,7 +260,7 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
       features = {k: np.stack([ex["features"][k] for ex in batch]) for k in batch[0]["features"]}
       if kind == "predictions":
         tokens, scores = evaluation.run_batches(
-            lambda b, i=batch[0]["index"]: predict(params, b, i), features, batch_size,
+            lambda b, i=done_rows + len(rows): predict(params, b, i), features, batch_size,
             partitioner)
       else:
         tokens, scores = None, evaluation.run_batches(lambda b: score(params, b), features,
@@ -210,10 +272,11 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
           row["prediction"] = vocabulary.decode(tokens[j].tolist())
         row["score"] = float(scores[j])
         rows.append(row)
+      position = batch[-1]["position"]
     if not rows:
       break
     if writer:
-      writer.append(rows)
+      writer.append(rows, position)
     chunks += 1
     done_rows += len(rows)
     log.info("%s: %d rows written.", path, done_rows)
@@ -238,17 +301,17 @@ def infer(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
 
   Args (gin; gin/runs/infer.gin binds the macros in capitals):
     checkpoint_path: CHECKPOINT_PATH — MODEL_DIR/checkpoints/<step> (or a checkpoints dir).
-    output_dir: OUTPUT_DIR — where the JSONL and its .state.json go (local filesystem).
+    output_dir: OUTPUT_DIR — where the JSONL, its .state.json and .parts go (local or gs://...).
     mixture_or_task_name: MIXTURE_OR_TASK_NAME — a registered task or mixture.
     task_feature_lengths: TASK_FEATURE_LENGTHS — longer inputs/targets are truncated.
     batch_size: BATCH_SIZE — global batch (all processes of this job together).
     split: SPLIT — the split to read ("validation", "test", ...).
     model: the EncoderDecoderModel or encoder head model (model gin file).
     partitioner: mesh and rules; default partitioning.Partitioner().
-    shard_id, num_shards: SHARD_ID / NUM_SHARDS — this job does examples with
-      index % num_shards == shard_id and writes its own file.
-    chunk_batches: commit (fsync + state file) every this many batches.
-    max_examples: only the first N examples of the split (before sharding); None: all.
+    shard_id, num_shards: SHARD_ID / NUM_SHARDS — this job does the source examples with
+      index % num_shards == shard_id of each task and writes its own file.
+    chunk_batches: write a chunk (a part file + the state file) every this many batches.
+    max_examples: only each task's first N source examples (before sharding); None: all.
     max_chunks: stop after this many chunks in this run (a rerun continues); None: all.
 
   Returns:

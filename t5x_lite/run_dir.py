@@ -32,7 +32,8 @@ DAMAGED = "damaged"
 LOCK = "lock.json"
 
 
-def _join(*parts) -> str:
+def join(*parts) -> str:
+  """Joins path parts (local or remote) as epath does."""
   return str(epath.Path(parts[0]).joinpath(*(str(p) for p in parts[1:])))
 
 
@@ -59,10 +60,10 @@ class RunDir:
 
   @property
   def checkpoints(self) -> str:
-    return _join(self.root, CHECKPOINTS)
+    return join(self.root, CHECKPOINTS)
 
   def checkpoint(self, step: int) -> str:
-    return _join(self.checkpoints, step)
+    return join(self.checkpoints, step)
 
   def checkpoint_steps(self) -> List[int]:
     """Finalised checkpoint steps, ascending (orbax's listing: no temporary directories)."""
@@ -72,26 +73,26 @@ class RunDir:
 
   def damaged_checkpoint(self, step: int, when: int) -> str:
     """Where a step that could not be restored is moved (`when`: seconds since the epoch)."""
-    return _join(self.checkpoints, DAMAGED, f"{step}-{when}")
+    return join(self.checkpoints, DAMAGED, f"{step}-{when}")
 
   @property
   def lock(self) -> str:
-    return _join(self.root, LOCK)
+    return join(self.root, LOCK)
 
   def tensorboard(self, name: str) -> str:
-    return _join(self.root, name)
+    return join(self.root, name)
 
   def metrics_history(self, name: str) -> str:
-    return _join(self.root, f"{name}_metrics.jsonl")
+    return join(self.root, f"{name}_metrics.jsonl")
 
   def predictions(self, name: str, step: int) -> str:
     """`name` is "infer_eval" (training) or "eval_<split>" (the eval run mode)."""
-    return _join(self.root, f"{name}_predictions", f"{step}.jsonl")
+    return join(self.root, f"{name}_predictions", f"{step}.jsonl")
 
   @property
   def config_gin(self) -> str:
-    return _join(self.root, "config.gin")
+    return join(self.root, "config.gin")
 
   @property
   def loss_png(self) -> str:
-    return _join(self.root, "loss.png")
+    return join(self.root, "loss.png")

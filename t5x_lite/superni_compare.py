@@ -15,10 +15,11 @@ per task, one column per way of answering (tasks/superni_classifier.py):
 
 import argparse
 import json
-import os
 import re
 import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from etils import epath
 
 COLUMNS = ("generator", "rank", "classifier")
 _TASK_NAME = re.compile(r"^task\d+")
@@ -26,15 +27,16 @@ Row = Tuple[str, Optional[float], Optional[float], Optional[float]]
 
 
 def latest_metrics(path: str, metrics_file: str = "eval_metrics.jsonl") -> Dict[str, float]:
-  """The last row of a metrics JSONL file, or of `metrics_file` in a run directory."""
-  if os.path.isdir(path):
-    path = os.path.join(path, metrics_file)
-  if not os.path.isfile(path):
+  """The last row of a metrics JSONL file, or of `metrics_file` in a run directory (local or
+  remote: etils.epath)."""
+  path = epath.Path(path)
+  if path.is_dir():
+    path = path / metrics_file
+  if not path.is_file():
     raise FileNotFoundError(f"No metrics file {path}: train with the SuperNI recipe (its "
                             "infer-eval writes MODEL_DIR/eval_metrics.jsonl) or run the eval "
                             "run mode, and pass that run directory or file.")
-  with open(path, encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
   if not rows:
     raise ValueError(f"{path} has no metrics row yet.")
   return rows[-1]

@@ -59,6 +59,7 @@ import random
 import string
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from etils import epath
 import seqio
 import tensorflow as tf
 
@@ -256,13 +257,12 @@ def _clean_examples(examples: Any) -> List[Dict[str, str]]:
 
 def read_task_names(path: str) -> List[str]:
   """Task names of a split file, one per line; blank lines are ignored."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(
         f"SuperNI split file {path} does not exist: is superni_options.data_dir "
         f"(or {DATA_DIR_ENV}) the root of a natural-instructions clone, and "
         "superni_options.split a directory under splits/?")
-  with open(path, "rb") as f:
-    lines = f.read().decode("utf-8", errors="replace").splitlines()
+  lines = epath.Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
   return [line.strip() for line in lines if line.strip()]
 
 
@@ -274,11 +274,10 @@ def read_task_file(path: str) -> Dict[str, Any]:
     ValueError: malformed JSON (with line and column) or a missing "Definition" /
       "Instances" key; the message names the file.
   """
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"SuperNI task file {path} does not exist (the task is "
                             "listed in the split file)")
-  with open(path, "rb") as f:
-    raw = f.read()
+  raw = epath.Path(path).read_bytes()
   try:
     text = raw.decode("utf-8")
   except UnicodeDecodeError:
@@ -357,15 +356,15 @@ def category_task_type(category: str, space: Sequence[str], max_output_space: in
 
 
 @functools.lru_cache(maxsize=4096)
-def _load_task(path: str, mtime_ns: int, size: int, subset: str, cap: int, seed: int,
+def _load_task(path: str, mtime: float, size: int, subset: str, cap: int, seed: int,
                rule: str, max_size: int) -> Dict[str, Any]:
   """Parsed, capped task; cached on (path, mtime, size) since files are big.
 
   `max_size` is the rule's limit: max_output_space ("category") or
   max_classification_labels ("label_count").
   """
-  del mtime_ns, size  # Cache key only: a rewritten file is re-read.
-  task_name = os.path.basename(path)[:-len(".json")]
+  del mtime, size  # Cache key only: a rewritten file is re-read.
+  task_name = epath.Path(path).stem
   data = read_task_file(path)
   instances = _valid_instances(task_name, data["Instances"], path)
   categories = data.get("Categories") or [""]
@@ -400,25 +399,25 @@ def _load_task(path: str, mtime_ns: int, size: int, subset: str, cap: int, seed:
 def load_split_tasks(options: SuperNIOptions, subset: str) -> List[Dict[str, Any]]:
   """All tasks of `subset` ("train" or "test") of the options' split, capped."""
   data_dir = options.resolved_data_dir()
-  if not os.path.isdir(data_dir):
+  if not epath.Path(data_dir).is_dir():
     raise FileNotFoundError(
         f"SuperNI data directory {data_dir} does not exist: set "
         f"superni_options.data_dir (gin) or {DATA_DIR_ENV} to a natural-instructions clone")
-  split_file = os.path.join(data_dir, "splits", options.split, f"{subset}_tasks.txt")
+  split_file = str(epath.Path(data_dir) / "splits" / options.split / f"{subset}_tasks.txt")
   names = read_task_names(split_file)
-  task_dir = os.path.join(data_dir, "tasks")
+  task_dir = epath.Path(data_dir) / "tasks"
   cap = (options.max_train_instances_per_task if subset == "train"
          else options.max_test_instances_per_task)
   tasks = []
   for name in names:
-    path = os.path.join(task_dir, name + ".json")
-    if not os.path.isfile(path):
+    path = str(task_dir / f"{name}.json")
+    if not epath.Path(path).is_file():
       raise FileNotFoundError(f"SuperNI task file {path} does not exist, but task "
                               f"{name!r} is listed in {split_file}")
-    stat = os.stat(path)
+    stat = epath.Path(path).stat()
     max_size = (options.max_output_space if options.task_type_rule == "category"
                 else options.max_classification_labels)
-    tasks.append(_load_task(path, stat.st_mtime_ns, stat.st_size, subset, cap,
+    tasks.append(_load_task(path, stat.mtime, stat.length, subset, cap,
                             options.seed, options.task_type_rule, max_size))
   return tasks
 

@@ -2,6 +2,7 @@
 missing row), disjoint and complete sharding, and scores equal to independently computed
 target log-likelihoods; predict_batch equals decoding.decode."""
 
+import json
 import os
 
 import gin
@@ -9,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
 import runmode_utils as u
 from t5x_lite import checkpoints, decoding, infer
@@ -56,14 +58,19 @@ def test_killed_run_resumes_without_duplicate_or_missing_rows(mode, checkpoint, 
     run(mode, checkpoint, tmp_path / "killed")
   monkeypatch.setattr(infer, "_commit_state", real_commit)
   kind = "predictions" if mode == "infer" else "scores"
-  path = str(tmp_path / "killed" / f"{kind}-00000-of-00001.jsonl")
-  assert len(u.read_jsonl(path)) == 12  # 3 chunks of 4 on disk, only 2 committed
+  path = tmp_path / "killed" / f"{kind}-00000-of-00001.jsonl"
+  parts = path.parent / (path.name + ".parts")
+  committed = lambda: json.loads((path.parent / (path.name + ".state.json")).read_text())
+  assert len(os.listdir(parts)) == 3 and committed()["rows"] == 8  # 3 chunks of 4, 2 recorded
+  assert not path.exists()
   # Kill 2: a clean stop after one more chunk (max_chunks), then run to the end.
   run(mode, checkpoint, tmp_path / "killed", max_chunks=1)
-  assert len(u.read_jsonl(path)) == 12  # the uncommitted chunk was dropped and redone
+  assert len(os.listdir(parts)) == 3 and committed()["rows"] == 12  # the 3rd chunk redone
+  assert committed()["position"] == [0, 11, 1]  # next: after source example 11 of the task
   run(mode, checkpoint, tmp_path / "killed")
   resumed = u.read_jsonl(path)
   assert resumed == straight
+  assert not parts.exists() and committed()["done"]
   run(mode, checkpoint, tmp_path / "killed")  # complete: a rerun appends nothing
   assert u.read_jsonl(path) == straight
   with pytest.raises(ValueError, match="split"):
@@ -84,6 +91,49 @@ def test_shards_are_disjoint_and_complete(checkpoint, tmp_path):
     seen += [r["index"] for r in rows]
   assert sorted(seen) == list(range(u.NUM_VALIDATION))
   assert len(os.listdir(tmp_path / "sharded")) == 6  # 3 JSONL + 3 state files
+
+
+COUNTED_TASK = "runmode_test_counted"
+
+
+def test_each_shard_preprocesses_only_its_share():
+  """A shard reads only its share: other shards' examples are never preprocessed."""
+  preprocessed = []
+
+  def count(ex):
+    def note(index_text):
+      preprocessed.append(index_text.numpy().decode())
+      return index_text
+    inputs = tf.py_function(note, [ex["inputs"]], tf.string)
+    inputs.set_shape([])
+    return dict(ex, inputs=inputs)
+
+  task = seqio.get_mixture_or_task(u.TASK)
+  seqio.TaskRegistry.remove(COUNTED_TASK)
+  seqio.TaskRegistry.add(COUNTED_TASK, source=task.source, output_features=task.output_features,
+                         preprocessors=[seqio.map_over_dataset(count)] + list(task.preprocessors))
+  try:
+    whole = [(r["index"], r["inputs"])
+             for r in infer.examples(COUNTED_TASK, "validation", u.LENGTHS)]
+    assert [i for i, _ in whole] == list(range(u.NUM_VALIDATION))
+    assert len(preprocessed) == u.NUM_VALIDATION
+    seen = []
+    for shard_id in range(3):
+      preprocessed.clear()
+      rows = [(r["index"], r["inputs"]) for r in infer.examples(
+          COUNTED_TASK, "validation", u.LENGTHS, shard_id=shard_id, num_shards=3)]
+      assert [i for i, _ in rows] == list(range(shard_id, u.NUM_VALIDATION, 3))
+      assert sorted(preprocessed) == sorted(text for _, text in rows)  # 8 of 24, no more
+      seen += rows
+    assert sorted(seen) == sorted(whole)
+    # Resuming after source example 13 of shard 1 preprocesses only 13 again (it might have
+    # had more rows) and what follows it.
+    preprocessed.clear()
+    rest = [r["index"] for r in infer.examples(COUNTED_TASK, "validation", u.LENGTHS, shard_id=1,
+                                               num_shards=3, start=(0, 13, 1))]
+    assert rest == [16, 19, 22] and len(preprocessed) == 4
+  finally:
+    seqio.TaskRegistry.remove(COUNTED_TASK)
 
 
 def _restored(checkpoint, model):

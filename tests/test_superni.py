@@ -3,6 +3,7 @@
 import json
 import os
 
+from etils import epath
 import gin
 import pytest
 import seqio
@@ -10,6 +11,7 @@ import seqio
 from t5x_lite import configurables
 from t5x_lite.tasks import superni
 from t5x_lite.tasks import vocab
+import fake_bucket
 import runmode_utils
 
 _SPM = os.path.join(os.path.dirname(seqio.__file__),
@@ -266,3 +268,20 @@ def test_over_long_example_is_cut_alike_in_train_eval_and_infer(clone, names):
   inputs, targets = modes["train"]
   assert len(inputs) == 16 and inputs[-1] == 1 and 0 not in inputs
   assert len(targets) == 2 and targets[-1] == 1
+
+
+def test_data_dir_on_a_bucket_gives_the_same_examples(clone, names, monkeypatch):
+  """SUPERNI_DATA_DIR may be a bucket: files are read through etils.epath."""
+  local = _examples("t_sni_def_test", "validation")
+  bucket = fake_bucket.register_scheme(monkeypatch)
+  for directory, _, files in os.walk(clone):
+    for name in files:
+      source = epath.Path(directory) / name
+      target = epath.Path(bucket) / "ni" / os.path.relpath(source, clone)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(source.read_bytes())
+  monkeypatch.setenv("SUPERNI_DATA_DIR", f"{bucket}/ni")
+  remote = _examples("t_sni_def_test", "validation")
+  assert [{k: str(v) for k, v in ex.items()} for ex in remote] == [
+      {k: str(v) for k, v in ex.items()} for ex in local]
+  assert len(remote) == 107
