@@ -3,14 +3,16 @@
 import os
 import stat
 
+from etils import epath
 import gin
 import jax
 import numpy as np
 import torch
 import transformers
 
+import fake_bucket
 import runmode_utils as u
-from t5x_lite import checkpoints, main, partitioning
+from t5x_lite import checkpoints, convert, export, main, partitioning
 
 
 def test_export_gives_hf_model_with_the_same_logits(tmp_path):
@@ -42,3 +44,19 @@ def test_export_gives_hf_model_with_the_same_logits(tmp_path):
   assert sum(p.numel() for p in hf.parameters()) == sum(
       x.size for x in jax.tree_util.tree_leaves(params))
   np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+def test_export_to_a_bucket_equals_a_local_export(tmp_path, monkeypatch):
+  u.train_tiny(tmp_path / "run", 2)
+  checkpoint = str(tmp_path / "run" / "checkpoints" / "2")
+  model = u.tiny_model()
+  export.export(checkpoint_path=checkpoint, output_dir=str(tmp_path / "hf"), model=model)
+  bucket = fake_bucket.register_scheme(monkeypatch)
+  export.export(checkpoint_path=checkpoint, output_dir=f"{bucket}/hf", model=model)
+  assert (epath.Path(f"{bucket}/hf/config.json").read_text()
+          == (tmp_path / "hf" / "config.json").read_text())
+  local, remote = convert.load_hf_state_dict(str(tmp_path / "hf")), convert.load_hf_state_dict(
+      f"{bucket}/hf")
+  assert sorted(local) == sorted(remote)
+  for key, value in local.items():
+    np.testing.assert_array_equal(remote[key], value)

@@ -5,6 +5,7 @@ target log-likelihoods; predict_batch equals decoding.decode."""
 import json
 import os
 
+from etils import epath
 import gin
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
+import fake_bucket
 import runmode_utils as u
 from t5x_lite import checkpoints, decoding, infer
 
@@ -91,6 +93,37 @@ def test_shards_are_disjoint_and_complete(checkpoint, tmp_path):
     seen += [r["index"] for r in rows]
   assert sorted(seen) == list(range(u.NUM_VALIDATION))
   assert len(os.listdir(tmp_path / "sharded")) == 6  # 3 JSONL + 3 state files
+
+
+@pytest.mark.parametrize("mode", ["infer", "score"])
+def test_infer_and_score_resume_on_a_bucket(mode, checkpoint, tmp_path, monkeypatch):
+  """OUTPUT_DIR on a bucket (tests/fake_bucket.py): killed, resumed, the same rows."""
+  local = u.read_jsonl(run(mode, checkpoint, tmp_path / "local", max_examples=16))
+  bucket = fake_bucket.register_scheme(monkeypatch)
+  commits = {"n": 0}
+  real_commit = infer._commit_state
+
+  def dying_commit(path, state):
+    commits["n"] += 1
+    if commits["n"] == 2:
+      raise KeyboardInterrupt("killed")
+    real_commit(path, state)
+
+  monkeypatch.setattr(infer, "_commit_state", dying_commit)
+  with pytest.raises(KeyboardInterrupt):
+    run(mode, checkpoint, f"{bucket}/{mode}", max_examples=16)
+  monkeypatch.setattr(infer, "_commit_state", real_commit)
+  path = run(mode, checkpoint, f"{bucket}/{mode}", max_examples=16)
+  kind = "predictions" if mode == "infer" else "scores"
+  assert path == f"{bucket}/{mode}/{kind}-00000-of-00001.jsonl"
+  rows = [json.loads(line) for line in epath.Path(path).read_text().splitlines()]
+  assert [r["index"] for r in rows] == list(range(16))
+  for ours, theirs in zip(rows, local):
+    assert ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
+    assert {k: v for k, v in ours.items() if k != "score"} == {
+        k: v for k, v in theirs.items() if k != "score"}
+  assert sorted(p.name for p in epath.Path(f"{bucket}/{mode}").iterdir()) == [
+      f"{kind}-00000-of-00001.jsonl", f"{kind}-00000-of-00001.jsonl.state.json"]
 
 
 COUNTED_TASK = "runmode_test_counted"

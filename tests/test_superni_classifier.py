@@ -5,12 +5,14 @@ choices and exact match from given logits / scores, errors, and both recipes end
 import json
 import os
 
+from etils import epath
 import gin
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 
+import fake_bucket
 import runmode_utils as u
 from t5x_lite import heads, main, superni_compare
 from t5x_lite.tasks import superni, superni_classifier, vocab
@@ -323,3 +325,15 @@ def test_generator_and_classifier_recipes_and_their_table(clone, tmp_path, monke
   assert table.splitlines()[2].startswith("| overall | ")
   assert "-" not in table.splitlines()[2]  # all three columns measured
   assert table in capsys.readouterr().out
+
+
+def test_superni_compare_reads_a_run_directory_on_a_bucket(monkeypatch):
+  bucket = fake_bucket.register_scheme(monkeypatch)
+  run = epath.Path(f"{bucket}/ni_gen")
+  run.mkdir(parents=True, exist_ok=True)
+  (run / "eval_metrics.jsonl").write_text(
+      json.dumps({"step": 10, "a/exact_match": 1.0}) + "\n"
+      + json.dumps({"step": 20, "a/exact_match": 2.5}) + "\n")
+  assert superni_compare.latest_metrics(str(run)) == {"step": 20, "a/exact_match": 2.5}
+  with pytest.raises(FileNotFoundError, match="No metrics file"):
+    superni_compare.latest_metrics(f"{bucket}/missing")
