@@ -88,11 +88,15 @@ class ResumableJsonl:
                   "config": dict(run_config)}
     if self.state_path.exists():
       saved = json.loads(self.state_path.read_text())
-      if saved.get("config") != self.state["config"] or "position" not in saved:
-        changed = sorted(k for k in set(saved.get("config", {})) | set(run_config)
-                         if saved.get("config", {}).get(k) != run_config.get(k))
+      if "position" not in saved:
+        raise ValueError(f"{self.state_path} is in an older format (one appended file): finish "
+                         "that job with the version that started it, or delete the file and "
+                         "its .state.json to start again.")
+      if saved["config"] != self.state["config"]:
+        changed = sorted(k for k in set(saved["config"]) | set(run_config)
+                         if saved["config"].get(k) != run_config.get(k))
         raise ValueError(f"{path} was started with different settings ({changed}: "
-                         f"{[saved.get('config', {}).get(k) for k in changed]} then, "
+                         f"{[saved['config'].get(k) for k in changed]} then, "
                          f"{[run_config.get(k) for k in changed]} now). Use another OUTPUT_DIR "
                          "or delete the file, its .state.json and its .parts directory.")
       self.state = saved
