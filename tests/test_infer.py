@@ -2,6 +2,7 @@
 missing row), disjoint and complete sharding, and scores equal to independently computed
 target log-likelihoods; predict_batch equals decoding.decode."""
 
+import contextlib
 import json
 import os
 
@@ -39,6 +40,25 @@ def run(mode, checkpoint, output_dir, **kwargs):
   return getattr(infer, mode)(**args)
 
 
+@contextlib.contextmanager
+def killed_at_commit(monkeypatch, n):
+  """The job dies (KeyboardInterrupt) at its n-th state commit: that chunk is written but
+  not recorded."""
+  commits = {"n": 0}
+  real_commit = infer._commit_state
+
+  def dying_commit(path, state):
+    commits["n"] += 1
+    if commits["n"] == n:
+      raise KeyboardInterrupt("killed")
+    real_commit(path, state)
+
+  monkeypatch.setattr(infer, "_commit_state", dying_commit)
+  with pytest.raises(KeyboardInterrupt):
+    yield
+  monkeypatch.setattr(infer, "_commit_state", real_commit)
+
+
 @pytest.mark.parametrize("mode", ["infer", "score"])
 def test_killed_run_resumes_without_duplicate_or_missing_rows(mode, checkpoint, tmp_path,
                                                                monkeypatch):
@@ -46,19 +66,8 @@ def test_killed_run_resumes_without_duplicate_or_missing_rows(mode, checkpoint, 
   assert [r["index"] for r in straight] == list(range(u.NUM_VALIDATION))
 
   # Kill 1: the 3rd chunk's rows reach the file but its state commit never happens.
-  commits = {"n": 0}
-  real_commit = infer._commit_state
-
-  def dying_commit(path, state):
-    commits["n"] += 1
-    if commits["n"] == 3:
-      raise KeyboardInterrupt("killed")
-    real_commit(path, state)
-
-  monkeypatch.setattr(infer, "_commit_state", dying_commit)
-  with pytest.raises(KeyboardInterrupt):
+  with killed_at_commit(monkeypatch, 3):
     run(mode, checkpoint, tmp_path / "killed")
-  monkeypatch.setattr(infer, "_commit_state", real_commit)
   kind = "predictions" if mode == "infer" else "scores"
   path = tmp_path / "killed" / f"{kind}-00000-of-00001.jsonl"
   parts = path.parent / (path.name + ".parts")
@@ -100,19 +109,8 @@ def test_infer_and_score_resume_on_a_bucket(mode, checkpoint, tmp_path, monkeypa
   """OUTPUT_DIR on a bucket (tests/fake_bucket.py): killed, resumed, the same rows."""
   local = u.read_jsonl(run(mode, checkpoint, tmp_path / "local", max_examples=16))
   bucket = fake_bucket.register_scheme(monkeypatch)
-  commits = {"n": 0}
-  real_commit = infer._commit_state
-
-  def dying_commit(path, state):
-    commits["n"] += 1
-    if commits["n"] == 2:
-      raise KeyboardInterrupt("killed")
-    real_commit(path, state)
-
-  monkeypatch.setattr(infer, "_commit_state", dying_commit)
-  with pytest.raises(KeyboardInterrupt):
+  with killed_at_commit(monkeypatch, 2):
     run(mode, checkpoint, f"{bucket}/{mode}", max_examples=16)
-  monkeypatch.setattr(infer, "_commit_state", real_commit)
   path = run(mode, checkpoint, f"{bucket}/{mode}", max_examples=16)
   kind = "predictions" if mode == "infer" else "scores"
   assert path == f"{bucket}/{mode}/{kind}-00000-of-00001.jsonl"
