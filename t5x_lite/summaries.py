@@ -44,13 +44,21 @@ class _JsonlWriter(metric_writers.MetricWriter):
         f.seek(-1, os.SEEK_END)
         torn = f.read(1) != b"\n"
       if torn:
-        with self.path.open("a") as f:
-          f.write("\n")
+        self._append("\n")
+
+  def _append(self, text: str):
+    if storage.is_local(self.path):
+      with self.path.open("a") as f:
+        f.write(text)
+    else:
+      # Object stores have no append (TensorFlow's gs:// append also downloads and uploads
+      # the whole object); an object is replaced whole, so a write is never torn there.
+      before = self.path.read_text() if self.path.exists() else ""
+      self.path.write_text(before + text)
 
   def write_scalars(self, step, scalars):
     row = {"step": int(step), **{k: _json_value(v) for k, v in scalars.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+    self._append(json.dumps(row) + "\n")
 
   def write_summaries(self, step, values, metadata=None):
     del step, values, metadata
