@@ -251,7 +251,7 @@ def test_quickstart_recipe_parses_and_runs(tmp_path, monkeypatch):
   assert os.path.isdir(model_dir / "checkpoints" / "2")
   operative = (model_dir / "config.gin").read_text()
   assert "MODEL_DIR = 'quick'" in operative
-  assert "T5Config.d_model = 256" in operative
+  assert "T5Config.d_model = 128" in operative
   assert len(history(model_dir)) == 2
 
 
