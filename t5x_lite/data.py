@@ -16,7 +16,8 @@ EOS keeps its EOS as the last token. Truncations are counted per feature
 (`TruncationStats`) and a summary is logged by `DatasetIterator`.
 
 `DatasetIterator` yields numpy batches and saves/restores its position (clu's
-TfDatasetIterator, tf.train.Checkpoint as t5x does, copied through epath), so resuming at step N costs no replay.
+TfDatasetIterator, tf.train.Checkpoint as t5x does, copied through epath), so resuming at
+step N costs no replay.
 """
 
 import difflib
