@@ -24,6 +24,8 @@ from typing import List
 from etils import epath
 import orbax.checkpoint as ocp
 
+from t5x_lite import storage
+
 CHECKPOINTS = "checkpoints"
 # Item names inside a checkpoint step directory.
 STATE_ITEM = "state"
@@ -40,7 +42,7 @@ def join(*parts) -> str:
 def absolute(path: str) -> str:
   """Remote paths as given; local paths made absolute (orbax needs absolute paths)."""
   path = str(path)
-  return path if "://" in path else str(epath.Path(path).absolute())
+  return str(epath.Path(path).absolute()) if storage.is_local(path) else path
 
 
 class RunDir:

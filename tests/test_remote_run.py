@@ -11,7 +11,7 @@ import pytest
 
 import fake_bucket
 import runmode_utils as u
-from t5x_lite import configs, convert, export, evaluate as eval_lib, infer, summaries
+from t5x_lite import convert, export, evaluate as eval_lib, infer, summaries
 
 STEPS = 6
 
@@ -45,12 +45,12 @@ def test_train_resume_eval_infer_export_on_a_bucket(tmp_path, tensorboard_dirs):
   local = tmp_path / "local"
   local_state, _ = train(local, STEPS)
   local_writers = len(tensorboard_dirs)
+  args = dict(u.common(), batch_size=8, model=u.tiny_model())
   with fake_bucket.gcs_emulator() as bucket:
     remote = f"{bucket}/run"
     train(remote, 3)  # stops after the checkpoint of step 3: the resume needs its data state
     remote_state, _ = train(remote, STEPS)
     checkpoint = f"{remote}/checkpoints/{STEPS}"
-    args = dict(u.common(), batch_size=8, model=u.tiny_model())
     remote_eval = eval_lib.evaluate(**args, checkpoint_path=checkpoint,
                                     output_dir=f"{bucket}/eval")
     remote_rows = epath.Path(infer.infer(**args, checkpoint_path=checkpoint,
@@ -78,7 +78,6 @@ def test_train_resume_eval_infer_export_on_a_bucket(tmp_path, tensorboard_dirs):
   assert all(d.startswith(bucket) for d in remote_writers)
 
   local_checkpoint = str(local / "checkpoints" / str(STEPS))
-  args = dict(u.common(), batch_size=8, model=u.tiny_model())
   local_eval = eval_lib.evaluate(**args, checkpoint_path=local_checkpoint,
                                  output_dir=str(tmp_path / "eval"))
   assert remote_eval.keys() == local_eval.keys() == {STEPS}
