@@ -19,6 +19,8 @@ SHAPES = {
                  feed_forward_proj="relu"),
     "small": dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6,
                   feed_forward_proj="relu"),
+    "base": dict(d_model=768, d_ff=3072, d_kv=64, num_heads=12, num_layers=12,
+                 feed_forward_proj="relu"),
     "t5_1_1_small": dict(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8,
                          feed_forward_proj="gated-gelu"),
     "t5_1_1_base": dict(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12,

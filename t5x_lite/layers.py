@@ -78,7 +78,9 @@ class Embed(nn.Module):
 
   def attend(self, x):
     """x: [batch, length, features] -> logits [batch, length, num_embeddings]."""
-    return jnp.einsum("ble,ve->blv", x, self.embedding.astype(self.dtype))
+    rows = x.reshape(-1, x.shape[-1])  # One row dimension: see DenseGeneral.
+    logits = jnp.dot(rows, self.embedding.astype(self.dtype).T)
+    return logits.reshape(x.shape[:-1] + (self.num_embeddings,))
 
 
 class DenseGeneral(nn.Module):
@@ -103,9 +105,15 @@ class DenseGeneral(nn.Module):
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(self._init, self.axes),
         tuple(in_shape) + tuple(self.features), self.param_dtype)
-    return jax.lax.dot_general(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        ((tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))), ((), ())))
+    # One row dimension, not [batch, length]: XLA:CPU transposes a multi-dimensional
+    # contraction into a copy before its matmul (the kernel gradient contracts batch and
+    # length), a single row dimension maps onto the BLAS-style kernel directly.
+    batch_shape = x.shape[:-self.contract]
+    rows = x.reshape((math.prod(batch_shape),) + tuple(in_shape))
+    y = jax.lax.dot_general(
+        rows.astype(self.dtype), kernel.astype(self.dtype),
+        ((tuple(range(1, 1 + self.contract)), tuple(range(self.contract))), ((), ())))
+    return y.reshape(batch_shape + tuple(self.features))
 
   def _init(self, rng, shape, dtype):
     # Initialise as the equivalent 2D matrix so fan-in/fan-out match t5x's joined layout.
