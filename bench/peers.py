@@ -32,25 +32,39 @@ VOCAB = 32128
 def build_hf_and_ours(name, *, vocab=VOCAB, seed=0, **config_overrides):
   """(HF T5ForConditionalGeneration on CPU in float32, t5x_lite T5Config, params) sharing
   the same random weights (converted with t5x_lite.convert)."""
+  from t5x_lite import convert  # pylint: disable=g-import-not-at-top
+  hf, config = build_hf(name, vocab=vocab, seed=seed, **config_overrides)
+  params = convert.params_from_hf_state_dict(
+      {k: v.detach().numpy() for k, v in hf.state_dict().items()}, config)
+  return hf, config, params
+
+
+def build_hf(name, *, vocab=VOCAB, seed=0, **config_overrides):
+  """(HF T5ForConditionalGeneration with random weights, the matching t5x_lite T5Config)."""
   import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+  hf_cfg, config = configs(name, vocab=vocab, **config_overrides)
+  hf = transformers.T5ForConditionalGeneration(hf_cfg)
+  if not hf_cfg.tie_word_embeddings:  # untied v1.1: embed_tokens must still be the shared one
+    hf.encoder.embed_tokens = hf.shared
+    hf.decoder.embed_tokens = hf.shared
+  return hf, config
+
+
+def configs(name, *, vocab=VOCAB, **config_overrides):
+  """(transformers.T5Config, t5x_lite T5Config) of a SHAPES entry, dropout 0."""
   import transformers  # pylint: disable=g-import-not-at-top
   from t5x_lite import convert  # pylint: disable=g-import-not-at-top
   shape = dict(SHAPES[name])
-  torch.manual_seed(seed)
   hf_cfg = transformers.T5Config(
       vocab_size=vocab, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
       eos_token_id=1, num_decoder_layers=shape["num_layers"], **shape)
   tied = shape["feed_forward_proj"] == "relu"
   hf_cfg.tie_word_embeddings = tied  # transformers 5.x ignores the constructor argument
-  hf = transformers.T5ForConditionalGeneration(hf_cfg)
-  if not tied:  # untied v1.1 layout: embed_tokens must still be the shared embedding
-    hf.encoder.embed_tokens = hf.shared
-    hf.decoder.embed_tokens = hf.shared
   config = convert.config_from_hf(hf_cfg.to_dict(), dropout_rate=0.0, tie_word_embeddings=tied,
                                   **config_overrides)
-  params = convert.params_from_hf_state_dict(
-      {k: v.detach().numpy() for k, v in hf.state_dict().items()}, config)
-  return hf, config, params
+  return hf_cfg, config
 
 
 def forward_flops(name, inputs, targets, vocab=VOCAB):

@@ -27,7 +27,8 @@ import peers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 def t5x_lite_step(config, params, batch):
   """(step, wait): step() runs one jitted train step (no z-loss, mean loss: HF's objective);
-  wait() blocks until the last one is done and returns its loss."""
+  wait() blocks until the last one is done and returns its loss. params None: t5x_lite's
+  own random initialisation."""
   import jax  # pylint: disable=g-import-not-at-top
   from t5x_lite import models, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top
   model = models.EncoderDecoderModel(config, z_loss=0.0)
@@ -35,7 +36,9 @@ def t5x_lite_step(config, params, batch):
                       partitioning.Partitioner())
   shapes = {k: v.shape for k, v in batch.items()}
   # Adafactor's initial state is zeros whatever the params: init_state's serves the HF weights.
-  state = t.init_state(shapes).replace(params=jax.device_put(params))
+  state = t.init_state(shapes)
+  if params is not None:
+    state = state.replace(params=jax.device_put(params))
   device_batch = jax.device_put(batch)
   holder = {"state": state, "metrics": None}
 

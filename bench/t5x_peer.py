@@ -1,0 +1,76 @@
+"""google-research/t5x itself as a benchmark peer: its example T5 network and Trainer.
+
+Not a project dependency: t5x is not on PyPI and pins nothing that installs with today's jax
+by itself, so it lives in a scratch environment built from source (`bench/scaling.py
+--t5x_python ENV/bin/python` then runs its worker there). The environment the bench tables
+were measured with (Python 3.11; the commits are the repositories' heads of 2026-12-04):
+
+  python3.11 -m venv /tmp/t5x_env && . /tmp/t5x_env/bin/activate
+  pip install "jax[cpu]==0.10.2"          # the same XLA as t5x_lite's measurements
+  git clone https://github.com/google-research/t5x && git -C t5x checkout cc342d419ec3
+  git clone https://github.com/google/flaxformer && git -C flaxformer checkout 399ea3a85e98
+  git clone https://github.com/google/airio && git -C airio checkout 69897df7     # not on PyPI
+  git clone https://github.com/google-research/jestimator && git -C jestimator checkout 326824a4
+  #   (jestimator 0.3.3 on PyPI imports PartitionSpec from jax.experimental.pjit: gone)
+  pip install --no-deps -e t5x -e flaxformer -e airio -e jestimator
+  pip install flax optax orbax-checkpoint seqio clu tensorflow-cpu tensorstore aqtp fiddle \
+      chex grain==0.2.12 tensorboard gin-config "jax[cpu]==0.10.2"
+
+What is timed: the trainer's partitioned train step (`Trainer._partitioned_train_step`, the
+jitted function `Trainer.train` calls once per batch), without the host-side metrics
+`Trainer.train` adds around it. Settings as t5x's T5.1.1 gin files: Adafactor(decay_rate=0.8,
+step_offset=0) with t5x's factoring rules, z-loss 1e-4, constant learning rate 1e-3, dropout
+0; the weights are t5x's own random initialisation (throughput does not depend on them).
+"""
+
+import numpy as np
+
+
+def build_step(shape, batch):
+  """(step, wait) for one t5x train step on `batch` (a t5x_lite/peers.random_batch dict).
+
+  shape: a bench/peers.py SHAPES entry (relu = tied T5-efficient, gated-gelu = untied v1.1).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
+  from t5x import adafactor, models, partitioning, utils  # pylint: disable=g-import-not-at-top
+  from t5x import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from t5x.examples.t5 import network  # pylint: disable=g-import-not-at-top
+  import peers  # pylint: disable=g-import-not-at-top
+  gated = shape["feed_forward_proj"] == "gated-gelu"
+  config = network.T5Config(
+      vocab_size=peers.VOCAB, dtype="float32", emb_dim=shape["d_model"],
+      num_heads=shape["num_heads"], num_encoder_layers=shape["num_layers"],
+      num_decoder_layers=shape["num_layers"], head_dim=shape["d_kv"], mlp_dim=shape["d_ff"],
+      mlp_activations=("gelu", "linear") if gated else ("relu",), dropout_rate=0.0,
+      logits_via_embedding=not gated)
+  vocab = seqio.PassThroughVocabulary(size=peers.VOCAB)
+  model = models.EncoderDecoderModel(
+      module=network.Transformer(config=config), input_vocabulary=vocab,
+      output_vocabulary=vocab, z_loss=1e-4,
+      optimizer_def=adafactor.Adafactor(
+          decay_rate=0.8, step_offset=0,
+          logical_factor_rules=adafactor.standard_logical_factor_rules()))
+  shapes = {k: v.shape for k, v in batch.items()}
+  partitioner = partitioning.PjitPartitioner(num_partitions=1)
+  initializer = utils.TrainStateInitializer(
+      optimizer_def=model.optimizer_def, init_fn=model.get_initial_variables,
+      input_shapes=shapes, input_types={k: np.int32 for k in shapes}, partitioner=partitioner)
+  trainer = trainer_lib.Trainer(
+      model=model, train_state=initializer.from_scratch(jax.random.PRNGKey(0)),
+      partitioner=partitioner, eval_names=[], summary_dir=None,
+      train_state_axes=initializer.train_state_axes, rng=jax.random.PRNGKey(1),
+      learning_rate_fn=utils.create_learning_rate_scheduler(
+          factors="constant", base_learning_rate=1e-3),
+      num_microbatches=None)
+  train_step = trainer._partitioned_train_step  # pylint: disable=protected-access
+  device_batch = jax.device_put(batch)
+  holder = {"state": trainer.train_state, "metrics": None}
+
+  def step():
+    holder["state"], holder["metrics"] = train_step(holder["state"], device_batch)
+
+  def wait():
+    jax.block_until_ready(holder["state"])
+    return float(holder["metrics"]["loss"].compute())
+  return step, wait
