@@ -18,8 +18,8 @@ tokens per example, no padding; the step is forward + backward + Adafactor (t5x'
 t5x_lite, transformers.optimization.Adafactor in HF; see bench/train_step.py).
 
   python bench/scaling.py --sizes tiny,small,t5_1_1_small --inputs 512,1024,2048 --repeats 3
-  python bench/scaling.py --sizes base,t5_1_1_base --tokens 2048 --repeats 3
-  python bench/scaling.py --compile --sizes tiny,small,base,t5_1_1_small,t5_1_1_base
+  python bench/scaling.py --sizes base,t5_1_1_base --tokens 2048 --repeats 2
+  python bench/scaling.py --compile --tokens 1024 --sizes tiny,small,t5_1_1_small,base,t5_1_1_base
 """
 
 import argparse
