@@ -3,10 +3,10 @@ lengths, with each side's peak memory and the matmul ceiling measured in the sam
 train step's compile time with and without scan_layers.
 
 Each system runs in its own worker process (this script with --worker), so each has its own
-peak RSS; the parent drives the two workers in lockstep (one timed step in HF's, one in
-t5x_lite's, and again) so machine noise hits both alike, and between shapes times one matmul
-in XLA and in PyTorch (the faster is the ceiling the achieved GFLOP/s is a share of). A
-worker imports everything its peers import too (both libraries, for HF and t5x_lite), reads
+peak RSS; the parent drives the workers in lockstep (one timed step in HF's, one in
+t5x_lite's, one in t5x's with --t5x_python, and again) so machine noise hits all alike, and
+around each row times one matmul in XLA and in PyTorch (the faster is the ceiling the
+achieved GFLOP/s is a share of). A worker imports everything its peers import too (both libraries, for HF and t5x_lite), reads
 its RSS (the baseline), builds its model the way its users would (random initialisation:
 throughput does not depend on the weights; bench/train_step.py runs both on the same weights
 and checks the loss), resets the kernel's peak-RSS mark (/proc/self/clear_refs), and only
@@ -61,7 +61,7 @@ def _build(args):
     baseline = rss_mib("VmRSS")
     batch = peers.random_batch(args.batch, args.inputs, args.targets)
     return (*t5x_peer.build_step(peers.SHAPES[args.size], batch), baseline)
-  # HF and t5x_lite import both libraries (the weights are HF's, converted) before the baseline.
+  # HF and t5x_lite workers both import both libraries before the baseline: equal baselines.
   import torch  # pylint: disable=g-import-not-at-top
   import transformers.optimization  # pylint: disable=g-import-not-at-top,unused-import
   import train_step  # pylint: disable=g-import-not-at-top
