@@ -5,7 +5,7 @@ by itself, so it lives in a scratch environment built from source (`bench/scalin
 --t5x_python ENV/bin/python` then runs its worker there). The environment the bench tables
 were measured with (Python 3.11; the commits are the repositories' heads of 2026-12-04):
 
-  python3.11 -m venv /tmp/t5x_env && . /tmp/t5x_env/bin/activate
+  python3.11 -m venv t5x_env && . t5x_env/bin/activate
   pip install "jax[cpu]==0.10.2"          # the same XLA as t5x_lite's measurements
   git clone https://github.com/google-research/t5x && git -C t5x checkout cc342d419ec3
   git clone https://github.com/google/flaxformer && git -C flaxformer checkout 399ea3a85e98
