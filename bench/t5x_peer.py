@@ -1,7 +1,7 @@
 """google-research/t5x itself as a benchmark peer: its example T5 network and Trainer.
 
-Not a project dependency: t5x is not on PyPI and pins nothing that installs with today's jax
-by itself, so it lives in a scratch environment built from source (`bench/scaling.py
+Not a project dependency: t5x is not on PyPI and two of its dependencies must come from source
+too, so it lives in a scratch environment (`bench/scaling.py
 --t5x_python ENV/bin/python` then runs its worker there). The environment the bench tables
 were measured with (Python 3.11; the commits are the repositories' heads of 2026-12-04):
 
