@@ -9,8 +9,8 @@ around each row times one matmul in XLA and in PyTorch (the faster is the ceilin
 achieved GFLOP/s is a share of). A worker imports everything its peers import too (both
 libraries, for HF and t5x_lite), reads its RSS (the baseline), builds its model the way its
 users would (random initialisation: throughput does not depend on the weights;
-bench/train_step.py runs both on the same weights and checks the loss), resets the kernel's peak-RSS mark (/proc/self/clear_refs), and only
-then compiles and steps: "peak RSS" is the high-water mark of compiling and training above
+bench/train_step.py runs both on the same weights and checks the loss), resets the
+kernel's peak-RSS mark (/proc/self/clear_refs), and only then compiles and steps: "peak RSS" is the high-water mark of compiling and training above
 the baseline (weights, gradients, optimizer state, activations, compiler memory).
 
 Batches hold --tokens input tokens (batch = tokens / input length) and --targets target
