@@ -10,8 +10,9 @@ achieved GFLOP/s is a share of). A worker imports everything its peers import to
 libraries, for HF and t5x_lite), reads its RSS (the baseline), builds its model the way its
 users would (random initialisation: throughput does not depend on the weights;
 bench/train_step.py runs both on the same weights and checks the loss), resets the
-kernel's peak-RSS mark (/proc/self/clear_refs), and only then compiles and steps: "peak RSS" is the high-water mark of compiling and training above
-the baseline (weights, gradients, optimizer state, activations, compiler memory).
+kernel's peak-RSS mark (/proc/self/clear_refs), and only then compiles and steps: "peak
+RSS" is the high-water mark of compiling and training above the baseline (weights,
+gradients, optimizer state, activations, compiler memory).
 
 Batches hold --tokens input tokens (batch = tokens / input length) and --targets target
 tokens per example, no padding; the step is forward + backward + Adafactor (t5x's in
