@@ -4,7 +4,8 @@ XLA reads the XLA_FLAGS environment variable once, when JAX starts its first bac
 `import t5x_lite` applies these defaults (`apply_defaults`) before any computation runs. A flag
 the user already put in XLA_FLAGS is left as it is, and T5X_LITE_XLA_DEFAULTS=0 adds none of
 them (XLA's own defaults then apply). A process that runs a JAX computation before
-importing t5x_lite has already fixed its flags; set XLA_FLAGS in its environment instead.
+importing t5x_lite has already fixed its flags (apply_defaults warns then); set XLA_FLAGS in
+its environment instead.
 
 The flags:
 
@@ -22,6 +23,8 @@ tests/test_xla_flags.py compiles with these flags, so a version bump re-checks t
 """
 
 import os
+import sys
+import warnings
 
 # name -> value; names are matched as written (`--name=`) against the user's XLA_FLAGS.
 DEFAULT_FLAGS = {
@@ -43,4 +46,18 @@ def apply_defaults(environ=os.environ):
   added = [f"{name}={value}" for name, value in DEFAULT_FLAGS.items() if name not in user_names]
   if added:
     environ["XLA_FLAGS"] = " ".join([flags.strip()] + added).strip()
+    if _jax_backend_started():
+      warnings.warn(f"JAX started before t5x_lite was imported, so XLA runs without {added}; "
+                    "import t5x_lite first or put them in XLA_FLAGS.", stacklevel=2)
   return added
+
+
+def _jax_backend_started():
+  """True if this process already started a JAX backend (its XLA flags are fixed)."""
+  if "jax" not in sys.modules:  # Not imported: nothing started, and no import needed to know.
+    return False
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    return xla_bridge.backends_are_initialized()
+  except (ImportError, AttributeError):  # A private API: if it moves, say nothing.
+    return False

@@ -70,3 +70,16 @@ def test_xla_compiles_each_dot_alone_with_the_default_and_fuses_without_it():
   # is what changes the compiled program.
   opted_out = _ynn_fusion_bodies({xla_flags.OPT_OUT_ENV: "0"})
   assert any(set(ops) - {"dot", "parameter"} for ops in opted_out), opted_out
+
+
+def test_importing_t5x_lite_after_jax_started_warns():
+  code = ("import warnings, jax; jax.devices()\n"
+          "with warnings.catch_warnings(record=True) as caught:\n"
+          "  warnings.simplefilter('always')\n"
+          "  import t5x_lite\n"
+          "print([str(w.message) for w in caught])")
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.OPT_OUT_ENV)}
+  out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                       text=True).stdout
+  assert "JAX started before t5x_lite was imported" in out
+  assert f"{YNN_FLAG}=individual_dot" in out
