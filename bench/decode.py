@@ -6,6 +6,11 @@ run the same algorithm), repeated and interleaved (ours, HF, ours, HF, ...) beca
 machine's speed drifts between runs. Tokens/s counts generated output tokens
 (batch * steps; beams not multiplied). Compilation and HF's first call are warm-up, not timed.
 
+With --t5x_python (a scratch environment with google-research/t5x, see bench/t5x_peer.py), t5x
+decodes the same batch with the same weights in a worker process, timed in the same rounds;
+its tokens are compared with t5x_lite's decoded with t5x's settings (beams: t5x's brevity
+penalty, alpha 0.6).
+
   python bench/decode.py --size tiny --batch 8 --input_len 64 --max_new_tokens 64
 """
 
@@ -13,6 +18,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,7 +33,28 @@ import peers
 from t5x_lite import decoding, network
 
 
-def measure(args, hf, model, params, batch_size, device):
+def save_flat_params(params, path):
+  """params (t5x_lite's tree, unstacked) as an .npz keyed by '/'-joined paths."""
+  flat = {"/".join(str(k.key) for k in keys): np.asarray(leaf, np.float32)
+          for keys, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  np.savez(path, **flat)
+
+
+def start_t5x(args, method, batch_size, inputs, workdir):
+  """A t5x decode worker (bench/t5x_peer.py) on `inputs`; returns (worker, tokens file)."""
+  inputs_path = os.path.join(workdir, f"inputs_{batch_size}.npy")
+  tokens_path = os.path.join(workdir, f"t5x_tokens_{method}_{batch_size}.npy")
+  np.save(inputs_path, inputs)
+  worker = peers.WorkerProcess(
+      [os.path.join(os.path.dirname(os.path.abspath(__file__)), "t5x_peer.py"),
+       "--size", args.model, "--params", os.path.join(workdir, "params.npz"),
+       "--inputs", inputs_path, "--method", method, "--tokens_out", tokens_path,
+       "--max_new_tokens", str(args.max_new_tokens), "--num_beams", str(args.num_beams)],
+      python=args.t5x_python)
+  return worker, tokens_path
+
+
+def measure(args, hf, model, params, batch_size, device, workdir=None):
   """Table rows (one per method) for one batch size."""
   rng = np.random.RandomState(0)
   x = rng.randint(2, peers.VOCAB, size=(batch_size, args.input_len)).astype(np.int32)
@@ -42,13 +69,16 @@ def measure(args, hf, model, params, batch_size, device):
                     early_stopping=False),
                dict(num_beams=args.num_beams, length_penalty=0.6, early_stopping=False)),
   }
+  as_t5x = {"greedy": dict(method="greedy"),
+            "beam": dict(method="beam", num_beams=args.num_beams, alpha=0.6,
+                         length_penalty="t5x", early_stopping="never")}
   rows = []
   for method in args.methods.split(","):
     ours_kwargs, hf_kwargs = settings[method]
 
-    def run_ours():
+    def run_ours(kwargs=ours_kwargs):
       tokens, _ = decoding.decode(model, params, x_jax, max_decode_length=args.max_new_tokens,
-                                  **ours_kwargs)
+                                  **kwargs)
       return np.asarray(jax.block_until_ready(tokens))[:, 0]
 
     def run_hf():
@@ -64,12 +94,24 @@ def measure(args, hf, model, params, batch_size, device):
     # Tokens/s is only comparable if both ran every step: random weights rarely emit EOS.
     steps = hf_tokens.shape[1]
     agree = float(np.mean(ours_tokens[:, :steps] == hf_tokens))
-    times = peers.interleaved({"ours": run_ours, "hf": run_hf}, args.repeats)
+    fns = {"ours": run_ours, "hf": run_hf}
+    t5x_cells = ""
+    if args.t5x_python:
+      worker, tokens_path = start_t5x(args, method, batch_size, x, workdir)
+      worker.wait_ready()  # built and compiled; its first run's tokens are saved
+      t5x_agree = np.mean(run_ours(as_t5x[method]) == np.load(tokens_path))
+      t5x_times = []
+      fns["t5x"] = lambda: t5x_times.append(worker.step()[0])  # the worker's own timing
+    times = peers.interleaved(fns, args.repeats)
     n = batch_size * steps
+    if args.t5x_python:
+      worker.close()
+      t5x_cells = (f" {n / statistics.median(t5x_times):.0f} | "
+                   f"{peers.ratio_summary(times['ours'], t5x_times)} | {t5x_agree:.1%} |")
     rows.append(f"| {method} | {batch_size} | {steps} | {n / statistics.median(times['ours']):.0f} "
                 f"| {n / statistics.median(times['hf']):.0f} | "
                 f"{peers.ratio_summary(times['ours'], times['hf'])} | {compile_s:.1f} | "
-                f"{agree:.1%} |")
+                f"{agree:.1%} |{t5x_cells}")
   return rows
 
 
@@ -88,6 +130,9 @@ def main():
                       help="CPU only. 1: one CPU thread for torch and XLA (default: on a "
                       "shared 2-core machine torch's spinning thread pool makes multi-thread "
                       "timings of small ops erratic); 0: each library's default thread pool.")
+  parser.add_argument("--t5x_python", default="",
+                      help="python of a scratch environment with t5x (see bench/t5x_peer.py): "
+                      "adds t5x as a peer, same weights (CPU)")
   args = parser.parse_args()
   on_gpu = jax.default_backend() == "gpu"
   if args.threads == 1 and not on_gpu:
@@ -102,17 +147,22 @@ def main():
   params = jax.device_put(jax.tree_util.tree_map(lambda p: p.astype(args.dtype), params))
   model = network.Transformer(config)
   rows = []
-  for batch_size in (int(b) for b in args.batch.split(",")):
-    rows += measure(args, hf, model, params, batch_size, device)
+  with tempfile.TemporaryDirectory() as workdir:
+    if args.t5x_python:
+      save_flat_params(params, os.path.join(workdir, "params.npz"))
+    for batch_size in (int(b) for b in args.batch.split(",")):
+      rows += measure(args, hf, model, params, batch_size, device, workdir)
 
   print(f"\nmodel={args.model} dtype={args.dtype} input_len={args.input_len} "
         f"max_new_tokens={args.max_new_tokens} num_beams={args.num_beams} "
         f"repeats={args.repeats} jax={jax.__version__} ({jax.devices()[0].device_kind}) "
         f"torch={torch.__version__} threads={args.threads or 'default'} "
         f"transformers={transformers.__version__}\n")
+  t5x_header = (" t5x tok/s | vs t5x (median, min-max) | tokens equal to t5x |"
+                if args.t5x_python else "")
   print("| method | batch | steps | t5x_lite tok/s | HF generate tok/s | speedup (median, "
-        "min-max) | t5x_lite compile s | tokens equal to HF |")
-  print("|---|---:|---:|---:|---:|---|---:|---:|")
+        f"min-max) | t5x_lite compile s | tokens equal to HF |{t5x_header}")
+  print("|---|---:|---:|---:|---:|---|---:|---:|" + ("---:|---|---:|" if args.t5x_python else ""))
   print("\n".join(rows))
 
 

@@ -6,6 +6,8 @@ the repository root on sys.path so an uninstalled checkout works too).
 """
 
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -116,3 +118,67 @@ def random_batch(batch, inputs, targets, vocab=VOCAB, seed=0):
   dec = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
   return dict(encoder_input_tokens=enc, decoder_input_tokens=dec, decoder_target_tokens=tgt,
               decoder_loss_weights=np.ones_like(tgt))
+
+
+class WorkerProcess:
+  """A benchmark worker in its own process (maybe another environment's python), driven by lines.
+
+  The worker prints "ready" once built, answers each "step" line with "step <seconds> <value>"
+  after one timed unit of work, and answers "exit" with "<exit_word> <value>" before it
+  exits. Other lines it prints pass on to stderr.
+  """
+
+  def __init__(self, argv, python=sys.executable, exit_word="done"):
+    self.exit_word = exit_word
+    self.proc = subprocess.Popen([python] + argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+
+  def wait_ready(self):
+    """Waits until the worker has built its system (workers build concurrently)."""
+    self._expect("ready")
+
+  def _expect(self, word):
+    """The words after `word` on the worker's next protocol line (other output passes on)."""
+    for line in self.proc.stdout:
+      if line.startswith(word + " ") or line.strip() == word:
+        return line.split()[1:]
+      print(line, end="", file=sys.stderr)
+    self.proc.kill()
+    raise RuntimeError(f"the worker exited before saying {word!r} (see its stderr above)")
+
+  def _send(self, line):
+    self.proc.stdin.write(line + "\n")
+    self.proc.stdin.flush()
+
+  def start_step(self):
+    self._send("step")
+
+  def step_result(self):
+    """(seconds, value) of the step started last, as the worker measured them."""
+    seconds, value = self._expect("step")
+    return float(seconds), float(value)
+
+  def step(self):
+    self.start_step()
+    return self.step_result()
+
+  def close(self):
+    """The value the worker reports on exit."""
+    self._send("exit")
+    (value,) = self._expect(self.exit_word)
+    self.proc.wait()
+    return float(value)
+
+
+def serve(step, wait, exit_value=lambda: 0.0, exit_word="done"):
+  """The worker side of WorkerProcess: times step() + wait() (wait returns the step's value)
+  for each "step" line read from stdin, until "exit"."""
+  print("ready", flush=True)
+  for command in sys.stdin:
+    if command.strip() == "exit":
+      print(f"{exit_word} {exit_value():.6f}", flush=True)
+      return
+    start = time.perf_counter()
+    step()
+    value = wait()
+    print(f"step {time.perf_counter() - start:.6f} {value:.6f}", flush=True)

@@ -27,9 +27,7 @@ import argparse
 import gc
 import os
 import statistics
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,65 +76,19 @@ def _build(args):
 
 
 def worker(args):
-  """Builds one system's step, then serves 'step' / 'exit' commands read from stdin."""
+  """Builds one system's step, then serves the parent's 'step' / 'exit' lines (peers.serve)."""
   step, wait, baseline = _build(args)
   gc.collect()
   reset_peak_rss()
-  print("ready", flush=True)
-  for command in sys.stdin:
-    if command.strip() == "exit":
-      print(f"peak_rss_mib {rss_mib() - baseline:.0f}", flush=True)
-      return
-    start = time.perf_counter()
-    step()
-    loss = wait()
-    print(f"step {time.perf_counter() - start:.6f} {loss:.6f}", flush=True)
+  peers.serve(step, wait, exit_value=lambda: rss_mib() - baseline, exit_word="peak_rss_mib")
 
 
-class Worker:
-  """A worker process and the line protocol to drive it."""
-
-  def __init__(self, system, size, batch, inputs, targets, scan_layers=False,
-               python=sys.executable):
-    self.proc = subprocess.Popen(
-        [python, os.path.abspath(__file__), "--worker", system, "--size", size,
-         "--batch", str(batch), "--inputs", str(inputs), "--targets", str(targets)]
-        + (["--scan_layers"] if scan_layers else []),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-  def wait_ready(self):
-    """Waits until the worker has built its model (workers build concurrently)."""
-    self._expect("ready")
-
-  def _expect(self, word):
-    """The words after `word` on the worker's next protocol line (other output passes on)."""
-    for line in self.proc.stdout:
-      if line.startswith(word + " ") or line.strip() == word:
-        return line.split()[1:]
-      print(line, end="", file=sys.stderr)
-    self.proc.kill()
-    raise RuntimeError(f"the worker exited before saying {word!r} (see its stderr above)")
-
-  def start_step(self):
-    self.proc.stdin.write("step\n")
-    self.proc.stdin.flush()
-
-  def step_result(self):
-    """(seconds, loss) of the step started last."""
-    seconds, loss = self._expect("step")
-    return float(seconds), float(loss)
-
-  def step(self):
-    self.start_step()
-    return self.step_result()
-
-  def close(self):
-    """Peak RSS in MiB above the worker's RSS once everything was imported."""
-    self.proc.stdin.write("exit\n")
-    self.proc.stdin.flush()
-    (mib,) = self._expect("peak_rss_mib")
-    self.proc.wait()
-    return float(mib)
+def Worker(system, size, batch, inputs, targets, scan_layers=False, python=sys.executable):  # pylint: disable=invalid-name
+  """A worker process of this script for one system; close() returns its peak RSS in MiB."""
+  return peers.WorkerProcess(
+      [os.path.abspath(__file__), "--worker", system, "--size", size, "--batch", str(batch),
+       "--inputs", str(inputs), "--targets", str(targets)]
+      + (["--scan_layers"] if scan_layers else []), python=python, exit_word="peak_rss_mib")
 
 
 def matmul_ceiling(repeats=3):
