@@ -83,7 +83,7 @@ def worker(args):
   peers.serve(step, wait, exit_value=lambda: rss_mib() - baseline, exit_word="peak_rss_mib")
 
 
-def Worker(system, size, batch, inputs, targets, scan_layers=False, python=sys.executable):  # pylint: disable=invalid-name
+def start_worker(system, size, batch, inputs, targets, scan_layers=False, python=sys.executable):
   """A worker process of this script for one system; close() returns its peak RSS in MiB."""
   return peers.WorkerProcess(
       [os.path.abspath(__file__), "--worker", system, "--size", size, "--batch", str(batch),
@@ -108,9 +108,11 @@ def train_row(args, size, inputs):
   may not fit in memory at long inputs) is left out of the row; HF or t5x_lite dying fails it."""
   batch = max(1, args.tokens // inputs)
   ceiling_before = matmul_ceiling()
-  workers = {name: Worker(name, size, batch, inputs, args.targets) for name in ("hf", "ours")}
+  workers = {name: start_worker(name, size, batch, inputs, args.targets)
+             for name in ("hf", "ours")}
   if args.t5x_python:
-    workers["t5x"] = Worker("t5x", size, batch, inputs, args.targets, python=args.t5x_python)
+    workers["t5x"] = start_worker("t5x", size, batch, inputs, args.targets,
+                                  python=args.t5x_python)
   first, times, rss = {}, {name: [] for name in workers}, {}
 
   def each(action):
@@ -149,7 +151,7 @@ def compile_row(args, size):
   """Seconds to the first step's result (trace + compile + one step) minus a later step."""
   cells = []
   for scan in (False, True):
-    w = Worker("ours", size, args.tokens // 512, 512, args.targets, scan_layers=scan)
+    w = start_worker("ours", size, args.tokens // 512, 512, args.targets, scan_layers=scan)
     w.wait_ready()
     first, _ = w.step()
     later = statistics.median(w.step()[0] for _ in range(2))

@@ -1,9 +1,10 @@
-"""google-research/t5x itself as a benchmark peer: its example T5 network and Trainer.
+"""google-research/t5x itself as a benchmark peer: its example T5 network, Trainer and decoding.
 
 Not a project dependency: t5x is not on PyPI and two of its dependencies must come from source
-too, so it lives in a scratch environment (`bench/scaling.py
---t5x_python ENV/bin/python` then runs its worker there). The environment the bench tables
-were measured with (Python 3.11; the commits are the repositories' heads of 2026-12-04):
+too, so it lives in a scratch environment (`bench/scaling.py --t5x_python ENV/bin/python` and
+`bench/decode.py --t5x_python ENV/bin/python` then run their t5x worker there). The
+environment the bench tables were measured with (Python 3.11; the commits are the
+repositories' heads of 2026-12-04):
 
   python3.11 -m venv t5x_env && . t5x_env/bin/activate
   pip install "jax[cpu]==0.10.2"          # the same XLA as t5x_lite's measurements
@@ -16,11 +17,12 @@ were measured with (Python 3.11; the commits are the repositories' heads of 2026
   pip install flax optax orbax-checkpoint seqio clu tensorflow-cpu tensorstore aqtp fiddle \
       chex grain==0.2.12 tensorboard gin-config "jax[cpu]==0.10.2"
 
-Training (bench/scaling.py --t5x_python). What is timed: the trainer's partitioned train step (`Trainer._partitioned_train_step`, the
-jitted function `Trainer.train` calls once per batch), without the host-side metrics
-`Trainer.train` adds around it. Settings as t5x's T5.1.1 gin files: Adafactor(decay_rate=0.8,
-step_offset=0) with t5x's factoring rules, z-loss 1e-4, constant learning rate 1e-3, dropout
-0; the weights are t5x's own random initialisation (throughput does not depend on them).
+Training (bench/scaling.py --t5x_python). What is timed: the trainer's partitioned train step
+(`Trainer._partitioned_train_step`, the jitted function `Trainer.train` calls once per batch),
+without the host-side metrics `Trainer.train` adds around it. Settings as t5x's T5.1.1 gin
+files: Adafactor(decay_rate=0.8, step_offset=0) with t5x's factoring rules, z-loss 1e-4,
+constant learning rate 1e-3, dropout 0; the weights are t5x's own random initialisation
+(throughput does not depend on them).
 
 Decoding (bench/decode.py --t5x_python; this file is then the worker's script). What is timed:
 jitted `EncoderDecoderModel.predict_batch_with_aux` (encoder, cache set-up and t5x's decoding
