@@ -63,11 +63,14 @@ def configs(name, *, vocab=VOCAB, **config_overrides):
   import transformers  # pylint: disable=g-import-not-at-top
   from t5x_lite import convert  # pylint: disable=g-import-not-at-top
   shape = dict(SHAPES[name])
+  tied = shape["feed_forward_proj"] == "relu"
+  # transformers 5.x reads the constructor's tie_word_embeddings=False as "v1.1: do not scale
+  # the decoder output by d_model**-0.5" (scale_decoder_outputs) and then forces the attribute
+  # to True; setting it again afterwards gives the separate lm_head.
   hf_cfg = transformers.T5Config(
       vocab_size=vocab, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
-      eos_token_id=1, num_decoder_layers=shape["num_layers"], **shape)
-  tied = shape["feed_forward_proj"] == "relu"
-  hf_cfg.tie_word_embeddings = tied  # transformers 5.x ignores the constructor argument
+      eos_token_id=1, num_decoder_layers=shape["num_layers"], tie_word_embeddings=tied, **shape)
+  hf_cfg.tie_word_embeddings = tied
   config = convert.config_from_hf(hf_cfg.to_dict(), dropout_rate=0.0, tie_word_embeddings=tied,
                                   **config_overrides)
   return hf_cfg, config
