@@ -102,8 +102,8 @@ def load_params(model, path, input_len, decode_len):
   shapes = {"encoder_input_tokens": (1, input_len), "decoder_input_tokens": (1, decode_len)}
   abstract = jax.eval_shape(lambda: model.get_initial_variables(
       jax.random.PRNGKey(0), shapes, {k: jnp.int32 for k in shapes}))["params"]
-  wanted = {"/".join(k.key for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  wanted = {"/".join(k.key for k in keys): leaf
+            for keys, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
   given = dict(np.load(path))
   if set(given) != set(wanted):
     raise ValueError(f"parameter names differ: only in t5x {sorted(set(wanted) - set(given))}, "
