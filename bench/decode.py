@@ -40,11 +40,10 @@ def save_flat_params(params, path):
   np.savez(path, **flat)
 
 
-def start_t5x(args, method, batch_size, inputs, workdir):
-  """A t5x decode worker (bench/t5x_peer.py) on `inputs`; returns (worker, tokens file)."""
-  inputs_path = os.path.join(workdir, f"inputs_{batch_size}.npy")
-  tokens_path = os.path.join(workdir, f"t5x_tokens_{method}_{batch_size}.npy")
-  np.save(inputs_path, inputs)
+def start_t5x(args, method, inputs_path, workdir):
+  """A t5x decode worker (bench/t5x_peer.py) on the inputs saved at inputs_path;
+  returns (worker, the file its first run's tokens are saved to)."""
+  tokens_path = os.path.join(workdir, f"t5x_tokens_{method}.npy")
   worker = peers.WorkerProcess(
       [os.path.join(os.path.dirname(os.path.abspath(__file__)), "t5x_peer.py"),
        "--size", args.model, "--params", os.path.join(workdir, "params.npz"),
@@ -54,7 +53,7 @@ def start_t5x(args, method, batch_size, inputs, workdir):
   return worker, tokens_path
 
 
-def measure(args, hf, model, params, batch_size, device, workdir=None):
+def measure(args, hf, model, params, batch_size, device, workdir):
   """Table rows (one per method) for one batch size."""
   rng = np.random.RandomState(0)
   x = rng.randint(2, peers.VOCAB, size=(batch_size, args.input_len)).astype(np.int32)
@@ -63,6 +62,9 @@ def measure(args, hf, model, params, batch_size, device, workdir=None):
   x_torch = torch.from_numpy(x).long().to(device)
   mask_torch = torch.from_numpy((x > 0).astype(np.int64)).to(device)
   x_jax = jnp.asarray(x)
+  inputs_path = os.path.join(workdir, "inputs.npy")
+  if args.t5x_python:
+    np.save(inputs_path, x)
   settings = {
       "greedy": (dict(method="greedy"), dict(num_beams=1)),
       "beam": (dict(method="beam", num_beams=args.num_beams, alpha=0.6, length_penalty="hf",
@@ -97,7 +99,7 @@ def measure(args, hf, model, params, batch_size, device, workdir=None):
     fns = {"ours": run_ours, "hf": run_hf}
     t5x_cells = ""
     if args.t5x_python:
-      worker, tokens_path = start_t5x(args, method, batch_size, x, workdir)
+      worker, tokens_path = start_t5x(args, method, inputs_path, workdir)
       worker.wait_ready()  # built and compiled; its first run's tokens are saved
       t5x_agree = np.mean(run_ours(as_t5x[method]) == np.load(tokens_path))
       t5x_times = []
