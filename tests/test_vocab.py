@@ -1,13 +1,16 @@
 """Tests for tasks/vocab.py: the default vocabulary (build, cache, determinism, safety)."""
 
+import hashlib
+import json
 import os
 import multiprocessing
+import shutil
 
 import gin
 import pytest
 import seqio
 
-from t5x_lite import configurables, gin_utils, tasks
+from t5x_lite import configurables, gin_utils, tasks, vocab_identity
 from t5x_lite.tasks import vocab
 
 TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
@@ -113,3 +116,19 @@ def test_a_task_vocabulary_that_does_not_fit_the_model_fails_at_start(tmp_path):
   assert "'embedded_copy_zeroshot'" in message and "4100 ids (padded: 4224)" in message
   assert "T5Config.vocab_size=32128" in message and "get_vocabulary" in message
   assert not os.listdir(tmp_path)  # nothing started
+
+
+def test_fingerprint_identifies_the_model_bytes_and_extra_ids(tmp_path):
+  copy = tmp_path / "copy.model"
+  shutil.copy(TINY_SPM, copy)
+  base = vocab_identity.fingerprint(seqio.SentencePieceVocabulary(TINY_SPM, extra_ids=100))
+  # Same bytes at another path: same identity; other extra_ids: another one.
+  assert vocab_identity.fingerprint(seqio.SentencePieceVocabulary(str(copy), extra_ids=100)) == base
+  assert vocab_identity.fingerprint(seqio.SentencePieceVocabulary(TINY_SPM, extra_ids=10)) != base
+  # Independent recomputation: sha256 over the documented header and seqio's loaded bytes.
+  v = seqio.SentencePieceVocabulary(TINY_SPM, extra_ids=100)
+  header = {"kind": "sentencepiece", "extra_ids": 100, "normalizer_spec_overrides": None}
+  expected = hashlib.sha256(
+      json.dumps(header, sort_keys=True).encode() + b"\0" + v.sp_model).hexdigest()
+  assert base == expected and len(base) == 64
+  assert vocab_identity.fingerprint(seqio.ByteVocabulary()) != base
