@@ -109,24 +109,33 @@ class EncoderHeadNetwork(nn.Module):
     dtypes = dict(dtype=cfg.activation_dtype, param_dtype=cfg.parameter_dtype)
     self.token_embedder = layers.Embed(cfg.vocab_size, cfg.d_model, **dtypes)
     self.encoder = network.Encoder(cfg, self.token_embedder)
-    self.dropout = nn.Dropout(self.dropout_rate)
+    # Per-row masks from (the step's rng, the row's global id), as the encoder's: a
+    # microbatched step then draws the masks of the full batch (layers.Dropout).
+    self.dropout = layers.Dropout(self.dropout_rate)
     if self.pre_classifier:
       self.pre_classifier_dense = BiasedDense(cfg.d_model, ("embed", "mlp"), **dtypes)
     self.classifier = BiasedDense(self.num_outputs, ("embed", LABELS), **dtypes)
 
-  def encode(self, tokens, segment_ids=None, deterministic=True):
-    """The encoder's output [batch, length, embed] (HF T5EncoderModel's last_hidden_state)."""
-    return self.encoder(tokens, segment_ids, deterministic)
+  def encode(self, tokens, segment_ids=None, deterministic=True, row_ids=None):
+    """The encoder's output [batch, length, embed] (HF T5EncoderModel's last_hidden_state).
 
-  def __call__(self, tokens, segment_ids=None, deterministic=True):
-    """tokens int [batch, length] -> float32 [batch, num_outputs] or [batch, length, num_outputs]."""
-    x = self.encode(tokens, segment_ids, deterministic)
+    row_ids: int [batch] global row ids of the dropout masks (None: 0..batch-1).
+    """
+    return self.encoder(tokens, segment_ids, deterministic, row_ids)
+
+  def __call__(self, tokens, segment_ids=None, deterministic=True, row_ids=None):
+    """tokens int [batch, length] -> float32 [batch, num_outputs] or [batch, length, num_outputs].
+
+    row_ids: int [batch] global row ids of the dropout masks (None: 0..batch-1); the trainer
+    passes them when microbatching.
+    """
+    x = self.encode(tokens, segment_ids, deterministic, row_ids)
     if self.pooling is not None:
       x = pool(x, tokens > 0, self.pooling)
-    x = self.dropout(x, deterministic=deterministic)
+    x = self.dropout(x, row_ids, deterministic)
     if self.pre_classifier:
       x = jnp.tanh(self.pre_classifier_dense(x))
-      x = self.dropout(x, deterministic=deterministic)
+      x = self.dropout(x, row_ids, deterministic)
     return self.classifier(x).astype(jnp.float32)
 
 
@@ -182,7 +191,8 @@ class EncoderHeadModel:
     deterministic = dropout_rng is None
     return self.module.apply(
         {"params": params}, batch["encoder_input_tokens"], batch.get("encoder_segment_ids"),
-        deterministic=deterministic, rngs=None if deterministic else {"dropout": dropout_rng})
+        deterministic=deterministic, row_ids=batch.get("row_ids"),
+        rngs=None if deterministic else {"dropout": dropout_rng})
 
   def normalizer(self, num_labelled):
     """The summed loss is a mean over the batch's labelled examples (tokens)."""
