@@ -213,11 +213,16 @@ def _close_quietly(closeable) -> None:
 
 
 def _report(run_dir: RunDir, manager, loss_png, eval_writer, predictions_path, rows, metrics,
-            print_examples):
-  """Prints (process 0) a few infer-eval predictions, the final metrics and where outputs are."""
+            print_examples, decodes: bool = True):
+  """Prints (process 0) a few infer-eval predictions, the final metrics and where outputs are.
+
+  `decodes`: the model generates its predictions (an EncoderDecoderModel); a head model
+  (t5x_lite.heads) predicts labels, spans or tags, which are not generated.
+  """
   lines = []
   if rows and print_examples:
-    lines += ["Generated examples (greedy unless DecodingSettings says otherwise):",
+    lines += ["Generated examples (greedy unless DecodingSettings says otherwise):" if decodes
+              else "Predicted examples (the model's head, no decoding):",
               evaluation_lib.format_examples(rows, print_examples)]
   if metrics:
     lines.append(f"Final eval metrics (all in {eval_writer.history_path}): "
@@ -448,7 +453,7 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
       if jax.process_index() == 0:
         _report(run_dir, manager, plot_loss_curve(run_dir), eval_writer,
                 run_eval.predictions_path, run_eval.predictions, eval_metrics,
-                evaluation.print_examples)
+                evaluation.print_examples, isinstance(model, models_lib.EncoderDecoderModel))
     manager.close()
     return state, eval_metrics
   except BaseException:

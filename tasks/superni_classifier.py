@@ -1,8 +1,9 @@
 """SuperNI's classification tasks answered three ways: generator, rank classification, classifier.
 
 Tk-Instruct's encoder-decoder (the generator) is compared with an encoder classifier on
-the test tasks that superni.py's task type rule marks "classification" (a category of
-superni.CLASSIFICATION_CATEGORIES and an output space of at most 100 values):
+the test tasks that superni.py's task type rule marks "classification" (by default a
+category of superni.STUDY_CLASSIFICATION_CATEGORIES and an output space of at most 100
+values):
 
   generator   decodes the answer: superni_classification_{enc}_test (tasks/superni.py).
   rank        the same encoder-decoder scores every candidate of the task's output space
@@ -13,8 +14,13 @@ superni.CLASSIFICATION_CATEGORIES and an output space of at most 100 values):
               highest probability of "correct" is the answer: superni_pairs_{enc}_test.
 
 All three report SuperNI's exact match (which for a chosen candidate equals accuracy),
-overall, per category and per task, under the same metric names:
-`python -m t5x_lite.superni_compare` prints them side by side.
+overall, per category and per task: the generator and the classifier as `exact_match...`,
+rank classification as `rank_exact_match...` (`rank_rougeL...`). Rank classification is
+evaluated in the generator's run, and the run's `average/<metric>` is the mean over the
+tasks reporting <metric>: with one name for both, `average/exact_match` would mix the
+decoded and the ranked answers of the same instances; with two, `average/exact_match` is
+the decoded answers' and `average/rank_exact_match` the ranked ones'.
+`python -m t5x_lite.superni_compare` prints the three side by side.
 
 Pairs: for every instance and every candidate c of its task's output space (the distinct
 lower-cased outputs of the task's instances, as first spelled), the input is
@@ -193,9 +199,19 @@ def superni_pair_metrics(targets: Sequence[Mapping], predictions: Sequence[str],
   return _scored_choices(_instance_choices(targets, keys))
 
 
+RANK_METRIC_PREFIX = "rank_"
+
+
 def superni_rank_metrics(targets: Sequence[Mapping], scores: Sequence[float]) -> Dict[str, float]:
-  """seqio metric fn: per instance, the candidate with the highest log-likelihood."""
-  return _scored_choices(_instance_choices(targets, list(scores)))
+  """seqio metric fn: per instance, the candidate with the highest log-likelihood.
+
+  Returns:
+    SuperNI's metrics of the chosen candidates, each name prefixed with "rank_"
+    (rank_exact_match, rank_exact_match_for_<category or task>, rank_rougeL, ...), so
+    that the generator run's averages keep decoding and ranking apart (module docstring).
+  """
+  return {RANK_METRIC_PREFIX + k: v
+          for k, v in _scored_choices(_instance_choices(targets, list(scores))).items()}
 
 
 def _add_task(name, source, preprocessors, features, metric_fn):

@@ -285,3 +285,72 @@ def test_data_dir_on_a_bucket_gives_the_same_examples(clone, names, monkeypatch)
   assert [{k: str(v) for k, v in ex.items()} for ex in remote] == [
       {k: str(v) for k, v in ex.items()} for ex in local]
   assert len(remote) == 107
+
+
+# The default split's 119 test tasks with their category and output space as recorded from
+# allenai/natural-instructions (sources and what could not be read: the file's header).
+_DEFAULT_TEST_TASKS = os.path.join(os.path.dirname(__file__), "superni_default_test_tasks.tsv")
+
+
+def _recorded_test_tasks():
+  with open(_DEFAULT_TEST_TASKS, encoding="utf-8") as f:
+    lines = [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
+  header, *rows = [line.split("\t") for line in lines]
+  assert header == ["task", "category", "output_values", "evidence"]
+  return rows
+
+
+def test_study_rule_on_the_default_test_split(tmp_path, monkeypatch):
+  """The study's rule, through the loader, on a clone shaped like the recorded test split:
+  each task gets its category and an output space at the recorded bound (100 values for
+  "<=100", the largest a classification task may have; 101 for ">100"), and 64 of the 119
+  come out classification, as the study reports (Word Analogy included)."""
+  rows = _recorded_test_tasks()
+  assert len(rows) == len({r[0] for r in rows}) == 119
+  per_category = {}
+  for _, category, _, _ in rows:
+    per_category[category] = per_category.get(category, 0) + 1
+  assert per_category == {
+      "Textual Entailment": 24, "Cause Effect Classification": 7, "Coreference Resolution": 14,
+      "Dialogue Act Recognition": 7, "Answerability Classification": 13, "Word Analogy": 8,
+      "Overlap Extraction": 2, "Keyword Tagging": 5, "Question Rewriting": 11,
+      "Title Generation": 18, "Data to Text": 9, "Grammar Error Correction": 1}
+  root = str(tmp_path)
+  os.makedirs(os.path.join(root, "tasks"))
+  os.makedirs(os.path.join(root, "splits", "default"))
+  sizes = {">100": 101, "<=100": 100, "-": 3}
+  for name, category, values, _ in rows:
+    _write(root, name, {"Categories": [category], "Definition": ["d"],
+                        "Instances": [{"id": f"{name}-{i}", "input": "x", "output": [f"v{i}"]}
+                                      for i in range(sizes[values])]})
+  with open(os.path.join(root, "splits", "default", "test_tasks.txt"), "w") as f:
+    f.write("\n".join(r[0] for r in rows) + "\n")
+  monkeypatch.setenv("SUPERNI_DATA_DIR", root)
+
+  def classification(rule):
+    tasks = superni.load_split_tasks(superni.SuperNIOptions(task_type_rule=rule), "test")
+    return sorted(t["Task"] for t in tasks if t["TaskType"] == "classification")
+
+  study = classification("study")
+  assert len(study) == 64
+  assert superni.SuperNIOptions().task_type_rule == "study"
+  by_category = {}
+  for name, category, _, _ in rows:
+    if name in study:
+      by_category[category] = by_category.get(category, 0) + 1
+  assert by_category == {"Textual Entailment": 24, "Cause Effect Classification": 5,
+                         "Coreference Resolution": 7, "Dialogue Act Recognition": 7,
+                         "Answerability Classification": 13, "Word Analogy": 8}
+  exact_match_categories = {"Textual Entailment", "Cause Effect Classification",
+                            "Coreference Resolution", "Dialogue Act Recognition",
+                            "Answerability Classification", "Word Analogy"}
+  assert sorted(r[0] for r in rows if r[1] in exact_match_categories and r[0] not in study) == [
+      "task033_winogrande_answer_generation", "task249_enhanced_wsc_pronoun_disambiguation",
+      "task304_numeric_fused_head_resolution", "task330_gap_answer_generation",
+      "task393_plausible_result_generation", "task401_numeric_fused_head_reference",
+      "task614_glucose_cause_event_detection", "task648_answer_generation",
+      "task891_gap_coreference_resolution"]
+  # The earlier "category" rule lacks Word Analogy: 56.
+  assert classification("category") == sorted(
+      n for n, c, _, _ in rows if n in study and c != "Word Analogy")
+  assert len(classification("category")) == 56

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 import fake_bucket
 import runmode_utils as u
-from t5x_lite import heads, main, superni_compare
+from t5x_lite import evaluation, heads, main, superni_compare
+from t5x_lite.tasks import metrics as metrics_lib
 from t5x_lite.tasks import superni, superni_classifier, vocab
 
 DEFINITION = "Does the premise entail the hypothesis? Answer Yes or No"
@@ -47,7 +48,8 @@ NAMES = {"Categories": ["Coreference Resolution"], "Definition": ["Who is it?"],
          "Positive Examples": [], "Negative Examples": [],
          "Instances": [{"id": f"name-{i}", "input": f"story {i}", "output": [f"Person {i}"]}
                        for i in range(120)]}
-# Three labels but not a classification category: classification only by the label-count rule.
+# Word Analogy, three labels: classification by the study's rule (the default) and by the
+# label-count rule, generation by the "category" rule (its table lacks Word Analogy).
 ANALOGY = {"Categories": ["Word Analogy"], "Definition": ["Complete the analogy."],
            "Positive Examples": [], "Negative Examples": [],
            "Instances": [{"id": f"an-{i}", "input": f"a : b :: c : {i}",
@@ -61,7 +63,7 @@ QA = {"Categories": ["Question Answering"], "Definition": ["Answer."], "Positive
       "Instances": [{"id": f"qa-{i}", "input": f"question {i}", "output": [f"answer {i}"]}
                     for i in range(3)]}
 TEST_TASKS = {"task101_nli": NLI, "task102_acts": ACTS, "task103_titles": TITLES,
-              "task104_names": NAMES, "task105_analogy": ANALOGY}
+              "task104_names": NAMES}
 TRAIN_TASKS = {"task201_sentiment": SENTIMENT, "task202_qa": QA}
 ENCODING = superni.ENCODINGS["def"]
 
@@ -100,13 +102,21 @@ def _examples(name, split, lengths=None):
           for ex in ds.as_numpy_iterator()]
 
 
-def test_task_type_rules(clone):
+def test_task_type_rules(tmp_path, monkeypatch):
+  write_clone(str(tmp_path), test_tasks={**TEST_TASKS, "task105_analogy": ANALOGY})
+  monkeypatch.setenv("SUPERNI_DATA_DIR", str(tmp_path))
+
   def types(**options):
     tasks = superni.load_split_tasks(superni.SuperNIOptions(**options), "test")
     return {t["Task"]: t["TaskType"] for t in tasks}
-  assert types() == {"task101_nli": "classification", "task102_acts": "classification",
-                     "task103_titles": "generation", "task104_names": "generation",
-                     "task105_analogy": "generation"}
+  assert types() == types(task_type_rule="study") == {
+      "task101_nli": "classification", "task102_acts": "classification",
+      "task103_titles": "generation", "task104_names": "generation",
+      "task105_analogy": "classification"}
+  assert types(task_type_rule="category") == {
+      "task101_nli": "classification", "task102_acts": "classification",
+      "task103_titles": "generation", "task104_names": "generation",
+      "task105_analogy": "generation"}
   assert types(task_type_rule="label_count") == {
       "task101_nli": "classification", "task102_acts": "classification",
       "task103_titles": "generation", "task104_names": "generation",
@@ -116,7 +126,8 @@ def test_task_type_rules(clone):
     superni.SuperNIOptions(task_type_rule="labels")
   nli = superni.load_split_tasks(superni.SuperNIOptions(), "test")[0]
   assert nli["OutputSpace"] == ["Yes.", "No", "yes", "Correct"]
-
+  analogy = superni.load_split_tasks(superni.SuperNIOptions(), "test")[4]
+  assert analogy["OutputSpace"] == ["box", "jar", "bag"]
 
 
 def test_pair_prompts_and_labels(clone, names):
@@ -252,9 +263,29 @@ def test_rank_classification_from_given_scores(clone, names):
     scores[i] = -10.0 + len(t["candidate"])
   result = superni_classifier.superni_rank_metrics(targets, scores)
   # "Correct" is right only for nli-2; "question" for the odd acts.
-  assert result["exact_match_for_task101_nli"] == round(100 / 6, 4)
-  assert result["exact_match_for_task102_acts"] == 50.0
-  assert result["exact_match"] == round(100 * 4 / 12, 4)
+  assert result["rank_exact_match_for_task101_nli"] == round(100 / 6, 4)
+  assert result["rank_exact_match_for_task102_acts"] == 50.0
+  assert result["rank_exact_match"] == round(100 * 4 / 12, 4)
+  assert all(k.startswith("rank_") for k in result)
+
+
+def test_generator_run_averages_keep_decoding_and_ranking_apart(clone, names):
+  """The generator run evaluates the decoded answers and rank classification of the same
+  instances; its averages (evaluation.flatten_metrics) must not mix the two."""
+  decoded_targets = _targets("t_nic_classification_def_test")
+  # Decoding answers "yes" everywhere: right for nli-0, 2, 4 (after normalisation), 3 of 12.
+  decoded = metrics_lib.superni_metrics(decoded_targets, ["yes"] * len(decoded_targets))
+  assert decoded["exact_match"] == 25.0
+  rank_targets = _targets("t_nic_rank_def_test")
+  # Ranking picks the longest candidate: right for nli-2 and the odd acts, 4 of 12.
+  ranked = superni_classifier.superni_rank_metrics(
+      rank_targets, [len(t["candidate"]) for t in rank_targets])
+  assert ranked["rank_exact_match"] == round(100 * 4 / 12, 4)
+  flat = evaluation.flatten_metrics({"t_nic_classification_def_test": decoded,
+                                     "t_nic_rank_def_test": ranked})
+  assert flat["average/exact_match"] == 25.0
+  assert flat["average/rank_exact_match"] == round(100 * 4 / 12, 4)
+  assert flat["t_nic_rank_def_test/rank_exact_match_for_task101_nli"] == round(100 / 6, 4)
 
 
 def test_comparison_task_names_and_table(tmp_path):
@@ -274,9 +305,11 @@ def test_comparison_task_names_and_table(tmp_path):
       "step": 2, "superni_classification_def_pos2_test/exact_match": 40.0,
       "superni_classification_def_pos2_test/exact_match_for_textual_entailment": 30.0,
       "superni_classification_def_pos2_test/exact_match_for_task101_nli": 30.0,
-      "superni_rank_def_pos2_test/exact_match": 45.5,
-      "superni_rank_def_pos2_test/exact_match_for_textual_entailment": 50.0,
-      "superni_rank_def_pos2_test/exact_match_for_task101_nli": 50.0}) + "\n")
+      "superni_rank_def_pos2_test/rank_exact_match": 45.5,
+      "superni_rank_def_pos2_test/rank_exact_match_for_textual_entailment": 50.0,
+      "superni_rank_def_pos2_test/rank_exact_match_for_task101_nli": 50.0,
+      # What the run's average of decoding and ranking used to be: never read.
+      "average/exact_match": 42.75}) + "\n")
   (cls / "eval_metrics.jsonl").write_text(json.dumps({
       "step": 5, "superni_pairs_def_pos2_test/exact_match": 61.25,
       "superni_pairs_def_pos2_test/exact_match_for_task101_nli": 70.0}) + "\n")
@@ -289,13 +322,41 @@ def test_comparison_task_names_and_table(tmp_path):
       "| task101_nli | 30.00 | 50.00 | 70.00 |"])
 
 
+def test_superni_compare_wrong_path_is_one_line(tmp_path, capsys):
+  gen = tmp_path / "gen"
+  gen.mkdir()
+  (gen / "eval_metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+  cases = [([f"--generator={tmp_path / 'missing'}", f"--classifier={gen}"], "generator",
+            f"{tmp_path / 'missing'} does not exist"),
+           ([f"--generator={gen}", f"--classifier={tmp_path}"], "classifier",
+            f"the run directory {tmp_path} has no eval_metrics.jsonl")]
+  for argv, flag, what in cases:
+    with pytest.raises(SystemExit) as exit_info:
+      superni_compare.main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"superni_compare: --{flag}: No metrics file: {what}; expected a run directory "
+        "holding eval_metrics.jsonl (written by the final eval of training with a SuperNI "
+        "recipe, or by the eval run mode; --metrics_file names another) or the metrics file "
+        "itself.\n")
+  (gen / "eval_metrics.jsonl").write_text("{not json\n")
+  with pytest.raises(SystemExit):
+    superni_compare.main([f"--generator={gen}", f"--classifier={gen}"])
+  assert capsys.readouterr().err == (
+      f"superni_compare: --generator: {gen / 'eval_metrics.jsonl'} line 1 is not a JSON "
+      "metrics row (Expecting property name enclosed in double quotes).\n")
+
+
 # ---------------------------------------------------------------------------- recipes ---
 
 
 def test_generator_and_classifier_recipes_and_their_table(clone, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   common = ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2", "--gin.train.progress_bar=False",
-            "--gin.EvalConfig.infer_eval_num_examples=8", *u.TINY_GIN,
+            "--gin.EvalConfig.infer_eval_num_examples=8", "--gin.EvalConfig.print_examples=1",
+            *u.TINY_GIN,
             "--gin.CheckpointConfig.async_save=False"]  # see tests/test_encoder_tasks.py
 
   def run(recipe, *bindings):
@@ -310,7 +371,13 @@ def test_generator_and_classifier_recipes_and_their_table(clone, tmp_path, monke
                      "--gin.MIX_GENERATION_TASKS=False",
                      "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 6}")
   assert "superni_classification_def_pos2_test/exact_match" in generator
-  assert "superni_rank_def_pos2_test/exact_match_for_task101_nli" in generator
+  assert "superni_rank_def_pos2_test/rank_exact_match_for_task101_nli" in generator
+  # The run's average is the decoded answers' alone; ranking has its own.
+  assert generator["average/exact_match"] == (
+      generator["superni_classification_def_pos2_test/exact_match"])
+  assert generator["average/rank_exact_match"] == (
+      generator["superni_rank_def_pos2_test/rank_exact_match"])
+  assert "Generated examples (greedy" in capsys.readouterr().out
   # The classifier starts from the generator's encoder: one binding.
   state, classifier = run("superni_classifier.gin", f"--gin.MODEL_DIR={tmp_path / 'cls'}",
                           f"--gin.INITIAL_CHECKPOINT_PATH={tmp_path / 'gen' / 'checkpoints'}",
@@ -319,7 +386,9 @@ def test_generator_and_classifier_recipes_and_their_table(clone, tmp_path, monke
   assert sorted(state.params) == ["classifier", "encoder", "token_embedder"]
   assert "superni_pairs_def_pos2_test/exact_match" in classifier
   assert "MIX_GENERATION_TASKS = True" in (tmp_path / "cls" / "config.gin").read_text()
-  capsys.readouterr()
+  printed = capsys.readouterr().out  # a classifier predicts labels: nothing is "generated"
+  assert "Predicted examples (the model's head" in printed
+  assert "Generated examples" not in printed
   table = superni_compare.main([f"--generator={tmp_path / 'gen'}",
                                 f"--classifier={tmp_path / 'cls'}"])
   assert table.splitlines()[2].startswith("| overall | ")
