@@ -7,6 +7,7 @@
 """
 
 import functools
+import logging
 
 import jax
 from jax.sharding import PartitionSpec as P
@@ -14,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 from t5x_lite.kernels.reference import relative_position_bucket, xla_attention
 
 IMPLS = ("xla", "pallas", "cudnn")
+log = logging.getLogger(__name__)
 
 
 def attention(query, key, value, *, bias_table=None, bidirectional=True, max_distance=128,
@@ -61,6 +63,54 @@ def attention(query, key, value, *, bias_table=None, bidirectional=True, max_dis
   return cudnn.cudnn_attention(query, key, value, **kwargs)
 
 
+_REPLICATION_WARNED = set()
+
+
+def shard_axes(mesh_shape, query_shape, key_shape):
+  """The mesh axes that split the batch and the heads of a per-shard kernel call.
+
+  The batch goes on the ("replica", "data") axes, the heads on "model", each only if it
+  divides their size; otherwise that dimension is replicated: every device then runs the
+  kernel on the whole batch (or all heads), a silent multiple of the work and memory. That is
+  logged once per distinct shapes and mesh, with what to change.
+
+  Args:
+    mesh_shape: {axis name: size} of the mesh.
+    query_shape: [B, Lq, H, D]; key_shape: [B, Lk, H, D] (for the message).
+
+  Returns:
+    (batch_axes, head_axis): a tuple of axis names or None; "model" or None.
+  """
+  data = tuple(a for a in ("replica", "data") if a in mesh_shape)
+  data_size = 1
+  for a in data:
+    data_size *= mesh_shape[a]
+  batch, heads = query_shape[0], query_shape[2]
+  batch_axes = data if data and batch % data_size == 0 else None
+  model_size = mesh_shape.get("model", 1)
+  head_axis = "model" if "model" in mesh_shape and heads % model_size == 0 else None
+  problems = []
+  if data and batch_axes is None and data_size > 1:
+    problems.append(f"the batch {batch} is not a multiple of the mesh's {'x'.join(data)} "
+                    f"axes ({data_size} devices): make the batch of each call (the batch size, "
+                    f"divided by train.num_microbatches) a multiple of {data_size}")
+  if "model" in mesh_shape and head_axis is None and model_size > 1:
+    problems.append(f"the {heads} heads are not a multiple of the mesh's 'model' axis "
+                    f"({model_size} devices): make T5Config.num_heads a multiple of "
+                    f"{model_size} or Partitioner.num_partitions a divisor of {heads}")
+  key = (tuple(sorted(mesh_shape.items())), tuple(query_shape), tuple(key_shape))
+  if problems and key not in _REPLICATION_WARNED:
+    _REPLICATION_WARNED.add(key)
+    log.warning(
+        "attention_impl 'pallas' (query %s, key %s [B, L, H, D], mesh %s) runs replicated, "
+        "every device on the whole %s: %s.", tuple(query_shape), tuple(key_shape),
+        dict(mesh_shape), " and ".join(
+            w for w, bad in (("batch", batch_axes is None and data_size > 1),
+                             ("set of heads", head_axis is None and model_size > 1)) if bad),
+        "; ".join(problems))
+  return batch_axes, head_axis
+
+
 def _per_shard(kernel, query, key, value, *, bias_table, query_segment_ids, kv_segment_ids,
                query_offset, **static):
   """Runs a custom kernel on each device's batch/head shard under the ambient mesh.
@@ -75,13 +125,7 @@ def _per_shard(kernel, query, key, value, *, bias_table, query_segment_ids, kv_s
       **static)
   if mesh.empty or mesh.size == 1:
     return call(query, key, value, bias_table, query_segment_ids, kv_segment_ids, query_offset)
-  data = tuple(a for a in ("replica", "data") if a in mesh.axis_names)
-  data_size = 1
-  for a in data:
-    data_size *= mesh.shape[a]
-  batch_axes = data if data and query.shape[0] % data_size == 0 else None
-  heads = query.shape[2]
-  head_axis = "model" if "model" in mesh.axis_names and heads % mesh.shape["model"] == 0 else None
+  batch_axes, head_axis = shard_axes(dict(mesh.shape), query.shape, key.shape)
   qkv = P(batch_axes, None, head_axis, None)
   segments = P(batch_axes, None)
   spec = lambda x, s: None if x is None else s
