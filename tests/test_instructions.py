@@ -82,7 +82,23 @@ def test_templates_and_exemplars_never_the_example_itself():
   # Every phrasing is used: the addition templates start with distinct words.
   starts = {ex["inputs"].split()[0] for ex in ins.build_examples("addition", "train", "zeroshot")}
   assert {"What", "Add", "Compute"} <= starts and any(s.isdigit() for s in starts)
-  assert ins.build_examples("copy", "test", "fewshot") == ins.build_examples("copy", "test", "fewshot")
+  # Test examples draw their exemplars from the train split (disjoint from test), by an RNG
+  # seeded with (family, split, format): the same examples in every process, pinned here.
+  train_answers = {inst["answer"] for inst in ins.generate_instances("copy", "train")}
+  test = ins.build_examples("copy", "test", "fewshot")
+  assert not train_answers & {ex["answer"] for ex in test}
+  for ex in test:
+    assert all(b.split("\nA: ")[1] in train_answers for b in ex["inputs"].split("\n\n")[:-1])
+  assert test[0]["inputs"] == (
+      "Q: Repeat after me: reli kuni gamuvoza korovi nigo boda kavoraba\n"
+      "A: reli kuni gamuvoza korovi nigo boda kavoraba\n\n"
+      "Q: Repeat after me: kirafi mamefu gekiveba kibo\nA: kirafi mamefu gekiveba kibo\n\n"
+      "Q: Repeat after me: nupa roline gigovo tedemonu netusi nufapuru muga\n"
+      "A: nupa roline gigovo tedemonu netusi nufapuru muga\n\n"
+      "Q: Repeat after me: pegi fobora subi reze moli feli biso\nA:")
+  assert ins.build_examples("addition", "train", "fewshot")[5]["inputs"] == (
+      "Q: 28 + 61 = ?\nA: 89\n\nQ: 70 + 4 = ?\nA: 74\n\nQ: 93 + 83 = ?\nA: 176\n\n"
+      "Q: 37 + 43 = ?\nA:")
 
 
 def test_seqio_task_examples(registered):
