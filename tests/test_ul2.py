@@ -1,6 +1,6 @@
 """Tests for tasks/ul2.py: each denoiser against its definition, the mixture rates, tasks."""
 
-import dataclasses
+import functools
 import os
 from unittest import mock
 
@@ -240,8 +240,23 @@ def test_recipe_parses_to_the_embedded_ul2_task():
 
 
 def test_prepend_paradigm_token_for_mode_switching():
+  """Each paradigm's own token goes before the inputs of every example; nothing else changes."""
   features = {"inputs": seqio.Feature(TINY), "targets": seqio.Feature(TINY)}
-  dataset = tf.data.Dataset.from_tensors({"inputs": [5, 6], "targets": [7]})
-  out = next(ul2.prepend_paradigm_token(dataset, features, ul2.NLG).as_numpy_iterator())
-  assert out["inputs"].tolist() == [27, 5, 6] and out["targets"].tolist() == [7]
-  assert dataclasses.replace(ul2.UL2_DENOISERS[0], rate=1.0).rate == 1.0
+  dataset = tf.data.Dataset.from_tensor_slices(
+      {"inputs": [[5, 6], [8, 9]], "targets": [[7], [3]], "id": [0, 1]})
+  for paradigm, token in ((ul2.NLU, 28), (ul2.NLG, 27), (ul2.S2S, 26)):
+    out = list(ul2.prepend_paradigm_token(dataset, features, paradigm).as_numpy_iterator())
+    assert [(x["inputs"].tolist(), x["targets"].tolist(), x["id"]) for x in out] == [
+        ([token, 5, 6], [7], 0), ([token, 8, 9], [3], 1)], paradigm
+  # As the docstring shows it in a task: the token follows tokenization, before EOS.
+  task = seqio.Task(
+      "ul2_mode_switching_test", seqio.dataset_providers.FunctionDataSource(
+          lambda split, shuffle_files: tf.data.Dataset.from_tensors(
+              {"inputs": "a b", "targets": "c"}), splits=["train"]),
+      output_features=features,
+      preprocessors=[seqio.preprocessors.tokenize,
+                     functools.partial(ul2.prepend_paradigm_token, paradigm=ul2.NLU),
+                     seqio.preprocessors.append_eos])
+  out = next(task.get_dataset(None, "train", shuffle=False).as_numpy_iterator())
+  assert out["inputs"].tolist() == [28] + TINY.encode("a b") + [1]
+  assert out["targets"].tolist() == TINY.encode("c") + [1]
