@@ -16,14 +16,25 @@ are model log-probabilities (raw logits: no temperature, top-k or top-p) summed 
 including EOS; beam search returns that sum divided by its length penalty (the quantity the
 beams are ranked by).
 
-Beam search is HF transformers' algorithm (the vectorised `_beam_search` of transformers 5):
-each step keeps the 2*num_beams best continuations, the best num_beams that do not end in EOS
-continue, those of the top num_beams that end (EOS or max length) compete for the num_beams
-finished slots, and `early_stopping` (False / True / "never") decides when a batch element can
-no longer improve. `length_penalty` picks the normalisation of finished scores:
-  - "t5x" (default): sum_logprob / ((5 + length) / 6) ** alpha, t5x's `brevity_penalty`;
-  - "hf": sum_logprob / length ** alpha, HF's `length_penalty=alpha` (use it, with
-    early_stopping as passed to HF, to reproduce `generate(num_beams=...)` exactly).
+Beam search runs one of two algorithms, picked by `length_penalty` (one setting: each
+algorithm comes with its own length normalisation, as in its library):
+  - "t5x" (default): t5x's `decoding.beam_search`. Each step takes the 2*num_beams best
+    expansions; every one of them that ends in EOS competes for the num_beams "finished" slots
+    (even when it ranks below num_beams), the best num_beams that do not end go on. Finished
+    scores are sum_logprob / ((5 + length) / 6) ** alpha (t5x's `brevity_penalty`). A sequence
+    reaching max_decode_length without EOS is not finished; the search stops when no live beam,
+    normalised at max_decode_length + 1, can beat the worst finished one. As in t5x, slots
+    no finished sequence filled hold unfinished candidates scored about -1e7 (t5x's NEG_INF),
+    and a batch element with no finished sequence at all returns its live beams with their
+    raw summed log-probabilities.
+    Checked against sequences and scores of t5x's own code (tests/fixtures/t5x_decoding).
+  - "hf": HF transformers' algorithm (the vectorised `_beam_search` of transformers 5): of the
+    2*num_beams best expansions only those among the top num_beams that end (EOS or max
+    length) compete for the finished slots; `early_stopping` (False / True / "never") decides
+    when a batch element can no longer improve; scores are sum_logprob / length ** alpha (HF's
+    `length_penalty=alpha`). With early_stopping as passed to HF it reproduces
+    `generate(num_beams=...)` exactly.
+Both return the beams best first (t5x returns them worst first).
 """
 
 import functools
@@ -35,6 +46,8 @@ import jax.numpy as jnp
 
 # HF's "very negative" constant; beam search arithmetic must match HF's, down to this value.
 NEG_INF = -1.0e9
+# t5x's (decoding.NEG_INF); its beam search's float32 values depend on it.
+T5X_NEG_INF = -1.0e7
 LENGTH_PENALTIES = ("t5x", "hf")
 METHODS = ("greedy", "sample", "beam")
 
@@ -88,7 +101,8 @@ def greedy_or_sample(tokens_to_logits: TokensToLogits, cache: Cache, num_sequenc
     max_decode_length: at most this many tokens per sequence.
     eos_id: a sequence ends after emitting it; later positions hold 0.
     sample: sample from `warp_logits(logits, temperature, top_k, top_p)` instead of argmax.
-    rng: PRNG key, required when sample is True.
+    rng: PRNG key, required when sample is True; or one key per row (uint32 [N, 2]): each
+      row then draws only from its own key, so its sample does not depend on the other rows.
 
   Returns:
     tokens: int32 [N, max_decode_length].
@@ -97,6 +111,7 @@ def greedy_or_sample(tokens_to_logits: TokensToLogits, cache: Cache, num_sequenc
   if sample and rng is None:
     raise ValueError("Sampling needs rng=jax.random.PRNGKey(seed).")
   rng = jax.random.PRNGKey(0) if rng is None else rng
+  per_row = jnp.ndim(rng) == 2
 
   def cond(state):
     i, _, _, _, done, _, _ = state
@@ -106,7 +121,12 @@ def greedy_or_sample(tokens_to_logits: TokensToLogits, cache: Cache, num_sequenc
     i, tokens, last, cache, done, scores, rng = state
     logits, cache = tokens_to_logits(last[:, None], cache)
     logits = logits.astype(jnp.float32)
-    if sample:
+    if sample and per_row:
+      keys = jax.vmap(jax.random.split)(rng)  # [N, 2, 2]
+      rng, step_rng = keys[:, 0], keys[:, 1]
+      warped = warp_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+      next_token = jax.vmap(jax.random.categorical)(step_rng, warped).astype(jnp.int32)
+    elif sample:
       rng, step_rng = jax.random.split(rng)
       warped = warp_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
       next_token = jax.random.categorical(step_rng, warped, axis=-1).astype(jnp.int32)
@@ -145,7 +165,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache,
                 gather_cache: Callable[[Cache, jax.Array], Cache], batch_size: int,
                 num_beams: int, *, max_decode_length: int, eos_id: int = 1, alpha: float = 0.6,
                 length_penalty: str = "t5x", early_stopping: Union[bool, str] = "never"):
-  """Beam search with HF transformers' semantics (see the module docstring).
+  """Beam search: t5x's algorithm (length_penalty="t5x") or HF's ("hf").
 
   Args:
     tokens_to_logits: (tokens [B*K, 1], cache) -> (logits [B*K, vocab], cache), rows ordered
@@ -154,24 +174,110 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache,
     gather_cache: (cache, rows int32 [B*K]) -> cache whose row r is the old row rows[r]
       (reorders the beams; rows stay within their batch element).
     batch_size, num_beams: B and K.
-    max_decode_length: at most this many generated tokens (a beam reaching it is finished).
+    max_decode_length: at most this many generated tokens.
     eos_id: end of sequence.
     alpha: length penalty exponent (0: plain summed log-probabilities).
-    length_penalty: "t5x" ((5+len)/6)**alpha or "hf" len**alpha.
-    early_stopping: as HF: True stops a batch element when num_beams beams are finished;
-      False stops when the best running beam, normalised at its current length, cannot beat
-      the worst finished one; "never" normalises it at max_decode_length (for alpha > 0),
-      the canonical t5x / HF "never" stop.
+    length_penalty: the algorithm, with its length normalisation (module docstring):
+      "t5x": t5x's `decoding.beam_search`, scores / ((5 + len) / 6) ** alpha;
+      "hf": HF transformers' `generate(num_beams=...)`, scores / len ** alpha.
+    early_stopping: "hf" only, as HF: True stops a batch element when num_beams beams are
+      finished; False stops when the best running beam, normalised at its current length,
+      cannot beat the worst finished one; "never" normalises it at max_decode_length (for
+      alpha > 0). "t5x" has one rule (the "never" one), so it takes only "never".
 
   Returns:
     tokens: int32 [B, K, max_decode_length], best first, 0 after EOS.
-    scores: float32 [B, K], summed log-probability / length penalty.
+    scores: float32 [B, K], summed log-probability / length penalty (see the module
+      docstring for t5x's rows that did not finish).
   """
   if early_stopping not in (True, False, "never"):
     raise ValueError(f"early_stopping={early_stopping!r}; use True, False or 'never'.")
-  b, k, length = batch_size, num_beams, max_decode_length
+  kwargs = dict(max_decode_length=max_decode_length, eos_id=eos_id, alpha=alpha)
+  if length_penalty == "t5x":
+    if early_stopping != "never":
+      raise ValueError(f"early_stopping={early_stopping!r} is HF's setting: t5x's beam search "
+                       "(length_penalty='t5x') stops by its own rule; pass "
+                       "early_stopping='never' or length_penalty='hf'.")
+    return _beam_search_t5x(tokens_to_logits, cache, gather_cache, batch_size, num_beams,
+                            **kwargs)
+  if length_penalty == "hf":
+    return _beam_search_hf(tokens_to_logits, cache, gather_cache, batch_size, num_beams,
+                           early_stopping=early_stopping, **kwargs)
+  raise ValueError(f"length_penalty={length_penalty!r}; choose one of {LENGTH_PENALTIES}.")
+
+
+def _beam_search_t5x(tokens_to_logits, cache, gather_cache, b, k, *, max_decode_length, eos_id,
+                     alpha):
+  """t5x's `decoding.beam_search` (no prompt, min_log_prob and max_decode_step at defaults).
+
+  Same arithmetic and order as t5x, so ties and float32 values come out as t5x's: beams are
+  kept worst first (t5x's flipped top_k) and only the outputs are flipped to best first.
+  """
+  length = max_decode_length
+  k2 = 2 * k
+  penalty = length_penalty_fn("t5x", alpha)
+  # t5x's stop test normalises the best live beam at max_decode_len + 1 (its buffers hold
+  # a leading start token), and gives up on beams below min_log_prob = NEG_INF.
+  stop_penalty = penalty(jnp.float32(length + 1))
+
+  def cond(state):
+    i, live_scores, _, fin_scores, _, fin_flags, _ = state
+    best_live = live_scores[:, -1:] / stop_penalty
+    worst_fin = jnp.where(fin_flags, jnp.min(fin_scores, axis=1, keepdims=True), T5X_NEG_INF)
+    terminated = jnp.all(worst_fin > best_live)
+    hopeless = jnp.all(best_live < T5X_NEG_INF / stop_penalty) & (i > 0)
+    return (i < length) & ~terminated & ~hopeless
+
+  def body(state):
+    i, live_scores, live_seqs, fin_scores, fin_seqs, fin_flags, cache = state
+    last = jax.lax.dynamic_index_in_dim(live_seqs, i - 1, axis=2, keepdims=False)
+    last = jnp.where(i == 0, 0, last)  # decoding starts from token 0
+    logits, cache = tokens_to_logits(last.reshape(b * k, 1), cache)
+    vocab = logits.shape[-1]
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, k, vocab)
+    log_probs = (log_probs + live_scores[:, :, None]).reshape(b, k * vocab)
+    # Top 2K expansions: even if K of them end in EOS, K remain to go on.
+    cand_scores, cand_index = jax.lax.top_k(log_probs, k2)  # [B, 2K]
+    cand_beam, cand_token = cand_index // vocab, (cand_index % vocab).astype(jnp.int32)
+    cand_seqs = _gather_beams(live_seqs, cand_beam)
+    cand_seqs = jax.lax.dynamic_update_slice_in_dim(cand_seqs, cand_token[:, :, None], i, axis=2)
+    ended = cand_token == eos_id  # max length ends nothing in t5x: those stay live
+
+    # Live set: the K best of the 2K that did not end, worst first.
+    alive_scores = cand_scores + ended * T5X_NEG_INF
+    alive = jnp.flip(jax.lax.top_k(alive_scores, k)[1], axis=1)
+    live_seqs, live_scores = _gather_beams(cand_seqs, alive), _gather_beams(alive_scores, alive)
+    rows = (_gather_beams(cand_beam, alive) + jnp.arange(b)[:, None] * k).reshape(b * k)
+    cache = gather_cache(cache, rows.astype(jnp.int32))
+
+    # Finished set: every one of the 2K that ended competes (HF lets only the top K in).
+    new_fin = cand_scores / penalty(i + 1) + (~ended) * T5X_NEG_INF
+    all_scores = jnp.concatenate([fin_scores, new_fin], axis=1)  # [B, 3K]
+    best = jnp.flip(jax.lax.top_k(all_scores, k)[1], axis=1)
+    fin_seqs = _gather_beams(jnp.concatenate([fin_seqs, cand_seqs], axis=1), best)
+    fin_flags = _gather_beams(jnp.concatenate([fin_flags, ended], axis=1), best)
+    fin_scores = _gather_beams(all_scores, best)
+    return i + 1, live_scores, live_seqs, fin_scores, fin_seqs, fin_flags, cache
+
+  live_scores = jnp.tile(jnp.array([0.0] + [T5X_NEG_INF] * (k - 1), jnp.float32), (b, 1))
+  zeros = jnp.zeros((b, k, length), jnp.int32)
+  state = (jnp.array(0, jnp.int32), live_scores, zeros, jnp.full((b, k), T5X_NEG_INF, jnp.float32),
+           zeros, jnp.zeros((b, k), bool), cache)
+  _, live_scores, live_seqs, fin_scores, fin_seqs, fin_flags, _ = jax.lax.while_loop(
+      cond, body, state)
+  # As t5x: a batch element with no finished sequence returns its live ones, raw scores.
+  any_finished = jnp.any(fin_flags, axis=1)
+  seqs = jnp.where(any_finished[:, None, None], fin_seqs, live_seqs)
+  scores = jnp.where(any_finished[:, None], fin_scores, live_scores)
+  return jnp.flip(seqs, axis=1), jnp.flip(scores, axis=1)
+
+
+def _beam_search_hf(tokens_to_logits, cache, gather_cache, b, k, *, max_decode_length, eos_id,
+                    alpha, early_stopping):
+  """HF transformers' vectorised `_beam_search` (transformers 5); see the module docstring."""
+  length = max_decode_length
   k2 = 2 * k  # one EOS id: 2K candidates always leave K that do not end
-  penalty = length_penalty_fn(length_penalty, alpha)
+  penalty = length_penalty_fn("hf", alpha)
   top_k_mask = jnp.arange(k2) < k  # only the top K candidates may become finished beams
 
   def cond(state):
@@ -317,6 +423,8 @@ def _decode_jit(params, encoder_input_tokens, rng, *, model, max_decode_length, 
   cache = init_cache(model, params, encoded, encoder_input_tokens, max_decode_length, copies)
   step = make_tokens_to_logits(model, params, jnp.repeat(encoded, copies, axis=0),
                                jnp.repeat(encoder_input_tokens, copies, axis=0))
+  if rng.ndim == 2 and copies > 1:  # per-input keys: one key per sample of each input
+    rng = jax.vmap(lambda key: jax.random.split(key, copies))(rng).reshape(-1, 2)
   if method == "beam":
     tokens, scores = beam_search(
         step, cache, functools.partial(gather_cache_rows, scan_layers=model.config.scan_layers),
@@ -326,7 +434,10 @@ def _decode_jit(params, encoder_input_tokens, rng, *, model, max_decode_length, 
   tokens, scores = greedy_or_sample(
       step, cache, batch * copies, max_decode_length=max_decode_length, eos_id=eos_id,
       sample=method == "sample", temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
-  return (tokens.reshape(batch, copies, max_decode_length), scores.reshape(batch, copies))
+  tokens, scores = tokens.reshape(batch, copies, max_decode_length), scores.reshape(batch, copies)
+  # Samples best first, like the beams (t5x sorts its samples too, worst first).
+  order = jnp.argsort(-scores, axis=1, stable=True)
+  return _gather_beams(tokens, order), _gather_beams(scores, order)
 
 
 def decode(model, params, encoder_input_tokens, *, max_decode_length: int,
@@ -342,13 +453,15 @@ def decode(model, params, encoder_input_tokens, *, max_decode_length: int,
     encoder_input_tokens: int [batch, enc_len], 0 = padding.
     max_decode_length: generated tokens per sequence (EOS included).
     method: "greedy", "sample" (temperature / top_k / top_p) or "beam".
-    num_decodes: sequences returned per input: independent samples, or the best num_decodes
-      beams (greedy: identical copies).
+    num_decodes: sequences returned per input, best (highest score) first: independent
+      samples, or the best num_decodes beams (greedy: identical copies).
     num_beams: beam width (method "beam"); defaults to max(num_decodes, 4).
-    alpha, length_penalty, early_stopping: beam search settings (see `beam_search`);
-      length_penalty="hf" with HF's early_stopping reproduces HF generate.
+    alpha, length_penalty, early_stopping: beam search settings (see `beam_search`):
+      length_penalty="t5x" (default) runs t5x's beam search, "hf" with HF's early_stopping
+      reproduces HF generate.
     eos_id: end-of-sequence id (1 in T5).
-    rng: PRNG key for sampling.
+    rng: PRNG key for sampling, or one per input (uint32 [batch, 2]): an input's samples then
+      depend only on its key and tokens, not on its batch position or the other inputs.
 
   Returns:
     tokens: int32 [batch, num_decodes, max_decode_length], 0 after EOS.
@@ -366,7 +479,10 @@ def decode(model, params, encoder_input_tokens, *, max_decode_length: int,
     num_beams = 1
   if method == "sample" and rng is None:
     raise ValueError("method='sample' needs rng=jax.random.PRNGKey(seed).")
-  rng = jax.random.PRNGKey(0) if rng is None else rng
+  rng = jax.random.PRNGKey(0) if rng is None else jnp.asarray(rng)
+  if rng.ndim == 2 and rng.shape[0] != encoder_input_tokens.shape[0]:
+    raise ValueError(f"rng has {rng.shape[0]} per-input keys for a batch of "
+                     f"{encoder_input_tokens.shape[0]} inputs.")
   return _decode_jit(
       nn.unbox(params), jnp.asarray(encoder_input_tokens, jnp.int32), rng, model=model,
       max_decode_length=max_decode_length, method=method, num_decodes=num_decodes,

@@ -7,6 +7,8 @@ is scaled (some sequences end early, at different steps, exercising EOS handling
 """
 
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -179,10 +181,14 @@ def test_beam_search_scan_layers_and_t5x_penalty():
   np.testing.assert_array_equal(np.asarray(scan_tokens), np.asarray(tokens))
   np.testing.assert_allclose(scan_scores, scores, rtol=1e-5, atol=1e-5)
   assert np.all(np.diff(np.asarray(scores), axis=1) <= 0)  # best first
-  log_probs, lengths = _teacher_forced_log_probs(config, params, x,
-                                                 np.asarray(tokens).reshape(24, MAX_LEN))
-  np.testing.assert_allclose(np.asarray(scores).reshape(24) * ((5.0 + lengths) / 6.0) ** 0.6,
-                             log_probs.sum(axis=1), rtol=1e-5, atol=1e-4)
+  flat, flat_scores = np.asarray(tokens).reshape(24, MAX_LEN), np.asarray(scores).reshape(24)
+  # t5x's algorithm finishes only on EOS; slots no EOS sequence filled score about -1e7.
+  filled = flat_scores > -1e6
+  assert filled.sum() >= 12 and np.all((flat[filled] == 1).any(axis=1)), flat_scores
+  np.testing.assert_allclose(flat_scores[~filled], decoding.T5X_NEG_INF, rtol=1e-5)
+  log_probs, lengths = _teacher_forced_log_probs(config, params, x, flat)
+  np.testing.assert_allclose(flat_scores[filled] * ((5.0 + lengths[filled]) / 6.0) ** 0.6,
+                             log_probs.sum(axis=1)[filled], rtol=1e-5, atol=1e-4)
 
 
 def test_sampling_reproducible_and_scored():
@@ -259,3 +265,142 @@ def test_eos_stops_and_pads_and_exits_early():
   np.testing.assert_allclose(scores, 0.0, atol=1e-5)
   jax.effects_barrier()
   assert sorted(calls) == [0, 1, 2]  # stopped once every row had ended: 3 steps, not 6
+
+
+# ----------------------------------------------------------------------------------------------
+# Beam search algorithms on table "models": logits [batch, steps, vocab, vocab] read at
+# (batch element, step, last token), the last token being 0 at the first step.
+
+T5X_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "t5x_decoding",
+                           "beam_search.json")
+F32_EPS = float(np.finfo(np.float32).eps)
+
+
+def _table_beam_search(table, num_beams, **kwargs):
+  """decoding.beam_search on the table (the cache is the step index): tokens, scores (numpy)."""
+  batch, steps = table.shape[:2]
+  lookup = jnp.asarray(table, jnp.float32)
+  rows = jnp.arange(batch * num_beams) // num_beams
+
+  def step(tokens, i):
+    return lookup[rows, i, tokens[:, 0]], i + 1
+
+  tokens, scores = jax.jit(lambda: decoding.beam_search(
+      step, jnp.int32(0), lambda cache, _: cache, batch, num_beams, max_decode_length=steps,
+      **kwargs))()
+  return np.asarray(tokens), np.asarray(scores)
+
+
+def _table_log_prob64(table, tokens, eos_id=1):
+  """float64 summed log-probability of generated tokens [batch, K, steps] up to EOS, length."""
+  table = np.asarray(table, np.float64)
+  log_probs = table - np.log(np.sum(np.exp(table - table.max(-1, keepdims=True)), -1,
+                                    keepdims=True)) - table.max(-1, keepdims=True)
+  total = np.zeros(tokens.shape[:2])
+  length = np.zeros(tokens.shape[:2], np.int64)
+  for b, k in np.ndindex(*tokens.shape[:2]):
+    last = 0
+    for i, token in enumerate(tokens[b, k]):
+      total[b, k] += log_probs[b, i, last, token]
+      length[b, k], last = i + 1, token
+      if token == eos_id:
+        break
+  return total, length
+
+
+def _minimal_table():
+  """The smallest case where t5x's and HF's beam searches part (2 beams, 5 steps, EOS = 1).
+
+  Step 0: EOS ranks 3rd of the expansions (tokens 2 and 3 at 0.1 beat it); t5x keeps it as
+  a finished sequence, HF's algorithm lets only the top num_beams finish and drops it. Later
+  steps make EOS unlikely, so every other sequence is far worse.
+  """
+  table = np.empty((1, 5, 6, 6), np.float32)
+  table[0, 0] = [-1e9, 0.0, 0.1, 0.1, -10, -10]
+  table[0, 1:] = [-1e9, -5.0, 0, 0, 0, 0]
+  return table
+
+
+def test_t5x_beam_search_keeps_eos_ranked_below_num_beams():
+  table = _minimal_table()
+  first, later = (row - np.log(np.sum(np.exp(row))) for row in table[0, :2, 0].astype(np.float64))
+  tokens, scores = _table_beam_search(table, 2, alpha=0.6, length_penalty="t5x")
+  np.testing.assert_array_equal(tokens[0, 0], [1, 0, 0, 0, 0])
+  # ((5 + 1) / 6) ** 0.6 = 1: the score is log p(EOS) = -1.1664; float32 ulp there is 1.2e-7.
+  np.testing.assert_allclose(scores[0, 0], first[1], rtol=0, atol=4 * F32_EPS)
+  # HF's algorithm: five times token 2 (-4.871), the run-up to its length penalty 5 ** 0.6.
+  tokens, scores = _table_beam_search(table, 2, alpha=0.6, length_penalty="hf")
+  np.testing.assert_array_equal(tokens[0, 0], [2, 2, 2, 2, 2])
+  np.testing.assert_allclose(scores[0, 0], (first[2] + 4 * later[2]) / 5 ** 0.6, rtol=0,
+                             atol=4 * 5 * F32_EPS)
+
+
+def _fixture():
+  with open(T5X_FIXTURE) as f:
+    return json.load(f)
+
+
+@pytest.mark.parametrize("case", ["minimal", "eos_rank_k_plus_1", "eos_rank_2k_later_step",
+                                  "random_k2", "random_k3", "random_k4"])
+def test_t5x_beam_search_matches_t5x_fixture(case):
+  """Sequences and scores of t5x's own decoding.beam_search (make_fixtures.py ran it)."""
+  fixture = _fixture()
+  spec = fixture["cases"][case]
+  table = np.asarray(spec["logits"], np.float32)
+  # t5x returns beams worst first, t5x_lite best first.
+  expected_tokens = np.asarray(spec["tokens"])[:, ::-1]
+  expected_scores = np.asarray(spec["scores"], np.float32)[:, ::-1]
+  tokens, scores = _table_beam_search(table, spec["num_beams"], alpha=fixture["alpha"],
+                                      eos_id=fixture["eos_id"], length_penalty="t5x")
+  np.testing.assert_array_equal(tokens, expected_tokens)
+  # Tolerance: t5x's own float32 error against a float64 rescoring of its sequences (finished
+  # ones / brevity penalty; a batch element with none finished returns raw live sums).
+  log_prob, length = _table_log_prob64(table, expected_tokens)
+  finished = (expected_tokens == 1).any(-1)
+  penalty = ((5.0 + length) / 6.0) ** fixture["alpha"]
+  reference = np.where(finished, log_prob / penalty, log_prob)
+  real = expected_scores > -1e6  # the others are t5x's unfilled slots, about -1e7
+  assert real[:, 0].all(), expected_scores
+  t5x_error = np.max(np.abs(expected_scores[real] - reference[real]))
+  assert t5x_error < 1e-5, t5x_error
+  np.testing.assert_allclose(scores[real], expected_scores[real], rtol=0,
+                             atol=4 * max(t5x_error, F32_EPS))
+  # Unfilled slots: -1e7 plus a log-probability, float32 there resolves 1.0.
+  np.testing.assert_allclose(scores[~real], expected_scores[~real], rtol=4 * F32_EPS)
+
+
+def test_t5x_decoding_test_beam_search():
+  """t5x decoding_test.py `test_beam_search`: a first-order Markov model, alpha 0, 2 beams.
+
+  States PAD, A, B, START, END (= EOS 4); START at step 0, then alternating edge potentials
+  between A and B, END for free at the last step. The two best sequences tie:
+  START-AABBA-END and START-BBAAB-END, which t5x returns in that (worst first) order.
+  """
+  neg_inf = -1.0e7  # t5x's NEG_INF, as in that test
+  ab = np.asarray([[[1, -1], [-1, 1]], [[-1, 1], [1, -1]]] * 2, np.float32)
+  edges = np.full([6, 5, 5], neg_inf, np.float32)
+  edges[1:5, 1:3, 1:3] = ab
+  edges[0, 3, 1:3] = 0
+  edges[5, 1:3, 4] = 0
+  edges[:, 0, :] = 0
+  table = np.empty((2, 7, 5, 5), np.float32)
+  table[:, 0] = [neg_inf, neg_inf, neg_inf, 0, neg_inf]  # any last token: START
+  table[:, 1:] = edges
+  tokens, _ = _table_beam_search(table, 2, alpha=0.0, eos_id=4, length_penalty="t5x")
+  states = ["PAD", "A", "B", "START-", "-END"]
+  strings = [["".join(states[t] for t in beam) for beam in row] for row in tokens]
+  assert strings == [["START-BBAAB-END", "START-AABBA-END"]] * 2  # best first: t5x's reversed
+
+
+def test_t5x_decoding_test_beam_search_force_decode_no_prefix():
+  """t5x decoding_test.py `test_beam_search_force_decode_no_prefix` (no EOS is ever likely).
+
+  No sequence finishes, so t5x returns the live beams with raw summed log-probabilities.
+  """
+  logits = np.asarray([[-1e7, -1e10, -0.1, -0.9], [-1e7, -1e10, -0.9, -0.1]], np.float32)
+  table = np.broadcast_to(logits[:, None, None, :], (2, 5, 4, 4))
+  tokens, scores = _table_beam_search(table, 2, alpha=0.6, length_penalty="t5x")
+  t5x_expected = [[[3, 2, 2, 2, 2], [2, 2, 2, 2, 2]], [[2, 3, 3, 3, 3], [3, 3, 3, 3, 3]]]
+  np.testing.assert_array_equal(tokens, np.asarray(t5x_expected)[:, ::-1])
+  log_prob, _ = _table_log_prob64(table, tokens)
+  np.testing.assert_allclose(scores, log_prob, rtol=0, atol=4 * 5 * F32_EPS)
