@@ -5,7 +5,8 @@ optimizers, decoding, tasks) take explicit arguments and never read gin. This mo
 their classes and functions with `gin.external_configurable` under the names the gin files
 use (`T5Config.d_model`, `EncoderDecoderModel.z_loss`, `train.train_steps`, ...); calling a
 wrapper here, or an `@Name()` reference in a gin file, applies the bindings. The entry point
-(t5x_lite.main) parses gin, calls `configure_builtin_tasks()` and runs `RUN_MODES[mode]`.
+(t5x_lite.main) parses gin (which registers the built-in tasks with the bound vocabulary,
+`register_builtin_tasks`) and runs `RUN_MODES[mode]`.
 """
 
 import gin
@@ -73,7 +74,21 @@ RUN_MODES = {
 }
 
 
-def configure_builtin_tasks() -> None:
-  """Re-registers the built-in tasks with the gin-bound vocabulary and task options."""
-  tasks.register_builtin_tasks(vocabulary=get_vocabulary(), superni_options=superni_options(),
-                               instruction_mixture_cap=instruction_mixture_cap())
+def builtin_task_settings():
+  """(vocabulary, superni options, instruction mixture cap) as gin binds them now."""
+  return get_vocabulary(), superni_options(), instruction_mixture_cap()
+
+
+def register_builtin_tasks(settings=None) -> None:
+  """Registers the built-in tasks with `settings` (default: `builtin_task_settings()`).
+
+  The entry point's gin parse (gin_utils.parse) calls this once, before any module that a
+  gin file imports runs.
+  """
+  vocabulary, options, cap = settings or builtin_task_settings()
+  tasks.register_builtin_tasks(vocabulary=vocabulary, superni_options=options,
+                               instruction_mixture_cap=cap)
+
+
+# The name bench/ scripts and older callers use.
+configure_builtin_tasks = register_builtin_tasks

@@ -32,7 +32,6 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5x_lite import tasks  # noqa: F401  (the built-in tasks and mixtures resolve by name)
 from t5x_lite.tasks import vocab
 
 
@@ -95,6 +94,9 @@ def _check_name(name: str) -> None:
     return
   close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
   hint = f" Closest registered names: {', '.join(close)}." if close else ""
+  if "quickstart_mixture" not in registered:  # importing t5x_lite registers no task
+    hint += (" The built-in tasks are not registered: outside the entry point call "
+             "t5x_lite.tasks.register_builtin_tasks() first.")
   raise ValueError(
       f"No seqio Task or Mixture named {name!r} (set MIXTURE_OR_TASK_NAME to a registered "
       f"name, or import the module that registers yours).{hint}")

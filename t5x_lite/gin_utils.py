@@ -1,6 +1,7 @@
 """Gin plumbing: flag values, search paths, errors that name the fix, the operative config."""
 
 import ast
+import contextlib
 import difflib
 import importlib.util
 import inspect
@@ -12,6 +13,7 @@ from typing import Sequence
 
 from etils import epath
 import gin
+from gin import config_parser
 
 
 
@@ -110,13 +112,171 @@ def _explain(error: Exception) -> str:
   return message
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = True):
+class _MacroRecorder(config_parser.ParserDelegate):
+  """Parses gin text without touching gin's state; records every `%NAME` it reads."""
+
+  def __init__(self):
+    self.read = set()
+
+  def configurable_reference(self, scoped_configurable_name, evaluate):
+    return None
+
+  def macro(self, macro_name):
+    self.read.add(macro_name)
+    return None
+
+
+def _scan(text: str, recorder: _MacroRecorder, defined: dict, seen: set, origin: str):
+  """Records macro definitions (name -> origin) and reads of `text` and of its includes."""
+  for statement in config_parser.ConfigParser(text, recorder):
+    if isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
+      name = f"{statement.scope}/{statement.selector}" if statement.scope else statement.selector
+      defined.setdefault(name, origin)
+    elif isinstance(statement, config_parser.IncludeStatement):
+      path = _find_include(statement.filename)
+      if path is not None and path not in seen:
+        seen.add(path)
+        _scan(pathlib.Path(path).read_text(encoding="utf-8"), recorder, defined, seen,
+              "project" if _in_gin_dir(path) else path)
+
+
+def _find_include(filename: str):
+  # As gin resolves includes: as given, then under each search-path prefix.
+  prefixes = [""] if os.path.isabs(filename) else (
+      list(gin.config._LOCATION_PREFIXES) + [str(GIN_DIR)])  # pylint: disable=protected-access
+  for prefix in prefixes:
+    candidate = os.path.join(prefix, filename)
+    if os.path.isfile(candidate):
+      return os.path.realpath(candidate)
+  return None
+
+
+def _in_gin_dir(path: str) -> bool:
+  return pathlib.Path(path).resolve().is_relative_to(GIN_DIR.resolve())
+
+
+def _project_files_reading(name: str):
+  """The project's gin files that read `%name`, as --gin_file values (runs/finetune.gin)."""
+  found = []
+  for path in sorted(GIN_DIR.rglob("*.gin")):
+    recorder = _MacroRecorder()
+    try:
+      for _ in config_parser.ConfigParser(path.read_text(encoding="utf-8"), recorder):
+        pass
+    except (SyntaxError, ValueError):
+      continue
+    if name in recorder.read:
+      found.append(str(path.relative_to(GIN_DIR)))
+  # Run files first: they are what a user adds to a recipe.
+  return sorted(found, key=lambda f: (not f.startswith("runs/"), f))
+
+
+def check_macros_are_read(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Raises ValueError if a macro set on the command line or in a user's gin file is never read.
+
+  A macro (`NAME = value`) takes effect only through a binding that reads it (`%NAME`); one
+  that nothing reads is otherwise silently ignored (a recipe without runs/finetune.gin
+  ignores --gin.INITIAL_CHECKPOINT_PATH and trains from scratch). The check is syntactic,
+  over the given files, their includes and the bindings, so it runs before anything else.
+  Macros defined in the project's own gin files are not checked (a run file may define one
+  that only some recipes read).
+
+  Args:
+    gin_files: resolved paths of the --gin_file files.
+    bindings: normalised `NAME = VALUE` binding strings from the command line.
+  """
+  recorder, defined, seen = _MacroRecorder(), {}, set()
+  for gin_file in gin_files:
+    path = os.path.realpath(gin_file)
+    if path in seen:
+      continue
+    seen.add(path)
+    _scan(pathlib.Path(path).read_text(encoding="utf-8"), recorder, defined, seen,
+          "project" if _in_gin_dir(path) else gin_file)
+  for binding in bindings:
+    _scan(binding, recorder, defined, seen, "command line")
+  read_last = {name.rsplit("/", 1)[-1] for name in recorder.read}
+  for name, origin in defined.items():
+    if origin == "project" or name in recorder.read or name in read_last:
+      continue
+    where = f"--gin.{name}" if origin == "command line" else f"{name} (set in {origin})"
+    users = _project_files_reading(name)
+    if users:
+      hint = f"add --gin_file={users[0]}" + (
+          f" (also read by {', '.join(users[1:])})" if len(users) > 1 else "")
+    else:
+      close = difflib.get_close_matches(name, sorted(read_last), n=3, cutoff=0.6)
+      hint = (f"did you mean {', '.join(close)}?" if close else
+              "no gin file of the project reads it either: remove it or check its spelling")
+    raise ValueError(f"{where} is set but nothing in these gin files reads it (%{name}); "
+                     f"{hint}")
+
+
+_TASK_SETTINGS_CHANGED = (
+    "The built-in tasks' settings (get_vocabulary, superni_options, instruction_mixture_cap) "
+    "came out differently once the modules that the gin files import were loaded: bind them "
+    "without references to those modules' configurables, so the built-in tasks are "
+    "registered with their final values before those modules run.")
+
+
+@contextlib.contextmanager
+def _imports_deferred():
+  """Gin `import` lines are recorded but not run (`from __gin__ import ...` features are)."""
+  parse_context = gin.config.ParseContext
+  original = parse_context.process_import
+
+  def process_import(self, statement):
+    if ((statement.is_from and statement.module.startswith("__gin__."))
+        or self._dynamic_registration):  # pylint: disable=protected-access
+      # With dynamic registration selectors resolve through imported modules: import them.
+      return original(self, statement)
+    self._imports.append(statement)  # pylint: disable=protected-access
+    return None
+
+  parse_context.process_import = process_import
+  try:
+    yield
+  finally:
+    parse_context.process_import = original
+
+
+@contextlib.contextmanager
+def _scratch_config():
+  """Runs a parse whose bindings are discarded afterwards (gin's global state restored)."""
+  state = (gin.config._CONFIG, gin.config._IMPORTS, gin.config._OPERATIVE_CONFIG,  # pylint: disable=protected-access
+           gin.config._SINGLETONS)  # pylint: disable=protected-access
+  saved = [dict(x) if isinstance(x, dict) else set(x) for x in state]
+  try:
+    yield
+  finally:
+    for live, copy in zip(state, saved):
+      live.clear()
+      live.update(copy)
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = True,
+          register_builtin_tasks: bool = True, check_unread_macros: bool = False):
   """Parses gin files (searched on GIN_DIR too) and `NAME=VALUE` bindings, in that order.
+
+  With `register_builtin_tasks` the built-in seqio tasks are registered once, with the
+  gin-bound vocabulary and task options, before any module that a gin file imports runs
+  (so a user's mixture over built-in tasks sees the bound vocabulary). Two passes: the
+  first parses everything with gin `import` lines deferred (bindings to configurables of
+  those modules skipped), reads the task settings and registers the tasks; the second is
+  the real parse, imports included. The settings are then re-read and must agree.
+
+  Args:
+    gin_files: --gin_file values (a path here, or one under GIN_DIR).
+    bindings: --gin values, `NAME=VALUE`.
+    finalize: lock the config after parsing.
+    register_builtin_tasks: register the built-in tasks as above.
+    check_unread_macros: first raise if a macro set in `bindings` or in a gin file outside
+      GIN_DIR is read by no binding (`check_macros_are_read`).
 
   Raises:
     ValueError naming the file/binding and, where gin allows, the closest valid name.
   """
-  from t5x_lite import configurables  # pylint: disable=g-import-not-at-top,unused-import
+  from t5x_lite import configurables  # pylint: disable=g-import-not-at-top
   _use_explicit_search_path_only()
   if str(GIN_DIR) not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
     gin.add_config_file_search_path(str(GIN_DIR))
@@ -129,12 +289,26 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
     else:
       raise ValueError(f"--gin_file={gin_file}: no such file here or under the package's gin "
                        f"directory ({', '.join(sorted(p.name for p in GIN_DIR.iterdir()))}/...).")
+  normalized = [normalize_binding(b) for b in bindings]
+  if check_unread_macros:
+    try:
+      check_macros_are_read(resolved, normalized)
+    except SyntaxError:
+      pass  # not gin: the parse below reports it with its location
   try:
-    gin.parse_config_files_and_bindings(
-        resolved, [normalize_binding(b) for b in bindings], finalize_config=finalize,
-        skip_unknown=False)
+    if register_builtin_tasks:
+      with _scratch_config(), _imports_deferred():
+        gin.parse_config_files_and_bindings(resolved, normalized, finalize_config=False,
+                                            skip_unknown=True)
+        settings = configurables.builtin_task_settings()
+      configurables.register_builtin_tasks(settings)
+    gin.parse_config_files_and_bindings(resolved, normalized, finalize_config=finalize,
+                                        skip_unknown=False)
   except (ValueError, KeyError, TypeError, SyntaxError) as e:
     raise ValueError(f"Gin configuration error: {_explain(e)}") from e
+  if register_builtin_tasks:
+    if configurables.builtin_task_settings() != settings:  # vocabularies compare by content
+      raise ValueError(_TASK_SETTINGS_CHANGED)
 
 
 def explain_call_error(error: Exception) -> str:

@@ -126,14 +126,16 @@ def list_tasks(pattern: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None):
-  """Parses flags and gin, registers the built-in tasks, runs the run mode; returns its result."""
+  """Parses flags and gin (registering the built-in tasks), runs the run mode; returns its result."""
   args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
   quiet_third_party_logs(args.verbose)
   initialize_distributed(args)
-  gin_utils.parse(args.gin_file, bindings, finalize=args.list_tasks is None)
+  # Registers the built-in tasks (once, with the bound vocabulary) and stops at a macro that
+  # nothing reads, before any data or model work.
+  gin_utils.parse(args.gin_file, bindings, finalize=args.list_tasks is None,
+                  check_unread_macros=True)
   from t5x_lite import configurables  # pylint: disable=g-import-not-at-top
   try:
-    configurables.configure_builtin_tasks()
     if args.list_tasks is not None:
       print(list_tasks(args.list_tasks))
       return None

@@ -1,40 +1,52 @@
-"""The built-in seqio tasks and mixtures: `import t5x_lite.tasks` registers them all.
+"""The built-in seqio tasks and mixtures, registered by one explicit call.
 
 This folder installs as the package `t5x_lite.tasks` (setup.py maps it), so no top-level
 module named `tasks` exists to collide with a user's own.
 
-Importing registers every task with the default vocabulary (lazy: nothing is built until a
-task is read). The entry point re-registers them with the gin-configured vocabulary and
-options (`register_builtin_tasks(...)`), so tasks never read gin themselves.
+Importing registers nothing: a task registered at import time would be built with whatever
+vocabulary was current then, and a mixture made from it would keep that vocabulary after
+gin bound another one. The entry point calls `register_builtin_tasks(...)` once, after gin
+has parsed the vocabulary bindings and before any module a gin file imports runs. Outside
+the entry point (a notebook, a script), call it yourself:
+
+  from t5x_lite import tasks
+  tasks.register_builtin_tasks()  # or register_builtin_tasks(vocabulary=...)
+
+Submodules load on first use (`tasks.glue`, `from t5x_lite.tasks import corpora`), so
+`t5x_lite.tasks.corpora` and `.default_spm` work without seqio or TensorFlow.
 """
 
+import importlib
 from typing import Optional
 
-import seqio
-
-from t5x_lite.tasks import corpora  # noqa: F401
-from t5x_lite.tasks import encoder_tasks
-from t5x_lite.tasks import glue
-from t5x_lite.tasks import instructions
-from t5x_lite.tasks import metrics  # noqa: F401
-from t5x_lite.tasks import pretraining
-from t5x_lite.tasks import quickstart
-from t5x_lite.tasks import superni
-from t5x_lite.tasks import superni_classifier
-from t5x_lite.tasks import ul2
-from t5x_lite.tasks import vocab
+_SUBMODULES = ("corpora", "default_spm", "encoder_tasks", "glue", "glue_metrics",
+               "instructions", "labels", "metrics", "pretraining", "quickstart", "superni",
+               "superni_classifier", "ul2", "vocab")
 
 
-def register_builtin_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
-                           superni_options: Optional[superni.SuperNIOptions] = None,
-                           instruction_mixture_cap: int = instructions.DEFAULT_MIXTURE_CAP):
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def register_builtin_tasks(vocabulary=None, superni_options=None,
+                           instruction_mixture_cap: Optional[int] = None) -> None:
   """(Re-)registers every built-in task and mixture.
 
   Args:
-    vocabulary: of every task's "inputs" and "targets"; None: the default vocabulary.
-    superni_options: the SuperNI data (default: $SUPERNI_DATA_DIR when read).
-    instruction_mixture_cap: examples-proportional cap of the instruction mixtures.
+    vocabulary: a seqio.Vocabulary for every task's "inputs" and "targets"; None: the
+      default vocabulary (tasks/vocab.py).
+    superni_options: a superni.SuperNIOptions (default: $SUPERNI_DATA_DIR when read).
+    instruction_mixture_cap: examples-proportional cap of the instruction mixtures; None:
+      instructions.DEFAULT_MIXTURE_CAP.
   """
+  # pylint: disable=g-import-not-at-top
+  from t5x_lite.tasks import encoder_tasks, glue, instructions, pretraining, quickstart
+  from t5x_lite.tasks import superni, superni_classifier, ul2, vocab
+  # pylint: enable=g-import-not-at-top
+  if instruction_mixture_cap is None:
+    instruction_mixture_cap = instructions.DEFAULT_MIXTURE_CAP
   vocabulary = vocabulary or vocab.default_vocabulary()
   pretraining.register_tasks(vocabulary)
   ul2.register_tasks(vocabulary)
@@ -44,6 +56,3 @@ def register_builtin_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
   superni_classifier.register_superni_classifier_tasks(vocabulary, superni_options)
   encoder_tasks.register_tasks(vocabulary)
   quickstart.register_mixture(instruction_mixture_cap)
-
-
-register_builtin_tasks()

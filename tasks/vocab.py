@@ -15,93 +15,17 @@ model's embedding size (`T5Config.vocab_size = @padded_vocab_size()` in the mode
   `get_vocabulary.sentencepiece_model_path = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"`
 """
 
-import hashlib
-import io
-import json
-import logging
-import os
-import tempfile
 from typing import Optional
 
 import seqio
-import sentencepiece as spm
 import tensorflow as tf
 
-from t5x_lite.tasks import corpora
+# Building the model file needs neither seqio nor TensorFlow: it lives in default_spm.
+from t5x_lite.tasks.default_spm import cache_dir  # noqa: F401  (re-exported)
+from t5x_lite.tasks.default_spm import default_model_path
+from t5x_lite.tasks.default_spm import train_model_bytes  # noqa: F401  (re-exported)
 
 DEFAULT_EXTRA_IDS = 100
-
-# Unigram model as T5 used; 4000 pieces because the embedded corpus (~0.75M characters)
-# cannot support much more (sentencepiece refuses > ~7400) and it trains in about a second.
-# byte_fallback keeps text outside the corpus' alphabet lossless instead of <unk>.
-_TRAINER_SETTINGS = dict(
-    vocab_size=4000,
-    model_type="unigram",
-    pad_id=0,
-    eos_id=1,
-    unk_id=2,
-    bos_id=-1,
-    character_coverage=1.0,
-    byte_fallback=True,
-    num_threads=1,  # multi-threaded EM changes float summation order -> different bytes
-    shuffle_input_sentence=False,
-    input_sentence_size=0,
-    max_sentence_length=8192,
-    split_digits=True,
-)
-
-
-def cache_dir() -> str:
-  """Directory for built artefacts: `$T5X_LITE_CACHE` or `~/.cache/t5x_lite`."""
-  return os.environ.get("T5X_LITE_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "t5x_lite")
-
-
-def _settings_key() -> str:
-  payload = json.dumps(
-      {"corpus": corpora.corpus_fingerprint(), "trainer": _TRAINER_SETTINGS,
-       "sentencepiece": spm.__version__},
-      sort_keys=True)
-  return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-
-
-def train_model_bytes() -> bytes:
-  """Trains the default SentencePiece model on the embedded train split; returns its bytes."""
-  sentences = [line for doc in corpora.embedded_texts("train") for line in doc.split("\n")]
-  model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sentences), model_writer=model, minloglevel=2,
-      **_TRAINER_SETTINGS)
-  return model.getvalue()
-
-
-def default_model_path() -> str:
-  """Path of the default SentencePiece model, building it on first call.
-
-  Safe when several processes call it at once: each trains into its own temp file in the
-  cache dir and publishes it with `os.replace`, which is atomic on POSIX, so a reader sees
-  either no file or a complete one.
-  """
-  directory = cache_dir()
-  path = os.path.join(directory, f"default_spm_{_settings_key()}.model")
-  if os.path.exists(path):
-    return path
-  os.makedirs(directory, exist_ok=True)
-  logging.info("Training the default SentencePiece vocabulary into %s", path)
-  data = train_model_bytes()
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".default_spm_", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache may be shared
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
 
 
 class DefaultVocabulary(seqio.SentencePieceVocabulary):

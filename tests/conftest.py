@@ -2,5 +2,15 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def builtin_tasks_registered():
+  """Importing t5x_lite registers no task; tests that name built-in tasks get them here, as
+  the entry point registers them after parsing gin."""
+  from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+  tasks.register_builtin_tasks()

@@ -5,6 +5,7 @@ import json
 import os
 import multiprocessing
 import shutil
+import sys
 
 import gin
 import pytest
@@ -132,3 +133,46 @@ def test_fingerprint_identifies_the_model_bytes_and_extra_ids(tmp_path):
       json.dumps(header, sort_keys=True).encode() + b"\0" + v.sp_model).hexdigest()
   assert base == expected and len(base) == 64
   assert vocab_identity.fingerprint(seqio.ByteVocabulary()) != base
+
+
+_USER_MODULE = """
+import gin
+import seqio
+
+@gin.configurable
+def user_mixture_rate(rate=1.0):
+  return rate
+
+seqio.MixtureRegistry.remove("user_test_mixture")
+seqio.MixtureRegistry.add("user_test_mixture", ["embedded_copy_zeroshot", "glue_sst2_v2"],
+                          default_rate=1.0)
+"""
+
+
+def test_a_users_mixture_over_builtin_tasks_gets_the_bound_vocabulary(tmp_path, monkeypatch):
+  """A module that the user's gin file imports builds a mixture of built-in tasks; the
+  vocabulary is bound after it (on the command line): the mixture's tasks still use it."""
+  module = f"user_mixture_{os.getpid()}"
+  (tmp_path / f"{module}.py").write_text(_USER_MODULE)
+  (tmp_path / "user.gin").write_text(f"import {module}\nuser_mixture_rate.rate = 3.0\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  with gin.unlock_config():
+    gin_utils.parse([str(tmp_path / "user.gin")],
+                    [f"get_vocabulary.sentencepiece_model_path={TINY_SPM}"], finalize=False)
+  try:
+    configurables.configure_builtin_tasks()  # harmless again after the parse registered them
+    reference = seqio.SentencePieceVocabulary(TINY_SPM, extra_ids=100)
+    mixture = seqio.get_mixture_or_task("user_test_mixture")
+    assert sorted(t.name for t in mixture.tasks) == ["embedded_copy_zeroshot", "glue_sst2_v2"]
+    for task in mixture.tasks:
+      for feature in ("inputs", "targets"):
+        task_vocab = task.output_features[feature].vocabulary
+        assert task_vocab.vocab_size == reference.vocab_size == 126, (task.name, feature)
+        assert task_vocab.encode("hello world") == reference.encode("hello world")
+    # The gin file's binding of the user's own configurable took effect in the second pass.
+    assert gin.query_parameter("user_mixture_rate.rate") == 3.0
+  finally:
+    gin.clear_config()
+    seqio.MixtureRegistry.remove("user_test_mixture")
+    sys.modules.pop(module, None)
+    tasks.register_builtin_tasks()  # back to the default vocabulary for the other tests
