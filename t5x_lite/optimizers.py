@@ -136,7 +136,9 @@ class ParamState:
 
 
 class AdafactorState(NamedTuple):
-  count: jax.Array  # int32 []: updates so far (t5x's optimizer step)
+  # int32 []: updates applied (the Trainer keeps the old state on a skipped non-finite step,
+  # so this can lag TrainState.step, which is what the schedule and beta2 read in training).
+  count: jax.Array
   param_states: Any  # the params' tree, a ParamState per parameter
 
 
@@ -145,7 +147,8 @@ def adafactor(learning_rate_schedule=None, decay_rate=0.8, clipping_threshold=1.
               weight_decay_rate=None, epsilon1=1e-30, epsilon2=1e-3):
   """T5's Adafactor, as t5x defines it: second moments factored by logical axis, no momentum.
 
-  Update of a parameter p with gradient g at step t (from 0), per slice of its batch dims:
+  Update of a parameter p with gradient g at step t (from 0: the train step, see update),
+  per slice of its batch dims:
   v = beta2 * v + (1 - beta2) * (g**2 + epsilon1) with beta2 = 1 - (t + 1)**-decay_rate
   (factored: the row and column means of that, v ~ v_row v_col / mean(v_row));
   u = g / sqrt(v), divided by max(1, rms(u) / clipping_threshold);
@@ -165,9 +168,13 @@ def adafactor(learning_rate_schedule=None, decay_rate=0.8, clipping_threshold=1.
     epsilon2: lower bound of the parameter scale (1e-3).
 
   Returns:
-    (optax.GradientTransformation, schedule). Its init takes the boxed params
+    (optax.GradientTransformationExtraArgs, schedule). Its init takes the boxed params
     (nn.LogicallyPartitioned leaves, as model.init returns them), whose axis names decide
-    each parameter's Factoring; update takes plain gradients and params.
+    each parameter's Factoring; update takes plain gradients and params, and `step`: the
+    train step t, as t5x's Adafactor reads the step of the train state. The Trainer passes
+    TrainState.step, so a step skipped for a non-finite loss still advances the schedule
+    (the learning rate applied at step t is schedule(t), the one logged); without `step`,
+    t is the state's count of updates.
   """
   if learning_rate_schedule is None:
     learning_rate_schedule = constant_schedule()
@@ -223,11 +230,13 @@ def adafactor(learning_rate_schedule=None, decay_rate=0.8, clipping_threshold=1.
       subtrahend = subtrahend + weight_decay_rate * param
     return (-subtrahend).astype(param.dtype), state
 
-  def update(grads, state, params=None):
+  def update(grads, state, params=None, *, step=None, **extra_args):
+    del extra_args  # Other transformations' arguments (optax's extra-args protocol).
     if params is None:
       raise ValueError("Adafactor's update needs the params (tx.update(grads, state, params)).")
-    learning_rate = learning_rate_schedule(state.count)
-    beta2 = 1.0 - (state.count.astype(jnp.float32) + 1.0) ** -decay_rate
+    step = state.count if step is None else jnp.asarray(step, jnp.int32)
+    learning_rate = learning_rate_schedule(step)
+    beta2 = 1.0 - (step.astype(jnp.float32) + 1.0) ** -decay_rate
     out = jax.tree_util.tree_map(
         lambda g, s, p: update_param(g, s, p, learning_rate, beta2),
         grads, state.param_states, params)
@@ -235,4 +244,4 @@ def adafactor(learning_rate_schedule=None, decay_rate=0.8, clipping_threshold=1.
     param_states = jax.tree_util.tree_map(lambda _, o: o[1], grads, out)
     return updates, AdafactorState(state.count + 1, param_states)
 
-  return optax.GradientTransformation(init, update), learning_rate_schedule
+  return optax.GradientTransformationExtraArgs(init, update), learning_rate_schedule

@@ -6,6 +6,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from t5x_lite import models as models_lib
 from t5x_lite import partitioning
@@ -39,7 +40,8 @@ class Trainer:
   Args:
     model: an EncoderDecoderModel or an encoder head model (t5x_lite/heads.py).
     optimizer: (optax.GradientTransformation, schedule) as optimizers.adafactor returns;
-      its init gets the boxed params (Adafactor reads their logical axis names).
+      its init gets the boxed params (Adafactor reads their logical axis names), its update
+      the train step as `step` (a skipped non-finite step still advances the schedule).
     partitioner: a partitioning.Partitioner (mesh + rules).
     num_microbatches: split each batch into this many sequential microbatches and
       accumulate gradients (same update as the full batch, less activation memory).
@@ -51,7 +53,10 @@ class Trainer:
   def __init__(self, model: models_lib.EncoderDecoderModel, optimizer,
                partitioner: partitioning.Partitioner, num_microbatches: int = 1, seed: int = 0):
     self.model = model
-    self.tx, self.schedule = optimizer
+    tx, self.schedule = optimizer
+    # The train step is passed to every update (the schedule's step); a transformation
+    # that takes no extra arguments ignores it.
+    self.tx = optax.with_extra_args_support(tx)
     self.partitioner = partitioner
     self.num_microbatches = num_microbatches
     self.seed = seed
@@ -157,7 +162,9 @@ class Trainer:
 
   def _train_step_fn(self, state: TrainState, batch):
     grads, metrics = self._grads_and_metrics(state.params, batch, state.step)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    # The step counter drives the schedule (as in t5x): after a skipped non-finite step the
+    # learning rate applied is still schedule(state.step), the one the summary logs.
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params, step=state.step)
     params = jax.tree_util.tree_map(jnp.add, state.params, updates)
     summary = self._summarize(metrics, batch, state.step)
     # A step with a non-finite loss or update is dropped here, on the device, so parameters
@@ -175,7 +182,8 @@ class Trainer:
     """One optimizer update on a global batch (dict of [B, ...] arrays).
 
     A step whose loss or update is not finite leaves params and optimizer state as they
-    were (the step counter still advances: the batch is consumed) and returns
+    were (the step counter, and with it the learning-rate schedule, still advances: the batch
+    is consumed) and returns
     metrics["nonfinite"] = 1.0; train.train applies its nonfinite_policy.
     """
     if self._train_step is None:

@@ -7,7 +7,9 @@ import time
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from t5x_lite import checkpoints, configs, data, main, models, network, optimizers, partitioning
@@ -125,6 +127,47 @@ def test_dropout_is_active_in_training_and_reproducible():
   first, second = first_step_losses(), first_step_losses()
   assert first == second
   assert abs(first[0] - first[1]) > 1e-3
+
+
+def saved_params(model_dir, step):
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    path = checkpoints.state_path(os.path.join(model_dir, "checkpoints", str(step)))
+    return checkpointer.restore(path)["params"]
+
+
+def test_learning_rate_after_a_skipped_step_follows_the_step_and_is_logged(tmp_path,
+                                                                            monkeypatch):
+  """A decaying schedule, step 2 non-finite (skipped), a resume after step 3.
+
+  With decay_rate 0 (beta2 = 0) and no parameter scale, Adafactor moves every element of an
+  unfactored parameter with a non-zero gradient by exactly the learning rate (g / |g|): the
+  largest change of the relative-position table between two checkpoints is the learning
+  rate the step applied.
+  """
+  grads_and_metrics = trainer.Trainer._grads_and_metrics  # pylint: disable=protected-access
+
+  def poisoned(self, params, batch, step):  # NaN loss and gradients at step 2 (1-based)
+    grads, metrics = grads_and_metrics(self, params, batch, step)
+    factor = jnp.where(step + 1 == 2, jnp.nan, 1.0)
+    return (jax.tree_util.tree_map(lambda g: g * factor, grads),
+            dict(metrics, loss_sum=metrics["loss_sum"] * factor))
+
+  monkeypatch.setattr(trainer.Trainer, "_grads_and_metrics", poisoned)
+  schedule = optimizers.linear_decay_schedule(1e-2, warmup_steps=0, decay_steps=8)
+  args = dict(optimizer=optimizers.adafactor(schedule, decay_rate=0.0,
+                                             multiply_by_parameter_scale=False),
+              checkpoint=configs.CheckpointConfig(period=1, keep=None))
+  run(tmp_path, 3, **args)
+  run(tmp_path, 5, **args)
+  logged = {r["step"]: r["learning_rate"] for r in history(tmp_path)}
+  table = lambda step: np.asarray(saved_params(tmp_path, step)["encoder"]["relpos_bias"][
+      "rel_embedding"], np.float64)
+  assert np.max(np.abs(table(2) - table(1))) == 0.0  # the skipped update
+  for step in (3, 4, 5):  # the update of row `step` is made at TrainState.step = step - 1
+    applied = np.max(np.abs(table(step) - table(step - 1)))
+    # Float32 rounding of parameters ~0.1-1 moved by ~1e-2: below 1e-5 relative.
+    assert applied == pytest.approx(float(schedule(step - 1)), rel=1e-5), step
+    assert logged[step] == pytest.approx(float(schedule(step - 1)), rel=1e-6), step
 
 
 @pytest.mark.parametrize("dropout_rate", [0.0, 0.1])
