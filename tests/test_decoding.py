@@ -205,6 +205,7 @@ def test_sampling_reproducible_and_scored():
   np.testing.assert_array_equal(np.asarray(scores), np.asarray(again_scores))
   assert not np.array_equal(np.asarray(tokens), np.asarray(other))
   assert not np.array_equal(np.asarray(tokens[:, 0]), np.asarray(tokens[:, 1]))
+  assert np.all(np.diff(np.asarray(scores), axis=1) <= 0), scores  # best first
   # Scores are the model's own log-probabilities (not the warped distribution's).
   log_probs, _ = _teacher_forced_log_probs(config, params, x, np.asarray(tokens).reshape(6, -1))
   np.testing.assert_allclose(np.asarray(scores).reshape(6), log_probs.sum(axis=1),
