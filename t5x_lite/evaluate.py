@@ -8,10 +8,14 @@ Per evaluated step it writes (t5x_lite.run_dir names the files)
   OUTPUT_DIR/eval_<split>_predictions/<step>.jsonl   {"task", "inputs", "targets", "prediction"}
 (OUTPUT_DIR defaults to MODEL_DIR, or to the checkpoint's run directory.) When several tasks
 are evaluated, "average/<metric>" is the unweighted mean over the tasks that report it.
+A step's predictions are written before its metrics row, and a step is done only when both
+are there: a run stopped at any point completes what is missing when rerun.
 """
 
 import logging
 from typing import List, Mapping, Optional, Sequence, Union
+
+from etils import epath
 
 from t5x_lite import checkpoints as checkpoints_lib
 from t5x_lite import evaluation
@@ -85,19 +89,30 @@ def evaluate(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
                                         num_examples=num_examples)
   writer = SummaryWriter(output.root, f"eval_{split}")
   done = {row.pop("step"): row for row in read_history(writer.history_path)}
+  wants_predictions = write_predictions and evaluator.has_predictions
   results = {}
   for path in paths:
     step = checkpoints_lib.checkpoint_step(path)
-    if step in done and not reevaluate:
+    predictions_path = output.predictions(f"eval_{split}", step)
+    # A step is done when its metrics row and (if written) its predictions are there: a run
+    # stopped between the two completes the step when rerun.
+    missing = wants_predictions and not epath.Path(predictions_path).exists()
+    if step in done and not reevaluate and not missing:
       log.info("Step %d is already evaluated in %s (evaluate.reevaluate=True redoes it): %s",
                step, writer.history_path, evaluation.brief(done[step]))
       results[step] = done[step]
       continue
-    params = checkpoints_lib.restore_model_params(model, partitioner, path)
+    if step in done and not reevaluate:
+      log.info("Step %d has metrics in %s but no %s: evaluating it again to write them.",
+               step, writer.history_path, predictions_path)
+    params = checkpoints_lib.restore_model_params(  # Refused if another vocabulary's.
+        model, partitioner, path, checkpoints_lib.task_vocabulary(mixture_or_task_name))
     metrics, rows = evaluator.evaluate(params, step)
-    writer.write(step, metrics)
+    # Predictions first: a metrics row then means the step is complete.
     if write_predictions and rows:
-      evaluation.write_jsonl(rows, output.predictions(f"eval_{split}", step))
+      evaluation.write_jsonl(rows, predictions_path)
+    if step not in done or reevaluate:
+      writer.write(step, metrics)
     log.info("Step %d %s metrics: %s", step, split,
              ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     results[step] = metrics

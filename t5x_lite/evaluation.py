@@ -8,8 +8,10 @@ of any size to a jitted function on the mesh. Also: metric flattening ("task/met
 "average/metric"), JSONL rows of predictions and their printing.
 """
 
+import difflib
 import json
-from typing import Iterable, Mapping, Optional, Sequence
+import zlib
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 from etils import epath
 import jax
@@ -20,6 +22,9 @@ import tensorflow as tf
 from t5x_lite import data
 from t5x_lite import models as models_lib
 from t5x_lite import partitioning
+
+# The batch entry that carries each row's sampling key to the predict fn.
+KEYS = "sampling_keys"
 
 
 def run_batches(fn, batch: Mapping[str, np.ndarray], batch_size: int,
@@ -47,17 +52,77 @@ def run_batches(fn, batch: Mapping[str, np.ndarray], batch_size: int,
   return jax.tree_util.tree_map(lambda x: np.asarray(x)[:n], jax.device_get(out))
 
 
-def make_predict_fn(model: models_lib.EncoderDecoderModel):
-  """fn(params, batch, first_index) -> (tokens [B, L], scores [B]); sampling keys depend on
-  the batch's first example index, so a resumed or re-run job draws the same samples."""
-  # The encoder heads sample nothing and have no DecodingSettings.
-  seed = model.decoding.seed if model.decoding is not None else 0
+def check_split(mixture_or_task_name: str, split: str, binding: str = "SPLIT") -> None:
+  """Raises ValueError, naming the splits there are, when no task of the name has `split`.
 
-  def predict(params, batch, first_index):
-    rng = jax.random.fold_in(jax.random.PRNGKey(seed), first_index)
-    tokens, aux = model.predict_batch_with_aux(params, batch, rng)
+  A misspelt split would otherwise give no examples: an empty output recorded as complete.
+
+  Args:
+    binding: the gin binding that set `split`, named in the message.
+  """
+  tasks = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
+  splits = sorted({s for task in tasks for s in task.splits})
+  if split not in splits:
+    closest = difflib.get_close_matches(split, splits, n=1)
+    hint = f" Did you mean {closest[0]!r}?" if closest else ""
+    raise ValueError(f"split={split!r} (gin: {binding}): no task of {mixture_or_task_name!r} has "
+                     f"it; its splits are {splits}.{hint}")
+
+
+def _task_number(task_name: str) -> int:
+  """A stable 31-bit number of a task name (Python's hash() changes from process to process)."""
+  return zlib.crc32(task_name.encode("utf-8")) & 0x7FFFFFFF
+
+
+@jax.jit
+def _keys(seed, task_numbers, indices, subs):
+  fold = jax.random.fold_in
+  return jax.vmap(lambda t, i, s: fold(fold(fold(jax.random.PRNGKey(seed), t), i), s))(
+      task_numbers, indices, subs)
+
+
+def example_keys(seed: int, task_names: Union[str, Sequence[str]], indices: Sequence[int],
+                 subs: Optional[Sequence[int]] = None) -> np.ndarray:
+  """The sampling key of each example: a function of (seed, task, example index) only.
+
+  The same example draws the same sample in eval, infer and training's infer-eval, in any
+  shard, batch or batch position and after a resume; two examples never share a stream.
+
+  Args:
+    seed: DecodingSettings.seed.
+    task_names: the examples' task (one name for all, or [B] names).
+    indices: [B] the examples' indices in their task's split (eval: position in the
+      seqio.Evaluator's dataset; infer: position in the source split; the same when the
+      task's preprocessors neither drop nor split examples).
+    subs: [B] which of the rows of one source example (a preprocessor may make several); 0
+      (the default) for the first.
+
+  Returns:
+    uint32 [B, 2] PRNG keys: fold_in(fold_in(fold_in(PRNGKey(seed), crc32(task)), index), sub).
+  """
+  indices = np.asarray(indices, np.int32)
+  names = [task_names] * len(indices) if isinstance(task_names, str) else task_names
+  numbers = np.array([_task_number(name) for name in names], np.int32).reshape(indices.shape)
+  subs = np.zeros_like(indices) if subs is None else np.asarray(subs, np.int32)
+  return np.asarray(_keys(seed, numbers, indices, subs))
+
+
+def make_predict_fn(model: models_lib.EncoderDecoderModel):
+  """fn(params, batch) -> (tokens [B, L], scores [B]); batch[KEYS] holds each row's sampling
+  key (uint32 [B, 2], `example_keys`): a row's sample depends on its example alone."""
+
+  def predict(params, batch):
+    batch = dict(batch)
+    keys = batch.pop(KEYS)
+    tokens, aux = model.predict_batch_with_aux(params, batch, keys)
     return tokens, aux["scores"]
   return predict
+
+
+def sampling_seed(model) -> int:
+  """The model's DecodingSettings.seed (0 for the encoder heads, which sample nothing)."""
+  decoding = getattr(model, "decoding", None)
+  return decoding.seed if decoding is not None else 0
 
 
 def make_score_fn(model: models_lib.EncoderDecoderModel):
@@ -106,6 +171,7 @@ class InferEvaluator:
                split: str = "validation", num_examples: Optional[int] = None):
     self.model, self.partitioner, self.batch_size = model, partitioner, batch_size
     provider = data.check_task(mixture_or_task_name, model)
+    check_split(mixture_or_task_name, split, "SPLIT (training: EvalConfig.infer_eval_split)")
     # Training's truncation rule (data.TruncatingFeatureConverter), not seqio's trimming:
     # without a sequence_length the Evaluator leaves examples whole. Tasks whose
     # preprocessors need the lengths get them (they fit their examples themselves).
@@ -122,19 +188,32 @@ class InferEvaluator:
                        "split: nothing to evaluate (gin: the eval/infer-eval task name and split).")
     self._predict = make_predict_fn(model)
     self._score = make_score_fn(model)
+    self._seed = sampling_seed(model)
+
+  @property
+  def has_predictions(self) -> bool:
+    """Whether `evaluate` returns prediction rows (some task has a prediction metric)."""
+    kinds = (seqio.metrics.ModelOutputType.PREDICTION,
+             seqio.metrics.ModelOutputType.PREDICTION_WITH_AUX)
+    return any(metric.model_output_type in kinds
+               for task in self.evaluator.eval_tasks for metric in task.metric_objs)
 
   def _batches(self, dataset: tf.data.Dataset) -> Iterable:
     for indices, features in dataset.batch(self.batch_size).as_numpy_iterator():
       yield indices, {k: v for k, v in features.items()}
 
   def _predict_fn(self, params):
+    # seqio passes each task's cached dataset itself: it names the task of the examples.
+    task_of = {id(ds): name for name, ds in self.evaluator.cached_model_datasets.items()}
+
     def predict_fn(dataset, model_feature_shapes=None):
       del model_feature_shapes
+      task_name = task_of[id(dataset)]
       out, aux_scores = [], []
       for indices, batch in self._batches(dataset):
-        tokens, scores = run_batches(
-            lambda b, i=int(indices[0]): self._predict(params, b, i), batch, self.batch_size,
-            self.partitioner)
+        batch[KEYS] = example_keys(self._seed, task_name, indices)
+        tokens, scores = run_batches(lambda b: self._predict(params, b), batch,
+                                     self.batch_size, self.partitioner)
         out.extend(zip(indices.tolist(), [t.tolist() for t in tokens]))
         aux_scores.extend(scores.tolist())
       return out, {"scores": aux_scores}

@@ -15,15 +15,21 @@ A filtered-out example has no row; one that a preprocessor splits has several ro
 the same index. Texts are the task's pretokenized fields, predictions are detokenized
 with the task's targets vocabulary (up to EOS, as seqio.Evaluator decodes them). "score"
 is the summed log-probability of the prediction (infer; divided by the length penalty for
-beam search) or of the targets (score, for rank classification).
+beam search) or of the targets (score, for rank classification). Sampling draws each row
+from its own key, a function of (DecodingSettings.seed, task, index) alone
+(evaluation.example_keys): an example gets the same sample in every shard, batch position
+and resume, and in the eval run mode.
 
 Resuming: rows are written in chunks of `chunk_batches` batches, each chunk a file of its
 own under `<file>.parts/`, then `<file>.state.json` (rows written and the last example,
 replaced atomically) records it. A restarted job overwrites any chunk a killed one wrote
 after the last record and continues after the last recorded example. At the end the
 chunks are joined into the JSONL file, every row once, in order, the state records
-"done" and a rerun returns at once. Every file goes through epath, so OUTPUT_DIR may be a
-bucket (gs://...) as well as a local directory.
+"done" and a rerun returns at once. Before resuming and before joining, every part is
+checked (each line parses, the row count is the recorded one); a damaged part is written
+again from the position recorded before it. An unknown split is refused at start. Every
+file goes through epath, so OUTPUT_DIR may be a bucket (gs://...) as well as a local
+directory.
 """
 
 import io
@@ -71,8 +77,47 @@ def _commit_state(path: epath.Path, state: Mapping) -> None:
   _write_atomically(path, json.dumps(state))
 
 
+def _damaged_state(path: epath.Path, why: str) -> ValueError:
+  return ValueError(f"{path} is damaged ({why}): delete it and the .parts directory beside it "
+                    "to write this output again from the start.")
+
+
+def _read_state(path: epath.Path) -> dict:
+  """The state file's content, checked: a damaged file is named, never a bare KeyError."""
+  try:
+    saved = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise _damaged_state(path, f"not JSON: {e}") from None
+  if not isinstance(saved, dict):
+    raise _damaged_state(path, f"a JSON {type(saved).__name__}, not an object")
+  if "rows" in saved and "position" not in saved:
+    raise ValueError(f"{path} is in an older format (one appended file): finish that job with "
+                     "the version that started it, or delete the file and its .state.json to "
+                     "start again.")
+  position = saved.get("position")
+  checks = {"rows": isinstance(saved.get("rows"), int) and saved["rows"] >= 0,
+            "chunks": isinstance(saved.get("chunks"), int) and saved["chunks"] >= 0,
+            "done": isinstance(saved.get("done"), bool),
+            "config": isinstance(saved.get("config"), dict),
+            "position": position is None or (isinstance(position, list) and len(position) == 3
+                                             and all(isinstance(x, int) for x in position))}
+  # Per-chunk records (absent in files written before they were kept).
+  for key in ("chunk_rows", "chunk_positions"):
+    if key in saved:
+      checks[key] = (isinstance(saved[key], list)
+                     and len(saved[key]) == saved.get("chunks"))
+  bad = [k for k, ok in checks.items() if not ok]
+  if bad:
+    raise _damaged_state(path, f"missing or invalid {bad}")
+  return saved
+
+
 class ResumableJsonl:
   """A JSONL file written chunk by chunk, each chunk recorded in a state file.
+
+  The state file records the rows and the stream position after each chunk, so a part file
+  found damaged (a line that does not parse, a row count that is not the recorded one) is
+  redone from the position before it (`verify`).
 
   Args:
     path: the JSONL file (any epath: local or gs://...).
@@ -85,13 +130,9 @@ class ResumableJsonl:
     self.state_path = self.path.parent / f"{self.path.name}.state.json"
     self.parts = self.path.parent / f"{self.path.name}.parts"
     self.state = {"rows": 0, "chunks": 0, "position": None, "done": False,
-                  "config": dict(run_config)}
+                  "config": dict(run_config), "chunk_rows": [], "chunk_positions": []}
     if self.state_path.exists():
-      saved = json.loads(self.state_path.read_text())
-      if "position" not in saved:
-        raise ValueError(f"{self.state_path} is in an older format (one appended file): finish "
-                         "that job with the version that started it, or delete the file and "
-                         "its .state.json to start again.")
+      saved = _read_state(self.state_path)
       if saved["config"] != self.state["config"]:
         changed = sorted(k for k in set(saved["config"]) | set(run_config)
                          if saved["config"].get(k) != run_config.get(k))
@@ -126,7 +167,62 @@ class ResumableJsonl:
         json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     self.state.update(rows=self.state["rows"] + len(rows), chunks=self.state["chunks"] + 1,
                       position=list(position))
+    if "chunk_rows" in self.state:
+      self.state["chunk_rows"] = self.state["chunk_rows"] + [len(rows)]
+      self.state["chunk_positions"] = self.state["chunk_positions"] + [list(position)]
     _commit_state(self.state_path, self.state)
+
+  def _damage(self, number: int, expected_rows: Optional[int]) -> Optional[str]:
+    """Why part `number` cannot be joined, or None when it is sound."""
+    part = self._part(number)
+    if not part.exists():
+      return "missing"
+    try:
+      lines = part.read_text().splitlines()
+    except UnicodeDecodeError:
+      return "not UTF-8 text"
+    for line_number, line in enumerate(lines, 1):
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        return f"line {line_number} is not JSON"
+      if not isinstance(row, dict) or "index" not in row:
+        return f"line {line_number} is not a row"
+    if expected_rows is not None and len(lines) != expected_rows:
+      return f"{len(lines)} rows, {expected_rows} recorded"
+    return None
+
+  def verify(self) -> bool:
+    """Checks every recorded part; rewinds the state to before the first damaged one.
+
+    Returns:
+      True if a part was damaged (the stream must continue from `position` again).
+    """
+    counts = self.state.get("chunk_rows")
+    for number in range(self.state["chunks"]):
+      why = self._damage(number, counts[number] if counts is not None else None)
+      if why is None:
+        continue
+      if counts is None:  # No per-chunk record: all that is known is the start.
+        number, rows, position = 0, 0, None
+      else:
+        rows = sum(counts[:number])
+        position = self.state["chunk_positions"][number - 1] if number else None
+        self.state.update(chunk_rows=counts[:number],
+                          chunk_positions=self.state["chunk_positions"][:number])
+      log.warning("%s is damaged (%s): writing it again from row %d.", self._part(number), why,
+                  rows)
+      self.state.update(rows=rows, chunks=number, position=position)
+      _commit_state(self.state_path, self.state)
+      return True
+    if counts is None and sum(len(self._part(i).read_text().splitlines())
+                              for i in range(self.state["chunks"])) != self.state["rows"]:
+      log.warning("The parts of %s do not hold the %d recorded rows: writing them again.",
+                  self.path, self.state["rows"])
+      self.state.update(rows=0, chunks=0, position=None)
+      _commit_state(self.state_path, self.state)
+      return True
+    return False
 
   def finish(self) -> None:
     """Joins the recorded chunks into the JSONL file and records that it is complete."""
@@ -219,6 +315,21 @@ def examples(mixture_or_task_name: str, split: str, task_feature_lengths: Mappin
              "position": (number, index, rows_of_index)}
 
 
+def _shared(writer: Optional[ResumableJsonl], redo: bool = False) -> Tuple[int, bool, bool,
+                                                                            Position]:
+  """(rows written, done, redo, position) as process 0's writer has them, on every process.
+
+  Only process 0 writes; every process must skip the same examples and stop together.
+  """
+  values = [writer.rows, writer.done, redo, *(writer.position or (0, 0, 0))] if writer else [
+      0, False, False, 0, 0, 0]
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    values = [int(x) for x in multihost_utils.broadcast_one_to_all(np.array(values, np.int64))]
+  rows, done, redo, *position = values
+  return int(rows), bool(done), bool(redo), tuple(int(x) for x in position)
+
+
 def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_feature_lengths,
          batch_size, split, model, partitioner, shard_id, num_shards, chunk_batches,
          max_examples, max_chunks) -> str:
@@ -232,6 +343,7 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
   configs.check_int("infer.chunk_batches", chunk_batches)
   # Settings a typo breaks fail here, before the checkpoint is read.
   task_names(mixture_or_task_name, model)
+  evaluation.check_split(mixture_or_task_name, split)
   data.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
   partitioner = partitioner or partitioning.Partitioner()
   path = run_dir_lib.join(output_dir, f"{kind}-{shard_id:05d}-of-{num_shards:05d}.jsonl")
@@ -240,53 +352,62 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
                 "task_feature_lengths": dict(task_feature_lengths), "batch_size": batch_size,
                 "max_examples": max_examples, "decoding": repr(model.decoding)}
   writer = ResumableJsonl(path, run_config) if jax.process_index() == 0 else None
-  done_rows, done = (writer.rows, writer.done) if writer else (0, False)
-  position = (writer.position if writer else None) or (0, 0, 0)
-  if jax.process_count() > 1:
-    # Only process 0 writes; every process must skip the same examples and stop together.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    done_rows, done, *position = (int(x) for x in multihost_utils.broadcast_one_to_all(
-        np.array([done_rows, done, *position], np.int64)))
+  if writer and not writer.done:
+    writer.verify()  # A damaged part of an earlier run is redone.
+  done_rows, done, _, position = _shared(writer)
   if done:
     log.info("%s is complete (%d rows); nothing to do.", path, done_rows)
     return path
-  params = checkpoints.restore_model_params(model, partitioner, checkpoint_path)
+  params = checkpoints.restore_model_params(  # Refused if trained with another vocabulary.
+      model, partitioner, checkpoint_path, checkpoints.task_vocabulary(mixture_or_task_name))
   predict, score = evaluation.make_predict_fn(model), evaluation.make_score_fn(model)
-  stream = examples(mixture_or_task_name, split, task_feature_lengths, shard_id, num_shards,
-                    max_examples, model.feature_converter(pack=False), tuple(position))
+  seed = evaluation.sampling_seed(model)
   chunks = 0
-  while True:
-    rows = []
-    for _ in range(chunk_batches):
-      batch = list(itertools.islice(stream, batch_size))
-      if not batch:
+  while True:  # Until every part is written and sound.
+    stream = examples(mixture_or_task_name, split, task_feature_lengths, shard_id, num_shards,
+                      max_examples, model.feature_converter(pack=False), position)
+    while True:
+      rows = []
+      for _ in range(chunk_batches):
+        batch = list(itertools.islice(stream, batch_size))
+        if not batch:
+          break
+        features = {k: np.stack([ex["features"][k] for ex in batch])
+                    for k in batch[0]["features"]}
+        if kind == "predictions":
+          # Each row samples from its own example's key (rows of one source example: the
+          # row number within it tells them apart).
+          features[evaluation.KEYS] = evaluation.example_keys(
+              seed, [ex["task"] for ex in batch], [ex["index"] for ex in batch],
+              [ex["position"][2] - 1 for ex in batch])
+          tokens, scores = evaluation.run_batches(lambda b: predict(params, b), features,
+                                                  batch_size, partitioner)
+        else:
+          tokens, scores = None, evaluation.run_batches(lambda b: score(params, b), features,
+                                                        batch_size, partitioner)
+        for j, ex in enumerate(batch):
+          row = {k: ex[k] for k in ("index", "task", "inputs", "targets")}
+          if tokens is not None:
+            vocabulary = seqio.get_mixture_or_task(
+                ex["task"]).output_features["targets"].vocabulary
+            row["prediction"] = vocabulary.decode(tokens[j].tolist())
+          row["score"] = float(scores[j])
+          rows.append(row)
+        position = batch[-1]["position"]
+      if not rows:
         break
-      features = {k: np.stack([ex["features"][k] for ex in batch]) for k in batch[0]["features"]}
-      if kind == "predictions":
-        tokens, scores = evaluation.run_batches(
-            lambda b, i=done_rows + len(rows): predict(params, b, i), features, batch_size,
-            partitioner)
-      else:
-        tokens, scores = None, evaluation.run_batches(lambda b: score(params, b), features,
-                                                      batch_size, partitioner)
-      for j, ex in enumerate(batch):
-        row = {k: ex[k] for k in ("index", "task", "inputs", "targets")}
-        if tokens is not None:
-          vocabulary = seqio.get_mixture_or_task(ex["task"]).output_features["targets"].vocabulary
-          row["prediction"] = vocabulary.decode(tokens[j].tolist())
-        row["score"] = float(scores[j])
-        rows.append(row)
-      position = batch[-1]["position"]
-    if not rows:
+      if writer:
+        writer.append(rows, position)
+      chunks += 1
+      done_rows += len(rows)
+      log.info("%s: %d rows written.", path, done_rows)
+      if max_chunks is not None and chunks >= max_chunks:
+        log.info("Stopping after max_chunks=%d; rerun to continue.", max_chunks)
+        return path
+    # Parts are checked before they are joined: a damaged one is written again.
+    done_rows, _, redo, position = _shared(writer, writer.verify() if writer else False)
+    if not redo:
       break
-    if writer:
-      writer.append(rows, position)
-    chunks += 1
-    done_rows += len(rows)
-    log.info("%s: %d rows written.", path, done_rows)
-    if max_chunks is not None and chunks >= max_chunks:
-      log.info("Stopping after max_chunks=%d; rerun to continue.", max_chunks)
-      return path
   if writer:
     writer.finish()
   log.info("Done: %s (%d rows).", path, done_rows)

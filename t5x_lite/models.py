@@ -213,7 +213,8 @@ class EncoderDecoderModel:
       params: unboxed params.
       batch: needs encoder_input_tokens [B, Li]; decoder_input_tokens [B, Lt] (if present)
         sets the default decode length Lt.
-      rng: PRNG key for sampling (default: PRNGKey(self.decoding.seed)).
+      rng: PRNG key for sampling (default: PRNGKey(self.decoding.seed)), or one key per row
+        (uint32 [B, 2]): a row's sample then depends only on its own key and inputs.
 
     Returns:
       (tokens int32 [B, L], {"scores": float32 [B]}): per input the best of num_decodes

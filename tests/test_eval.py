@@ -85,6 +85,40 @@ def test_eval_of_all_checkpoints_writes_one_entry_per_step(run_dir):
                       checkpoint_steps=[3], model=u.tiny_model())
 
 
+def test_rerun_completes_the_predictions_of_an_eval_stopped_after_a_metrics_row(
+    run_dir, tmp_path, monkeypatch):
+  args = dict(u.common(), batch_size=8, model_dir=str(run_dir), checkpoint_steps="all",
+              output_dir=str(tmp_path))
+  predictions = lambda step: tmp_path / "eval_validation_predictions" / f"{step}.jsonl"
+  real_write = eval_lib.SummaryWriter.write
+
+  def killed_after_the_row(self, step, metrics):
+    real_write(self, step, metrics)
+    raise KeyboardInterrupt("killed")
+
+  monkeypatch.setattr(eval_lib.SummaryWriter, "write", killed_after_the_row)
+  with pytest.raises(KeyboardInterrupt):
+    eval_lib.evaluate(**args, model=u.tiny_model())
+  monkeypatch.setattr(eval_lib.SummaryWriter, "write", real_write)
+  assert [r["step"] for r in u.read_jsonl(tmp_path / "eval_validation_metrics.jsonl")] == [4]
+  assert len(u.read_jsonl(predictions(4))) == u.NUM_VALIDATION  # written before the row
+  results = eval_lib.evaluate(**args, model=u.tiny_model())
+  step4 = predictions(4).read_text()
+  assert sorted(results) == [4, 8] and predictions(8).exists()
+  # A step with its metrics row but no predictions file (a run of an earlier version stopped
+  # between the two) is evaluated again for them, adding no second row.
+  predictions(4).unlink()
+  again = eval_lib.evaluate(**args, model=u.tiny_model())
+  assert predictions(4).read_text() == step4
+  for step in (4, 8):
+    assert again[step] == pytest.approx(results[step])
+  assert [r["step"] for r in u.read_jsonl(tmp_path / "eval_validation_metrics.jsonl")] == [4, 8]
+  rows = u.read_jsonl(predictions(4))
+  expected = task_metrics.exact_match([r["targets"] for r in rows],
+                                      [r["prediction"] for r in rows])["exact_match"]
+  assert again[4][f"{u.TASK}/exact_match"] == pytest.approx(expected)
+
+
 def test_periodic_infer_eval_during_training(tmp_path, capsys):
   _, final = u.train_tiny(tmp_path, 6, checkpoint_period=6, evaluation=configs.EvalConfig(
       period=3, steps=1, infer_eval_mixture_or_task_name=u.TASK, print_examples=2))

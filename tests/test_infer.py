@@ -5,6 +5,7 @@ target log-likelihoods; predict_batch equals decoding.decode."""
 import contextlib
 import json
 import os
+import zlib
 
 from etils import epath
 import gin
@@ -17,6 +18,7 @@ import tensorflow as tf
 import fake_bucket
 import runmode_utils as u
 from t5x_lite import checkpoints, decoding, infer
+from t5x_lite import evaluate as eval_lib
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +174,16 @@ def _restored(checkpoint, model):
   return checkpoints.restore_model_params(model, partitioning.Partitioner(), checkpoint)
 
 
+def _log_likelihood(model, params, enc, target_ids):
+  """float64 sum of log p(target_ids) given enc [1, Li], from the model's logits."""
+  tgt = np.array([target_ids + [0] * (u.LENGTHS["targets"] - len(target_ids))], np.int32)
+  dec = np.concatenate([[[0]], tgt[:, :-1]], axis=1).astype(np.int32)
+  logits = np.asarray(model.module.apply({"params": params}, enc, dec, tgt), np.float64)[0]
+  top = logits.max(-1, keepdims=True)
+  log_probs = logits - top - np.log(np.sum(np.exp(logits - top), -1, keepdims=True))
+  return sum(log_probs[i, t] for i, t in enumerate(target_ids))
+
+
 def test_scores_equal_independent_teacher_forced_log_likelihood(checkpoint, tmp_path):
   rows = u.read_jsonl(run("score", checkpoint, tmp_path))
   model = u.tiny_model()
@@ -208,6 +220,120 @@ def test_predictions_are_greedy_decodes_of_the_inputs(checkpoint, tmp_path):
   batch = {"encoder_input_tokens": enc,
            "decoder_input_tokens": np.zeros((4, u.LENGTHS["targets"]), np.int32)}
   np.testing.assert_array_equal(model.predict_batch(params, batch), tokens[:, 0])
-  sampled, aux = u.tiny_model(method="sample", num_decodes=3, temperature=2.0).\
-      predict_batch_with_aux(params, batch, jax.random.PRNGKey(1))
-  assert sampled.shape == (4, u.LENGTHS["targets"]) and aux["scores"].shape == (4,)
+  # Sampling with a key per row: a row's sample does not depend on its batch position, and
+  # its score is the model's log-likelihood of the sampled tokens (float64 reference).
+  sampler = u.tiny_model(method="sample", num_decodes=3, temperature=2.0)
+  keys = jax.random.split(jax.random.PRNGKey(1), 4)
+  sampled, aux = sampler.predict_batch_with_aux(params, batch, keys)
+  flipped, flipped_aux = sampler.predict_batch_with_aux(
+      params, {k: v[::-1] for k, v in batch.items()}, keys[::-1])
+  np.testing.assert_array_equal(flipped[::-1], sampled)
+  np.testing.assert_allclose(flipped_aux["scores"][::-1], aux["scores"], atol=1e-5)
+  assert len({tuple(t) for t in sampled.tolist()}) > 1  # not one stream copied to all rows
+  for i, tokens in enumerate(np.asarray(sampled).tolist()):
+    length = tokens.index(1) + 1 if 1 in tokens else len(tokens)
+    assert all(t == 0 for t in tokens[length:])
+    expected = _log_likelihood(model, params, enc[i:i + 1], tokens[:length])
+    assert aux["scores"][i] == pytest.approx(expected, abs=1e-4), (i, tokens)
+
+
+SAMPLING = dict(method="sample", temperature=3.0, seed=7)
+
+
+def _example_key(index):
+  """The documented key of example `index` of u.TASK: (seed, crc32(task), index, row 0)."""
+  key = jax.random.fold_in(jax.random.PRNGKey(SAMPLING["seed"]),
+                           zlib.crc32(u.TASK.encode()) & 0x7FFFFFFF)
+  return jax.random.fold_in(jax.random.fold_in(key, index), 0)
+
+
+def test_samples_are_keyed_by_example_in_eval_infer_shards_and_resumes(checkpoint, tmp_path):
+  """An example's sample is the same in eval (batch 8), infer (batch 4), either shard of 2
+  and a resumed shard; and it is the sample of its own key, in any batch position."""
+  n = 12
+  sample_run = lambda out, **kw: u.read_jsonl(run("infer", checkpoint, tmp_path / out,
+                                                  model=u.tiny_model(**SAMPLING),
+                                                  max_examples=n, **kw))
+  whole = {r["index"]: r["prediction"] for r in sample_run("one")}
+  assert sorted(whole) == list(range(n))
+  assert len(set(whole.values())) > n // 2  # samples, not one greedy answer
+  eval_lib.evaluate(**u.common(), batch_size=8, checkpoint_path=checkpoint, num_examples=n,
+                    model=u.tiny_model(**SAMPLING), output_dir=str(tmp_path / "eval"))
+  evaluated = u.read_jsonl(tmp_path / "eval" / "eval_validation_predictions" / "6.jsonl")
+  assert [r["prediction"] for r in evaluated] == [whole[i] for i in range(n)]
+  # Shard 1 of 2 puts example 1 first in its batch; shard 0 stops after one chunk, resumes.
+  shard1 = sample_run("two", shard_id=1, num_shards=2)
+  run("infer", checkpoint, tmp_path / "two", model=u.tiny_model(**SAMPLING), max_examples=n,
+      shard_id=0, num_shards=2, max_chunks=1)
+  shard0 = sample_run("two", shard_id=0, num_shards=2)
+  assert {r["index"]: r["prediction"] for r in shard0 + shard1} == whole
+
+  # The same inputs with another example's key sample another stream; with their own key,
+  # the same sample at any batch position.
+  model = u.tiny_model(**SAMPLING)
+  params = _restored(checkpoint, model)
+  vocabulary = seqio.get_mixture_or_task(u.TASK).output_features["targets"].vocabulary
+  enc = np.zeros((4, u.LENGTHS["inputs"]), np.int32)
+  inputs5 = u.read_jsonl(tmp_path / "one" / "predictions-00000-of-00001.jsonl")[5]["inputs"]
+  ids = vocabulary.encode(inputs5) + [1]
+  enc[:, :len(ids)] = ids
+  keys = np.stack([_example_key(i) for i in (6, 5, 9, 5)])
+  tokens, _ = model.predict_batch_with_aux(
+      params, {"encoder_input_tokens": enc,
+               "decoder_input_tokens": np.zeros((4, u.LENGTHS["targets"]), np.int32)}, keys)
+  texts = [vocabulary.decode(t) for t in np.asarray(tokens).tolist()]
+  assert texts[1] == texts[3] == whole[5]
+  assert texts[0] != whole[5] and texts[2] != whole[5] and texts[0] != texts[2]
+
+
+def test_unknown_split_is_refused_at_start(checkpoint, tmp_path):
+  for mode in ("infer", "score"):
+    with pytest.raises(ValueError, match=r"split='validaton' \(gin: SPLIT\): no task of "
+                       r"'runmode_test_yes_no' has it; its splits are \['train', 'validation'\]"
+                       r"\. Did you mean 'validation'\?"):
+      run(mode, checkpoint, tmp_path, split="validaton")
+  assert not os.listdir(tmp_path)  # nothing written, nothing recorded as complete
+
+
+@pytest.mark.parametrize("content, why", [
+    ("{\"rows\": 4, \"chunks\": 1, \"posit", "not JSON"),
+    ("{}", "missing or invalid \\['rows', 'chunks', 'done', 'config'\\]"),
+    ("[1, 2]", "a JSON list, not an object")])
+def test_damaged_state_file_is_named(content, why, checkpoint, tmp_path):
+  state = tmp_path / "predictions-00000-of-00001.jsonl.state.json"
+  state.write_text(content)
+  with pytest.raises(ValueError, match=f"^{state} is damaged \\({why}.*\\): delete it and the "
+                     r"\.parts directory beside it to write this output again from the start\.$"):
+    run("infer", checkpoint, tmp_path)
+
+
+def test_damaged_parts_are_written_again(checkpoint, tmp_path, monkeypatch, caplog):
+  """A part garbled after a stopped run, and one written short in the final run, are both
+  redone before the parts are joined."""
+  path = tmp_path / "predictions-00000-of-00001.jsonl"
+  parts = path.parent / (path.name + ".parts")
+  run("infer", checkpoint, tmp_path, max_examples=8, max_chunks=1)
+  first = (parts / "000000.jsonl").read_text()
+  lines = first.splitlines(keepends=True)
+  (parts / "000000.jsonl").write_text(lines[0] + lines[1][:20] + "\n" + "".join(lines[2:]))
+
+  real_write = infer._write_atomically
+  shortened = []
+
+  def write_one_row_short(target, text):
+    if target.name == "000001.jsonl" and not shortened:
+      shortened.append(target)
+      text = "".join(text.splitlines(keepends=True)[:-1])
+    real_write(target, text)
+
+  monkeypatch.setattr(infer, "_write_atomically", write_one_row_short)
+  run("infer", checkpoint, tmp_path, max_examples=8)
+  rows = u.read_jsonl(path)
+  assert [r["index"] for r in rows] == list(range(8))
+  assert "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:4]) == first
+  assert json.loads((path.parent / (path.name + ".state.json")).read_text())["done"]
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+              and "is damaged" in r.getMessage()]
+  assert warnings == [
+      f"{parts / '000000.jsonl'} is damaged (line 2 is not JSON): writing it again from row 0.",
+      f"{parts / '000001.jsonl'} is damaged (3 rows, 4 recorded): writing it again from row 4."]
