@@ -64,8 +64,13 @@ def test_activation_estimate_is_near_xla_temp_memory_and_shrinks_with_remat_and_
   compiled = jax.jit(t._train_step_fn).lower(abstract, batch_spec).compile()  # pylint: disable=protected-access
   xla_temp = compiled.memory_analysis().temp_size_in_bytes
   estimate = memory_planner.activation_bytes(cfg, {"data": 1}, batch, inputs, targets)
-  # XLA's temp buffers also hold gradients and fusion scratch: same order of magnitude.
-  assert 0.4 < estimate / xla_temp < 1.5, (estimate, xla_temp)
+  # XLA's temp buffers hold the activations kept for the backward pass, which the estimate
+  # counts, plus the gradients (params: 30 MB here) and fusion scratch, minus the
+  # elementwise intermediates that XLA fuses away (the estimate keeps e.g. both gated-gelu
+  # branches). Measured on CPU: 0.85 here, 0.83 with 2+2 layers, 1.00 at batch 8 and lengths
+  # 128/32. Leaving out one term of the estimate moves it out of this window: the attention
+  # probabilities (0.69) or the MLP activations (0.55).
+  assert 0.75 < estimate / xla_temp < 1.15, (estimate, xla_temp)
   remat = memory_planner.activation_bytes(small_config(num_encoder_layers=4, num_decoder_layers=4,
                                                        remat_policy="full"), {"data": 1},
                                           batch, inputs, targets)
