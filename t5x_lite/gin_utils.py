@@ -112,6 +112,31 @@ def _explain(error: Exception) -> str:
   return message
 
 
+def resolve_gin_files(gin_files: Sequence[str]):
+  """--gin_file values -> paths: as given if it exists, else under GIN_DIR."""
+  resolved = []
+  for gin_file in gin_files:
+    if os.path.exists(gin_file):
+      resolved.append(gin_file)
+    elif (GIN_DIR / gin_file).exists():
+      resolved.append(str(GIN_DIR / gin_file))
+    else:
+      raise ValueError(f"--gin_file={gin_file}: no such file here or under the package's gin "
+                       f"directory ({', '.join(sorted(p.name for p in GIN_DIR.iterdir()))}/...).")
+  return resolved
+
+
+def check_unread_command_line(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+  """`check_macros_are_read` on --gin_file values and raw --gin bindings; cheap (no imports),
+  so the entry point runs it first, before TensorFlow or JAX load."""
+  resolved = resolve_gin_files(gin_files)
+  normalized = [normalize_binding(b) for b in bindings]
+  try:
+    check_macros_are_read(resolved, normalized)
+  except SyntaxError:
+    pass  # not gin: gin's own parse reports it with its location
+
+
 class _MacroRecorder(config_parser.ParserDelegate):
   """Parses gin text without touching gin's state; records every `%NAME` it reads."""
 
@@ -243,8 +268,10 @@ def _imports_deferred():
 @contextlib.contextmanager
 def _scratch_config():
   """Runs a parse whose bindings are discarded afterwards (gin's global state restored)."""
-  state = (gin.config._CONFIG, gin.config._IMPORTS, gin.config._OPERATIVE_CONFIG,  # pylint: disable=protected-access
-           gin.config._SINGLETONS)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  state = (gin.config._CONFIG, gin.config._IMPORTS, gin.config._OPERATIVE_CONFIG,
+           gin.config._SINGLETONS)
+  # pylint: enable=protected-access
   saved = [dict(x) if isinstance(x, dict) else set(x) for x in state]
   try:
     yield
@@ -276,25 +303,14 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
   Raises:
     ValueError naming the file/binding and, where gin allows, the closest valid name.
   """
+  if check_unread_macros:
+    check_unread_command_line(gin_files, bindings)
   from t5x_lite import configurables  # pylint: disable=g-import-not-at-top
   _use_explicit_search_path_only()
   if str(GIN_DIR) not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
     gin.add_config_file_search_path(str(GIN_DIR))
-  resolved = []
-  for gin_file in gin_files:
-    if os.path.exists(gin_file):
-      resolved.append(gin_file)
-    elif (GIN_DIR / gin_file).exists():
-      resolved.append(str(GIN_DIR / gin_file))
-    else:
-      raise ValueError(f"--gin_file={gin_file}: no such file here or under the package's gin "
-                       f"directory ({', '.join(sorted(p.name for p in GIN_DIR.iterdir()))}/...).")
+  resolved = resolve_gin_files(gin_files)
   normalized = [normalize_binding(b) for b in bindings]
-  if check_unread_macros:
-    try:
-      check_macros_are_read(resolved, normalized)
-    except SyntaxError:
-      pass  # not gin: the parse below reports it with its location
   try:
     if register_builtin_tasks:
       with _scratch_config(), _imports_deferred():

@@ -126,14 +126,18 @@ def list_tasks(pattern: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None):
-  """Parses flags and gin (registering the built-in tasks), runs the run mode; returns its result."""
+  """Parses flags and gin (which registers the built-in tasks), runs the run mode.
+
+  Returns:
+    The run mode's result (None for --list_tasks).
+  """
   args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+  # A macro that nothing reads stops the run here, before TensorFlow, JAX or any data load.
+  gin_utils.check_unread_command_line(args.gin_file, bindings)
   quiet_third_party_logs(args.verbose)
   initialize_distributed(args)
-  # Registers the built-in tasks (once, with the bound vocabulary) and stops at a macro that
-  # nothing reads, before any data or model work.
-  gin_utils.parse(args.gin_file, bindings, finalize=args.list_tasks is None,
-                  check_unread_macros=True)
+  # Registers the built-in tasks once, with the bound vocabulary.
+  gin_utils.parse(args.gin_file, bindings, finalize=args.list_tasks is None)
   from t5x_lite import configurables  # pylint: disable=g-import-not-at-top
   try:
     if args.list_tasks is not None:
