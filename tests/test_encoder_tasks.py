@@ -2,6 +2,7 @@
 SQuAD v1.1): exact features, their model batches, metrics (by hand), bad answers, and the
 three head recipes run for 2 steps through the entry point."""
 
+import json
 from unittest import mock
 
 import gin
@@ -220,7 +221,23 @@ def recipe_run(mock_tfds, tmp_path, monkeypatch):
 def test_head_recipes_parse_and_run(recipe_run, tmp_path, recipe, task, lengths, metric):
   state, eval_metrics = recipe_run(recipe, f"--gin.TASK_FEATURE_LENGTHS={lengths}")
   assert int(state.step) == 2 and "decoder" not in state.params
-  assert 0.0 <= eval_metrics[f"{task}/{metric}"] <= 100.0
+  # The reported metrics are those of the predictions the run wrote (every validation example
+  # of the mock data), recomputed here from the text rows: accuracy by hand, span F1 and
+  # SQuAD EM / F1 by the metric functions that test_span_f1_and_squad_metrics_by_hand checks.
+  rows = [json.loads(line) for line in
+          (tmp_path / "run" / "infer_eval_predictions" / "2.jsonl").read_text().splitlines()]
+  assert {r["task"] for r in rows} == {task} and len(rows) == {
+      "accuracy": 4, "f1": 2, "em": 3}[metric]
+  targets, predictions = [r["targets"] for r in rows], [r["prediction"] for r in rows]
+  reference = {
+      "accuracy": lambda t, p: {"accuracy": 100 * np.mean([a == b for a, b in zip(t, p)])},
+      "f1": metrics.span_f1,
+      "em": lambda t, p: metrics.squad([[a] for a in t], p),
+  }[metric]
+  want = {f"{task}/{k}": v for k, v in reference(targets, predictions).items()}
+  assert {k: v for k, v in eval_metrics.items() if k.startswith(f"{task}/")} == pytest.approx(
+      want, abs=1e-6)
+  assert reference(targets, targets)[metric] == 100.0  # and it reaches 100 on the targets
   operative = (tmp_path / "run" / "config.gin").read_text()
   assert f"MIXTURE_OR_TASK_NAME = '{task}'" in operative
   assert (tmp_path / "run" / "checkpoints" / "2").is_dir()

@@ -2,12 +2,32 @@
 sharding are in test_notebooks.py: two files, so that two pytest workers share the notebooks)."""
 
 import ast
+import json
 import re
+
+import pytest
 
 from notebook_utils import run_notebook
 
 
-def test_tasks(tmp_path):
+def _spelling_metrics(rows):
+  """exact_match and word_accuracy (percent) of prediction rows, the notebook's definitions
+  computed here independently: whitespace-normalised strings equal / words equal by position
+  (a missing or extra word counts as wrong)."""
+  exact, words = [], []
+  for row in rows:
+    target, prediction = row["targets"].split(), row["prediction"].split()
+    exact.append(target == prediction)
+    length = max(len(target), len(prediction))
+    words.append(sum(a == b for a, b in zip(target, prediction)) / length)
+  return {"exact_match": 100 * sum(exact) / len(rows),
+          "word_accuracy": 100 * sum(words) / len(rows)}
+
+
+def test_tasks(tmp_path, monkeypatch):
+  # The notebook trains in tempfile.mkdtemp(): here, to read its infer-eval predictions.
+  (tmp_path / "tmp").mkdir()
+  monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
   out = run_notebook("tasks", tmp_path)
   assert "t5x_lite from " in out
   assert "number\twords\n979\tnine hundred seventy-nine\n" in out  # the TSV file written
@@ -35,8 +55,16 @@ def test_tasks(tmp_path):
   # Training on the mixture evaluated the new task with its own metric fn.
   metrics = ast.literal_eval(out.strip().splitlines()[-1])
   assert 0 < metrics["loss"] < 8.4  # below ln(4224), a uniform guess
-  assert 0 <= metrics["spell_numbers/exact_match"] <= 100
-  assert 0 <= metrics["spell_numbers/word_accuracy"] <= 100
+  # Its metrics are those of the 16 infer-eval predictions it wrote at step 40.
+  [predictions] = (tmp_path / "tmp").glob("*/infer_eval_predictions/40.jsonl")
+  rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+  assert len(rows) == 16 and {r["task"] for r in rows} == {"spell_numbers"}
+  want = _spelling_metrics(rows)
+  assert metrics["spell_numbers/exact_match"] == pytest.approx(want["exact_match"], abs=1e-9)
+  assert metrics["spell_numbers/word_accuracy"] == pytest.approx(want["word_accuracy"], abs=1e-9)
+  assert _spelling_metrics([{"targets": "forty-two", "prediction": "forty-two"}, {
+      "targets": "one hundred", "prediction": "one  hundred one"}]) == {
+          "exact_match": 50.0, "word_accuracy": 100 * (1 + 2 / 3) / 2}
   assert "input:      'spell out: " in out  # printed infer-eval examples
 
 
