@@ -31,9 +31,9 @@ DEFAULT_EXTRA_IDS = 100
 class DefaultVocabulary(seqio.SentencePieceVocabulary):
   """The vocabulary the built-in tasks register with: resolved lazily, on first use.
 
-  Constructing it is free (no corpus, no training), so tasks can be registered with it at
-  import time. On the first tokenisation or size query it locates (or trains) the default
-  SentencePiece model.
+  Constructing it is free (no corpus, no training). On the first tokenisation or size query
+  it locates (or trains) the default SentencePiece model (tasks/default_spm.py); the model
+  is a pure function of the stdlib source files, so it is the same in every process.
   """
 
   def __init__(self, extra_ids: int = DEFAULT_EXTRA_IDS):
