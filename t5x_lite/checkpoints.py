@@ -7,15 +7,28 @@ DatasetCheckpointHandler), so a resumed run continues the data order exactly. Or
 a step into <step>.orbax-checkpoint-tmp and renames it once every item of every process is
 written: a step is entirely there or not there, and pruning (`keep`) removes whole steps.
 
+Every step records, in orbax's step metadata (<step>/_CHECKPOINT_METADATA, custom_metadata
+"t5x_lite"), the shape, dtype and checksum of every array of the state (t5x_lite.checksums:
+computed where the arrays live, the same on every process) and the identity of the run's
+vocabulary (t5x_lite.vocab_identity), with a sha256 digest of that record itself. Each process
+writes checksums-<its data files>.json beside its input-pipeline files (sha256 of each, read
+back after writing). Every restore (resume, initial checkpoint, eval, infer, export) checks
+all of it: damage (a checksum, shape or file that differs) is a CheckpointError naming the
+array or file; another vocabulary is a VocabularyMismatchError naming both. Steps saved
+before these records restore with a warning.
+
 Restoring a run (`CheckpointManager.restore`) takes the newest step whose state, data
-positions and parameters all read back (finite); damaged newer steps are moved to
-checkpoints/damaged/ with a warning naming each and why (CheckpointConfig.restore_fallback).
+positions and parameters all read back (finite, and equal to their checksums); damaged newer
+steps are moved to checkpoints/damaged/ with a warning naming each and why
+(CheckpointConfig.restore_fallback).
 A save that fails (a full disk, a read-only directory) raises storage.StorageError at once;
 the steps already written stay intact, and the next start deletes the half-written one.
 """
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from typing import Any, Callable, List, Optional, Tuple
@@ -27,9 +40,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from t5x_lite import checksums
 from t5x_lite import configs
 from t5x_lite import run_dir as run_dir_lib
 from t5x_lite import storage
+from t5x_lite import vocab_identity
 from t5x_lite.trainer import TrainState
 
 log = logging.getLogger(__name__)
@@ -46,8 +61,11 @@ class CheckpointMismatchError(CheckpointError):
   """A checkpoint's parameter shapes do not fit the model (a settings error, not damage)."""
 
 
-def _path_name(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+class VocabularyMismatchError(CheckpointMismatchError):
+  """A checkpoint was trained with another vocabulary than the run's (a settings error)."""
+
+
+_path_name = checksums.path_name
 
 
 def _flat_shapes(tree):
@@ -107,15 +125,193 @@ class DatasetCheckpointHandler(ocp.CheckpointHandler):
   """The `dataset` item: this process's DatasetIterator position (t5x_lite.data).
 
   Every process writes its own files (data_iterator-<index>-of-<count>.*) into the item
-  directory, which orbax creates before the save and commits with the rest of the step.
+  directory, which orbax creates before the save and commits with the rest of the step,
+  and then checksums-data_iterator-<index>-of-<count>.json: the sha256 of each of those
+  files as read back (check_dataset_files verifies them before a restore).
   """
 
   def save(self, directory: epath.Path, args: "DatasetArgs"):
     args.iterator.save(str(directory))
+    prefix = _iterator_prefix(args.iterator)
+    files = {p.name: checksums.file_sha256(p)
+             for p in sorted(epath.Path(directory).glob(prefix + ".*"))}
+    (epath.Path(directory) / _dataset_checksums_name(prefix)).write_text(
+        json.dumps({"files": files}, indent=1, sort_keys=True))
 
   def restore(self, directory: epath.Path, args: "DatasetArgs"):
     args.iterator.restore(str(directory))
     return args.iterator
+
+
+def _iterator_prefix(iterator) -> str:
+  return iterator._prefix  # pylint: disable=protected-access  (data_iterator-<i>-of-<n>)
+
+
+def _dataset_checksums_name(prefix: str) -> str:
+  # Outside DatasetIterator.restore's glob (<prefix>.*): it copies only the files it reads.
+  return f"checksums-{prefix}.json"
+
+
+# ---- what every step records about itself ---------------------------------------------------
+
+_RECORD = "t5x_lite"  # the key in orbax's custom_metadata
+_STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's step metadata file, in <step>/
+
+
+def vocabulary_identity(vocabulary) -> dict:
+  """What a checkpoint records of a seqio vocabulary: fingerprint, a short name, size, file.
+
+  Given such a record (a dict) instead of a vocabulary, returns it.
+  """
+  if isinstance(vocabulary, dict):
+    return vocabulary
+  fingerprint = vocab_identity.fingerprint(vocabulary)
+  path = getattr(vocabulary, "sentencepiece_model_file", None)
+  stem = epath.Path(path).stem if path else type(vocabulary).__name__
+  return {"fingerprint": fingerprint, "name": f"{stem}_{fingerprint[:4]}",
+          "size": int(vocabulary.vocab_size), "path": str(path) if path else None}
+
+
+def task_vocabulary(mixture_or_task_name: str):
+  """The targets vocabulary of a registered seqio task or mixture."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  return seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
+
+
+def _digest(record: dict) -> str:
+  body = {k: v for k, v in record.items() if k != "digest"}
+  return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def make_record(state, vocabulary: Optional[dict] = None, dataset: bool = False) -> dict:
+  """The record saved with a step: every array's shape, dtype and checksum, the vocabulary.
+
+  Args:
+    state: the TrainState (global arrays; every process calls this with its shards).
+    vocabulary: vocabulary_identity(...) of the run's vocabulary, or None.
+    dataset: whether each process saved checksums of its input-pipeline files.
+  """
+  sums = checksums.array_checksums(state)
+  arrays = {_path_name(path): {"shape": list(x.shape), "dtype": np.dtype(x.dtype).name,
+                               "checksum": sums[_path_name(path)]}
+            for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+  record = {"version": 1, "arrays": arrays, "dataset_checksums": bool(dataset),
+            "vocabulary": vocabulary}
+  record["digest"] = _digest(record)
+  return record
+
+
+def read_record(step_dir: str) -> Optional[dict]:
+  """The record saved with a step, or None for a step saved without one (older t5x_lite).
+
+  Raises:
+    CheckpointError: the step metadata cannot be parsed or the record fails its digest.
+  """
+  path = epath.Path(step_dir) / _STEP_METADATA
+  if not path.exists():
+    return None
+  try:
+    record = (json.loads(path.read_text()).get("custom_metadata") or {}).get(_RECORD)
+  except (ValueError, UnicodeDecodeError, AttributeError) as e:
+    raise CheckpointError(f"The checkpoint metadata {path} is damaged ({_reason(e)}); it holds "
+                          "the checksums of the step's arrays, so the step cannot be used.") from e
+  if record is None:
+    return None
+  if not isinstance(record, dict) or record.get("digest") != _digest(record):
+    raise CheckpointError(f"The checkpoint metadata {path} is damaged: the record of the "
+                          "step's arrays does not match its digest; the step cannot be used.")
+  return record
+
+
+_warned_unrecorded = set()
+
+
+def _warn_unrecorded(path: str, what: str) -> None:
+  if (path, what) not in _warned_unrecorded:
+    _warned_unrecorded.add((path, what))
+    log.warning("The checkpoint %s was saved without %s (by an older t5x_lite): it loads "
+                "unchecked.", path, what)
+
+
+def check_vocabulary(record: Optional[dict], path: str, vocabulary: Optional[dict]) -> None:
+  """Raises VocabularyMismatchError if the step was trained with another vocabulary."""
+  if vocabulary is None:
+    return
+  saved = (record or {}).get("vocabulary")
+  if saved is None:
+    _warn_unrecorded(path, "the identity of its vocabulary")
+    return
+  if saved["fingerprint"] != vocabulary["fingerprint"]:
+    where = f" ({saved['path']})" if saved.get("path") else ""
+    raise VocabularyMismatchError(
+        f"The checkpoint {epath.Path(path).parent} was trained with vocabulary {saved['name']} "
+        f"({saved['size']} ids); this run uses {vocabulary['name']} ({vocabulary['size']} ids): "
+        f"bind get_vocabulary.sentencepiece_model_path to the checkpoint's{where}.")
+
+
+def _other_steps(path: str) -> str:
+  step_dir = epath.Path(path).parent
+  others = [s for s in run_dir_lib.RunDir.of_checkpoint(path).checkpoint_steps()
+            if str(s) != step_dir.name]
+  return f"other steps of this run: {others}" if others else "the run has no other complete step"
+
+
+def _listed(names: List[str]) -> str:
+  more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+  return ", ".join(names[:3]) + more
+
+
+def _check_array_metadata(record: dict, saved_tree, path: str) -> None:
+  """orbax's array metadata (paths, shapes, dtypes) against the record saved with the step."""
+  saved = _flat_shapes(saved_tree)
+  recorded = record["arrays"]
+  differ = [name for name in sorted(set(saved) | set(recorded))
+            if name not in saved or name not in recorded
+            or tuple(saved[name].shape) != tuple(recorded[name]["shape"])
+            or np.dtype(getattr(saved[name], "dtype", None)).name != recorded[name]["dtype"]]
+  if differ:
+    raise CheckpointError(
+        f"The checkpoint {path} is damaged: its array metadata (_METADATA) does not match the "
+        f"record saved with the step for {_listed(differ)}; {_other_steps(path)}.")
+
+
+def _check_arrays(record: dict, tree, path: str, prefix: str = "") -> None:
+  """Raises CheckpointError naming the arrays whose checksums differ from the record's."""
+  got = checksums.array_checksums(tree)
+  bad = [prefix + name for name, value in got.items()
+         if record["arrays"].get(prefix + name, {}).get("checksum") != value]
+  if bad:
+    raise CheckpointError(
+        f"The checkpoint {path} is damaged: {len(bad)} array(s) differ from the checksums "
+        f"saved with them: {_listed(bad)}. It cannot be used; {_other_steps(path)}.")
+
+
+def check_dataset_files(item_dir: str, iterator, record: Optional[dict]) -> None:
+  """Verifies this process's input-pipeline files against the checksums saved with them."""
+  prefix = _iterator_prefix(iterator)
+  directory = epath.Path(item_dir)
+  present = {p.name: p for p in directory.glob(prefix + ".*")} if directory.exists() else {}
+  listing = directory / _dataset_checksums_name(prefix)
+  if not listing.exists():
+    if present and record is not None and record.get("dataset_checksums"):
+      raise CheckpointError(f"The input-pipeline checksums {listing} are missing: the step is "
+                            "damaged or incomplete.")
+    if present and record is None:
+      _warn_unrecorded(str(directory), "checksums of its input-pipeline files")
+    return  # Nothing there: DatasetIterator.restore says which files it needed.
+  try:
+    expected = json.loads(listing.read_text())["files"]
+  except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+    raise CheckpointError(f"The input-pipeline checksums {listing} are damaged "
+                          f"({_reason(e)}).") from e
+  differ = [name for name in sorted(set(expected) | set(present))
+            if name not in present or name not in expected
+            or checksums.file_sha256(present[name]) != expected[name]]
+  if differ:
+    raise CheckpointError(
+        f"The input-pipeline state in {directory} is damaged: {_listed(differ)} "
+        f"{'differs' if len(differ) == 1 else 'differ'} from the checksums saved with "
+        f"{'it' if len(differ) == 1 else 'them'} ({listing.name}).")
 
 
 @ocp.args.register_with_handler(DatasetCheckpointHandler, for_save=True, for_restore=True)
@@ -157,11 +353,15 @@ class CheckpointManager:
   Args:
     run_dir: the run's RunDir (checkpoints go to MODEL_DIR/checkpoints).
     config: a configs.CheckpointConfig (period, keep, keep-best, async, restore fallback).
+    vocabulary: the run's seqio vocabulary: recorded with every step, and a step recorded
+      with another one is refused by restore(). None: not recorded, not checked.
   """
 
-  def __init__(self, run_dir: run_dir_lib.RunDir, config: configs.CheckpointConfig):
+  def __init__(self, run_dir: run_dir_lib.RunDir, config: configs.CheckpointConfig,
+               vocabulary=None):
     self.run_dir = run_dir
     self.config = config
+    self.vocabulary = None if vocabulary is None else vocabulary_identity(vocabulary)
     self.directory = run_dir.checkpoints
     best_fn = None
     if config.keep_best_metric is not None:
@@ -212,9 +412,11 @@ class CheckpointManager:
     items = {_STATE: ocp.args.PyTreeSave(state)}
     if dataset_iterator is not None:
       items[_DATASET] = DatasetArgs(dataset_iterator)
+    # Every process computes the same record (global arrays); orbax writes process 0's.
+    record = make_record(state, self.vocabulary, dataset=dataset_iterator is not None)
     with self._save_errors(step):
       saved = self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                                force=force)
+                                force=force, custom_metadata={_RECORD: record})
     if saved:
       self._pending_step = step
     return saved
@@ -268,10 +470,16 @@ class CheckpointManager:
 
   def _restore_step(self, step: int, abstract_state: TrainState, dataset_iterator):
     step_dir = self.run_dir.checkpoint(step)
+    record = _all_processes(lambda: read_record(step_dir), f"Reading step {step}'s metadata")
+    # Before anything is read: another vocabulary is a settings error, not damage.
+    check_vocabulary(record, state_path(step_dir), self.vocabulary)
     if dataset_iterator is not None:
       # First: it is cheap, and a state restore may take minutes.
-      _all_processes(lambda: dataset_iterator.restore(str(epath.Path(step_dir) / _DATASET)),
-                     f"Restoring the input-pipeline position of step {step}")
+      def restore_dataset():
+        item_dir = str(epath.Path(step_dir) / _DATASET)
+        check_dataset_files(item_dir, dataset_iterator, record)
+        dataset_iterator.restore(item_dir)
+      _all_processes(restore_dataset, f"Restoring the input-pipeline position of step {step}")
     return _all_processes(lambda: restore_state(state_path(step_dir), abstract_state),
                           f"Restoring step {step}")
 
@@ -300,10 +508,20 @@ def _saved_tree_metadata(path: str):
   return getattr(metadata, "item_metadata", metadata).tree
 
 
-def _restore_args(abstract_tree):
-  """Restore into each leaf's sharding and dtype (orbax casts, e.g. f32 -> bf16)."""
+def _restore_args(abstract_tree, record: Optional[dict], prefix: str = ""):
+  """Restore into each leaf's sharding; in its saved dtype when the step recorded one (its
+  checksum is of those bits: _cast casts after the check), else in the leaf's dtype."""
+  def args(path, x):
+    saved = record["arrays"].get(prefix + _path_name(path)) if record else None
+    return ocp.ArrayRestoreArgs(sharding=x.sharding,
+                                dtype=jnp.dtype(saved["dtype"]) if saved else x.dtype)
+  return jax.tree_util.tree_map_with_path(args, abstract_tree)
+
+
+def _cast(tree, abstract_tree):
+  """Each leaf in its abstract leaf's dtype (e.g. saved f32 -> bf16 parameters)."""
   return jax.tree_util.tree_map(
-      lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract_tree)
+      lambda a, x: a if a.dtype == x.dtype else a.astype(x.dtype), tree, abstract_tree)
 
 
 @contextlib.contextmanager
@@ -314,48 +532,72 @@ def _reading(path: str):
   except CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    step_dir = epath.Path(path).parent
-    others = [s for s in run_dir_lib.RunDir.of_checkpoint(path).checkpoint_steps()
-              if str(s) != step_dir.name]
-    hint = (f"other steps of this run: {others}" if others else
-            "the run has no other complete step")
     raise CheckpointError(f"Cannot read the checkpoint {path} ({_reason(e)}): it is damaged "
-                          f"or incomplete; {hint}.") from e
+                          f"or incomplete; {_other_steps(path)}.") from e
 
 
-def restore_state(path: str, abstract_state: TrainState) -> TrainState:
-  """Restores a TrainState saved at `path` (…/<step>/state), resharded and cast.
-
-  Raises:
-    CheckpointMismatchError: the parameter shapes do not fit (every path listed).
-    CheckpointError: the checkpoint is unreadable or holds non-finite parameters.
-  """
-  path = run_dir_lib.absolute(path)
+def _read_checked(path: str, vocabulary: Optional[dict]):
+  """(record, orbax tree metadata) of the state item at `path`, checked against each other."""
+  record = read_record(str(epath.Path(path).parent))
+  check_vocabulary(record, path, vocabulary)
+  if record is None:
+    _warn_unrecorded(path, "checksums of its arrays")
   with _reading(path):
     saved = _saved_tree_metadata(path)
-    check_shapes(_get(saved, "params"), abstract_state.params, path)
+  if record is not None:
+    _check_array_metadata(record, saved, path)
+  return record, saved
+
+
+def restore_state(path: str, abstract_state: TrainState, vocabulary=None) -> TrainState:
+  """Restores a TrainState saved at `path` (…/<step>/state), resharded and cast.
+
+  Args:
+    path: the state item of a step.
+    abstract_state: the shapes, dtypes and shardings to restore into.
+    vocabulary: the run's seqio vocabulary (refused if the step recorded another one).
+
+  Raises:
+    VocabularyMismatchError: the step was trained with another vocabulary.
+    CheckpointMismatchError: the parameter shapes do not fit (every path listed).
+    CheckpointError: the checkpoint is unreadable, holds non-finite parameters, or an array,
+      its metadata or the step's record differs from the checksums saved with it.
+  """
+  path = run_dir_lib.absolute(path)
+  vocabulary = None if vocabulary is None else vocabulary_identity(vocabulary)
+  record, saved = _read_checked(path, vocabulary)
+  check_shapes(_get(saved, "params"), abstract_state.params, path)
+  with _reading(path):
     with ocp.PyTreeCheckpointer() as checkpointer:
       state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-          item=abstract_state, restore_args=_restore_args(abstract_state)))
+          item=abstract_state, restore_args=_restore_args(abstract_state, record)))
   check_finite(state.params, path)
-  return state
+  if record is not None:
+    _check_arrays(record, state, path)
+  return _cast(state, abstract_state)
 
 
-def restore_params(path: str, abstract_params) -> Any:
+def restore_params(path: str, abstract_params, vocabulary=None) -> Any:
   """Restores only the parameters from a checkpoint (finetuning without optimizer state).
+
+  Args: as restore_state (abstract_params: the parameters' shapes, dtypes and shardings).
 
   Raises: as restore_state.
   """
   path = run_dir_lib.absolute(path)
+  vocabulary = None if vocabulary is None else vocabulary_identity(vocabulary)
+  record, saved = _read_checked(path, vocabulary)
+  check_shapes(_get(saved, "params"), abstract_params, path)
   with _reading(path):
-    saved = _saved_tree_metadata(path)
-    check_shapes(_get(saved, "params"), abstract_params, path)
     with ocp.PyTreeCheckpointer() as checkpointer:
       restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
           item={"params": abstract_params},
-          restore_args={"params": _restore_args(abstract_params)}, partial_restore=True))
+          restore_args={"params": _restore_args(abstract_params, record, "params/")},
+          partial_restore=True))
   check_finite(restored["params"], path)
-  return restored["params"]
+  if record is not None:
+    _check_arrays(record, restored["params"], path, prefix="params/")
+  return _cast(restored["params"], abstract_params)
 
 
 def _get(tree, key):
@@ -403,7 +645,7 @@ def checkpoint_step(path: str) -> int:
   return int(name) if name.isdigit() else 0
 
 
-def restore_model_params(model, partitioner, checkpoint_path: str):
+def restore_model_params(model, partitioner, checkpoint_path: str, vocabulary=None):
   """A model's parameters (no optimizer state) from a checkpoint, in the partitioner's shardings.
 
   Args:
@@ -411,6 +653,8 @@ def restore_model_params(model, partitioner, checkpoint_path: str):
     partitioner: a partitioning.Partitioner.
     checkpoint_path: MODEL_DIR/checkpoints/<step>, its .../state, or a checkpoints
       directory (its latest step).
+    vocabulary: the seqio vocabulary the caller tokenizes with: a checkpoint trained with
+      another one is refused (VocabularyMismatchError). None: not checked.
 
   Raises: as restore_state; a damaged or non-finite checkpoint is an error, never output.
   """
@@ -423,4 +667,4 @@ def restore_model_params(model, partitioner, checkpoint_path: str):
       shardings)
   path = resolve_checkpoint_path(checkpoint_path)
   log.info("Restoring parameters from %s.", path)
-  return restore_params(path, abstract)
+  return restore_params(path, abstract, vocabulary)

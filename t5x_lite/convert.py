@@ -29,6 +29,8 @@ The only pickle format read is HF's own pytorch_model.bin, with torch.load(weigh
 import dataclasses
 import io
 import json
+import os
+import uuid
 from typing import Any, Mapping
 
 from etils import epath
@@ -36,6 +38,7 @@ import flax.linen as nn
 import numpy as np
 
 from t5x_lite import network
+from t5x_lite import storage
 
 # Keys HF itself ignores on load: old checkpoints carry a never-used relative bias table in
 # the first decoder block's cross-attention.
@@ -338,14 +341,48 @@ def save_hf_checkpoint(params: Mapping[str, Any], config: network.T5Config,
   _write_hf(directory, hf_config_dict(config), hf_state_dict_from_params(params, config))
 
 
+_STAGED = ".tmp-"  # .<name>.tmp-<pid>-<id>: a file of an export not yet in place
+
+
 def _write_hf(directory: str, hf_config: Mapping[str, Any], state: Mapping[str, Any]) -> None:
-  """config.json + model.safetensors, local or remote (etils.epath)."""
+  """config.json + model.safetensors, local or remote (etils.epath), never a mix of two exports.
+
+  Both files are written under temporary names beside their final ones first (the long part:
+  a process killed there leaves an older export in `directory` whole). Then the old
+  config.json is removed, the weights renamed into place, and config.json last: transformers
+  and t5x_lite open config.json first, so in the instant between those renames the directory
+  does not load at all rather than pairing one export's config with another's weights.
+  Temporary files a killed export left are removed by the next one.
+  """
   from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
   directory = epath.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  (directory / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
-  # format=pt: transformers refuses safetensors files without it.
-  (directory / "model.safetensors").write_bytes(save(dict(state), metadata={"format": "pt"}))
+  names = ("model.safetensors", "config.json")
+  _remove_stale_staged(directory, names)
+  suffix = f"{_STAGED}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  staged = {name: directory / f".{name}{suffix}" for name in names}
+  try:
+    # format=pt: transformers refuses safetensors files without it.
+    staged["model.safetensors"].write_bytes(save(dict(state), metadata={"format": "pt"}))
+    staged["config.json"].write_text(json.dumps(hf_config, indent=2, sort_keys=True))
+  except BaseException:
+    for path in staged.values():
+      path.unlink(missing_ok=True)
+    raise
+  (directory / "config.json").unlink(missing_ok=True)
+  for name in names:  # config.json last
+    staged[name].replace(directory / name)
+
+
+def _remove_stale_staged(directory: epath.Path, names) -> None:
+  """Removes the temporary files of exports killed before they renamed them into place."""
+  for name in names:
+    for path in directory.glob(f".{name}{_STAGED}*"):
+      pid = path.name[len(f".{name}{_STAGED}"):].split("-")[0]
+      # A local export still running (another process) keeps its files.
+      if not storage.is_local(directory) or not pid.isdigit() or not storage.pid_alive(
+          int(pid)):
+        path.unlink(missing_ok=True)
 
 
 def load_hf_state_dict(directory: str) -> dict:

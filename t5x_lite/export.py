@@ -3,7 +3,9 @@
 The directory (config.json + model.safetensors) loads with
 `transformers.T5ForConditionalGeneration.from_pretrained(OUTPUT_DIR)` (a
 TokenClassificationModel's with `T5ForTokenClassification`) and gives the same logits as
-t5x_lite (convert.py maps every parameter; tests/test_export.py checks it).
+t5x_lite (convert.py maps every parameter; tests/test_export.py checks it). Re-exporting
+into a directory that holds an older export replaces it without ever leaving one export's
+config.json beside another's weights, even when killed (convert._write_hf).
 """
 
 import logging
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def export(*, checkpoint_path: str, output_dir: str, model: models_lib.EncoderDecoderModel,
-           partitioner: Optional[partitioning.Partitioner] = None) -> str:
+           partitioner: Optional[partitioning.Partitioner] = None, vocabulary=None) -> str:
   """Writes the parameters of a checkpoint as a HF-loadable T5 directory.
 
   Args (gin; gin/runs/export.gin binds the macros in capitals):
@@ -33,6 +35,9 @@ def export(*, checkpoint_path: str, output_dir: str, model: models_lib.EncoderDe
       EncoderDecoderModel or a TokenClassificationModel (HF has no T5 encoder with the
       other heads: convert.save_hf_encoder writes their encoder alone).
     partitioner: mesh and rules for restoring; default partitioning.Partitioner().
+    vocabulary: the vocabulary the exported model is meant for (gin/runs/export.gin binds
+      @get_vocabulary()): a checkpoint trained with another one is refused
+      (checkpoints.VocabularyMismatchError). None: not checked.
 
   Returns:
     output_dir.
@@ -42,7 +47,7 @@ def export(*, checkpoint_path: str, output_dir: str, model: models_lib.EncoderDe
     raise ValueError(f"HF transformers has no T5 encoder with a {type(model).__name__}'s head: "
                      "export the encoder alone with t5x_lite.convert.save_hf_encoder.")
   partitioner = partitioner or partitioning.Partitioner()
-  params = checkpoints.restore_model_params(model, partitioner, checkpoint_path)
+  params = checkpoints.restore_model_params(model, partitioner, checkpoint_path, vocabulary)
   # process_allgather: on several processes each holds only its shards of the parameters.
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top

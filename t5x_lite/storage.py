@@ -99,7 +99,7 @@ def check_free_space(directory: str, needed_bytes: int, what: str,
         f"{format_bytes(needed_bytes)}. Free space on that disk or choose another {setting}.")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -158,7 +158,7 @@ class RunLock:
     age = time.time() - float(holder["refreshed"])
     if age > self.stale_after_s:
       return f"not refreshed for {age:.0f} s (stale after {self.stale_after_s:.0f} s)"
-    if holder.get("host") == self.record["host"] and not _pid_alive(int(holder["pid"])):
+    if holder.get("host") == self.record["host"] and not pid_alive(int(holder["pid"])):
       return f"process {holder['pid']} no longer runs on this host"
     return None
 

@@ -95,10 +95,10 @@ def restore_or_init(trainer: trainer_lib.Trainer, abstract, input_shapes, manage
     path = checkpoints_lib.resolve_checkpoint_path(initial_checkpoint.path)
     if initial_checkpoint.restore_optimizer_state:
       log.info("Starting from %s (parameters and optimizer state).", path)
-      return checkpoints_lib.restore_state(path, abstract)
+      return checkpoints_lib.restore_state(path, abstract, manager.vocabulary)
     log.info("Starting from the parameters of %s with a fresh optimizer state.", path)
-    return trainer.state_from_params(checkpoints_lib.restore_params(path, abstract.params),
-                                     input_shapes)
+    return trainer.state_from_params(
+        checkpoints_lib.restore_params(path, abstract.params, manager.vocabulary), input_shapes)
   log.info("No checkpoint in MODEL_DIR and no INITIAL_CHECKPOINT_PATH: initialising from seed %d.",
            trainer.seed)
   return trainer.init_state(input_shapes)
@@ -421,7 +421,8 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
     # Room for one more checkpoint (+10%) and the summaries, before any minute is spent.
     needed = int(checkpoints_lib.state_bytes(abstract) * 1.1) + _SUMMARY_BYTES
     storage.check_free_space(run_dir.root, needed, "a checkpoint of this model and its summaries")
-  manager = checkpoints_lib.CheckpointManager(run_dir, checkpoint)
+  manager = checkpoints_lib.CheckpointManager(  # Steps record (and check) the vocabulary.
+      run_dir, checkpoint, checkpoints_lib.task_vocabulary(train_dataset.mixture_or_task_name))
   writers = []
   try:
     state = restore_or_init(trainer, abstract, input_shapes, manager, iterator,

@@ -2,12 +2,16 @@
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 import torch
 import transformers
+from etils import epath
 from safetensors.numpy import load_file
 
 import hf_utils
@@ -144,3 +148,74 @@ def test_bin_is_read_with_weights_only(tmp_path):
              str(tmp_path / "pytorch_model.bin"))
   with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
     convert.load_hf_checkpoint(str(tmp_path))
+
+
+def _files(directory):
+  """{name: bytes} of a directory's visible files (temporary ones start with a dot)."""
+  return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if not p.name.startswith(".")}
+
+
+def test_a_failed_or_killed_re_export_never_mixes_two_exports(tmp_path, monkeypatch):
+  out, reference = tmp_path / "hf", tmp_path / "reference"
+  convert.save_hf_checkpoint(convert.params_from_hf_state_dict(_state_dict(RELU), RELU), RELU,
+                             str(out))
+  old = _files(out)
+  new_params = convert.params_from_hf_state_dict(_state_dict(GATED), GATED)
+  convert.save_hf_checkpoint(new_params, GATED, str(reference))
+  new = _files(reference)
+  assert sorted(old) == sorted(new) == ["config.json", "model.safetensors"] and old != new
+
+  # The second of the two writes fails (a full disk): the older export is left whole.
+  path_type = type(epath.Path(str(out)))
+  writes = []
+
+  def failing(write):
+    def wrapper(self, data, *args, **kwargs):
+      writes.append(self.name)
+      if len(writes) == 2:
+        raise OSError(28, "No space left on device")
+      return write(self, data, *args, **kwargs)
+    return wrapper
+
+  with monkeypatch.context() as patch:
+    patch.setattr(path_type, "write_text", failing(path_type.write_text))
+    patch.setattr(path_type, "write_bytes", failing(path_type.write_bytes))
+    with pytest.raises(OSError, match="No space left"):
+      convert.save_hf_checkpoint(new_params, GATED, str(out))
+  assert _files(out) == old and sorted(p.name for p in out.iterdir()) == sorted(old)
+
+  # SIGKILL once the weights are written, before config.json: still the older export.
+  script = ("import os, signal, sys\nfrom etils import epath\nfrom t5x_lite import convert\n"
+            "config, params = convert.load_hf_checkpoint(sys.argv[1])\n"
+            "kind = type(epath.Path(sys.argv[2]))\n"
+            "kind.write_text = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "convert.save_hf_checkpoint(params, config, sys.argv[2])\n")
+  killed = subprocess.run([sys.executable, "-c", script, str(reference), str(out)],
+                          capture_output=True, text=True, check=False)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  assert _files(out) == old
+  staged = lambda: sorted(p.name.split("-")[0] for p in out.iterdir() if p.name.startswith("."))
+  assert staged() == [".model.safetensors.tmp"]  # the killed export's weights, not in place
+
+  # Stopped between its renames: no config.json, so nothing loads a mix of the two.
+  replaced = []
+
+  def replace_once(self, target):
+    if replaced:
+      raise OSError("killed")
+    replaced.append(target)
+    return real_replace(self, target)
+
+  real_replace = path_type.replace
+  with monkeypatch.context() as patch:
+    patch.setattr(path_type, "replace", replace_once)
+    with pytest.raises(OSError, match="killed"):
+      convert.save_hf_checkpoint(new_params, GATED, str(out))
+  assert _files(out) == {"model.safetensors": new["model.safetensors"]}
+  with pytest.raises(FileNotFoundError):
+    convert.load_hf_checkpoint(str(out))
+
+  # The next export completes and removes what the killed process staged (this process's
+  # own staged config.json, of the export stopped above, is left: it still runs).
+  convert.save_hf_checkpoint(new_params, GATED, str(out))
+  assert _files(out) == new and staged() == [".config.json.tmp"]

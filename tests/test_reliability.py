@@ -6,6 +6,7 @@ where an uninterrupted one does."""
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,9 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import seqio
 
-from t5x_lite import checkpoints, configs, data, main, partitioning, storage, summaries, train
-from t5x_lite import trainer
+from t5x_lite import checkpoints, configs, data, export, main, partitioning, storage, summaries
+from t5x_lite import train, trainer
+from t5x_lite.tasks import vocab
 from t5x_lite.run_dir import RunDir
 import reliability_worker as worker
 from tree_utils import tree_max_abs_diff
@@ -308,7 +311,8 @@ DAMAGES = {
     "input-pipeline state removed": (lambda step: shutil.rmtree(f"{step}/dataset"),
                                      "No data iterator checkpoint"),
     "input-pipeline state truncated": (
-        lambda step: truncate(largest_file(f"{step}/dataset")), "Read less bytes"),
+        lambda step: truncate(largest_file(f"{step}/dataset")),
+        "differs from the checksums saved with it"),
     "non-finite parameters": (
         lambda step: (shutil.rmtree(f"{step}/state"), write_nan_state(step, step[:-1] + "4")),
         "holds non-finite values"),
@@ -384,6 +388,145 @@ def test_training_resumes_past_a_damaged_step_exactly_and_infer_names_the_damage
   expected = losses(trained)
   np.testing.assert_allclose([losses(run)[s] for s in expected], list(expected.values()),
                              rtol=1e-6)
+
+
+# ---- bytes flipped in a checkpoint that still parses --------------------------------------------
+
+def flip(path, offset, count=64):
+  """XORs `count` bytes of a file with 0x01 (float32 values stay finite: an exponent's lowest
+  bit at most)."""
+  with open(path, "r+b") as f:
+    f.seek(offset)
+    data = bytearray(f.read(count))
+    f.seek(offset)
+    f.write(bytes(b ^ 1 for b in data))
+
+
+def change_array(step_dir, name):
+  """Rewrites step_dir/state with 16 values of the array `name` ("params/...") changed by a
+  finite amount: what a flipped byte that still parses does (the arrays are stored
+  zstd-compressed, so where a byte of a given array lies cannot be known from the values)."""
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    state = jax.tree_util.tree_map(np.array, checkpointer.restore(checkpoints.state_path(
+        step_dir)))
+    leaf = state
+    for key in name.split("/"):
+      leaf = leaf[key]
+    leaf.reshape(-1)[-16:] += 0.5
+    shutil.rmtree(checkpoints.state_path(step_dir))
+    checkpointer.save(checkpoints.state_path(step_dir), state)  # the step's record is kept
+
+
+def flip_text(path, text):
+  """Flips the byte after the first occurrence of `text` in a file (the JSON stays valid)."""
+  with open(path, "rb") as f:
+    offset = f.read().index(text.encode())
+  flip(path, offset + len(text), 1)
+
+
+EMBEDDING = "params/token_embedder/embedding"
+FLIPS = {  # kind: (damage applied to step 6, what the warning names)
+    "parameters": (lambda step: change_array(step, EMBEDDING),
+                   f"1 array(s) differ from the checksums saved with them: {EMBEDDING}."),
+    "optimizer state": (
+        lambda step: change_array(step, "opt_state/param_states/token_embedder/embedding/v_row"),
+        "differ from the checksums saved with them: "
+        "opt_state/param_states/token_embedder/embedding/v_row."),
+    "input-pipeline state": (
+        lambda step: flip(largest_file(f"{step}/dataset"),
+                          os.path.getsize(largest_file(f"{step}/dataset")) - 200),
+        "data_iterator-00000-of-00001.data-00000-of-00001 differs from the checksums"),
+    # A parameter's name in orbax's tree metadata (orbax itself cannot read it then).
+    "array metadata": (lambda step: flip_text(f"{step}/state/_METADATA", '{"key": "sc'),
+                       "/checkpoints/6/state (AttributeError: "),
+    "step metadata": (lambda step: flip_text(f"{step}/_CHECKPOINT_METADATA", '"checksum": "'),
+                      "the record of the step's arrays does not match its digest"),
+}
+
+
+def test_flipped_bytes_in_each_kind_of_saved_file_are_found_on_resume(trained, tmp_path, caplog):
+  iterator, abstract = resume_pipeline(trained)
+  expected = saved_params(trained, 4)
+  for kind, (damage, named) in FLIPS.items():
+    run = tmp_path / kind.replace(" ", "_")
+    shutil.copytree(trained, run)
+    damage(RunDir(run).checkpoint(6))
+    manager = checkpoints.CheckpointManager(RunDir(run), configs.CheckpointConfig())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      state = manager.restore(abstract, iterator)
+    manager.close()
+    assert int(state.step) == 4, kind
+    assert tree_max_abs_diff(jax.device_get(state.params), expected) == 0.0, kind
+    assert "Checkpoint step 6 cannot be restored (" in caplog.text, (kind, caplog.text)
+    assert named in caplog.text, (kind, caplog.text)
+    assert RunDir(run).checkpoint_steps() == [2, 4], kind
+    assert os.listdir(os.path.join(RunDir(run).checkpoints, "damaged"))[0].startswith("6-")
+
+
+def test_infer_and_export_name_the_array_that_differs_from_its_checksum(trained, tmp_path,
+                                                                       capsys):
+  run = tmp_path / "run"
+  shutil.copytree(trained, run)
+  change_array(RunDir(run).checkpoint(6), EMBEDDING)
+  state = saved_state(run, 6)  # what infer would have used: finite, wrong values
+  assert np.all(np.isfinite(state["params"]["token_embedder"]["embedding"]))
+  assert np.any(state["params"]["token_embedder"]["embedding"]
+                != saved_params(trained, 6)["token_embedder"]["embedding"])
+  status, error = run_main(capsys, infer_args(RunDir(run).checkpoint(6), tmp_path / "out"))
+  assert status == 1, error
+  assert (f"t5x-lite: CheckpointError: The checkpoint {RunDir(run).checkpoint(6)}/state is "
+          f"damaged: 1 array(s) differ from the checksums saved with them: {EMBEDDING}. It "
+          "cannot be used; other steps of this run: [2, 4].") in error, error
+  status, error = run_main(capsys, ["--run_mode=export", *TINY_GIN, "--gin_file=runs/export.gin",
+                                    f"--gin.CHECKPOINT_PATH={RunDir(run).checkpoint(6)}",
+                                    f"--gin.OUTPUT_DIR={tmp_path / 'hf'}"])
+  assert status == 1 and f"differ from the checksums saved with them: {EMBEDDING}." in error
+  assert not os.path.exists(tmp_path / "hf")
+
+
+# ---- the vocabulary a checkpoint was trained with ------------------------------------------
+
+OTHER_SP_MODEL = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
+                              "sentencepiece.model")
+
+
+def test_a_checkpoint_is_refused_under_another_vocabulary(trained, tmp_path, caplog):
+  run = tmp_path / "run"
+  shutil.copytree(trained, run)
+  other = seqio.SentencePieceVocabulary(OTHER_SP_MODEL, extra_ids=100)
+  theirs = checkpoints.vocabulary_identity(vocab.default_vocabulary())
+  ours = checkpoints.vocabulary_identity(other)
+  refusal = (f"The checkpoint {RunDir(run).checkpoint(6)} was trained with vocabulary "
+             f"{theirs['name']} ({theirs['size']} ids); this run uses "
+             f"sentencepiece_{ours['fingerprint'][:4]} ({other.vocab_size} ids): bind "
+             "get_vocabulary.sentencepiece_model_path to the checkpoint's "
+             f"({vocab.default_vocabulary().sentencepiece_model_file}).")
+  iterator, abstract = resume_pipeline(run)
+  manager = checkpoints.CheckpointManager(RunDir(run), configs.CheckpointConfig(), other)
+  with pytest.raises(checkpoints.VocabularyMismatchError) as raised:
+    manager.restore(abstract, iterator)  # a resume: refused, nothing set aside
+  manager.close()
+  assert str(raised.value) == refusal
+  assert RunDir(run).checkpoint_steps() == [2, 4, 6]
+  model = worker.tiny_run(run, 1)["model"]
+  with pytest.raises(checkpoints.VocabularyMismatchError, match=re.escape(refusal)):
+    export.export(checkpoint_path=RunDir(run).checkpoint(6), output_dir=str(tmp_path / "hf"),
+                  model=model, vocabulary=other)
+  assert not os.path.exists(tmp_path / "hf")
+  # The run's own vocabulary restores; a step saved without a record loads with a warning.
+  params = checkpoints.restore_model_params(model, partitioning.Partitioner(),
+                                            RunDir(run).checkpoint(6), vocab.default_vocabulary())
+  assert tree_max_abs_diff(jax.device_get(params), saved_params(trained, 6)) == 0.0
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    checkpointer.save(checkpoints.state_path(tmp_path / "old" / "checkpoints" / "4"),
+                      saved_state(trained, 4))
+  with caplog.at_level(logging.WARNING):
+    params = checkpoints.restore_model_params(
+        model, partitioning.Partitioner(), str(tmp_path / "old" / "checkpoints" / "4"), other)
+  assert tree_max_abs_diff(jax.device_get(params), saved_params(trained, 4)) == 0.0
+  assert "saved without the identity of its vocabulary (by an older t5x_lite)" in caplog.text
+  assert "saved without checksums of its arrays" in caplog.text
 
 
 # ---- full and read-only disks --------------------------------------------------------------

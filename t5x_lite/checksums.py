@@ -1,0 +1,92 @@
+"""Checksums of what a checkpoint saves: every array (computed where it lives) and every file.
+
+`array_checksums(tree)` gives each array of a pytree a 64-bit checksum of its bits (its
+dtype's bit pattern, so -0.0 and NaN payloads count). It is computed by one jitted pass on the
+devices that hold the array, never gathered to one host: each process sums over the shards
+it holds and XLA adds the partial sums, so every process of a multi-host run gets the same
+value, and a checkpoint restored on another mesh or process count checks against the same
+number. Two 32-bit lanes, summed modulo 2**32 over the elements (the order of a sum does not
+change it, hence the independence from the layout):
+  lane 1: bits[i] * odd_weight(i)        any change confined to one element changes it
+  lane 2: fmix32(bits[i] ^ weight2(i))   non-linear, so changes that cancel in lane 1 show here
+i is the element's flat index in the global array; the weights are murmur3's finaliser of
+i. It is a check against damage (flipped, truncated or misplaced bytes), not a signature.
+
+`file_sha256` is sha256 over a file's bytes, read back through etils.epath (local or gs://).
+"""
+
+import hashlib
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+
+_READ_BYTES = 1 << 22
+
+
+def path_name(path) -> str:
+  """"params/encoder/layers_0/..." for a jax.tree_util key path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _fmix32(h):
+  """murmur3's 32-bit finaliser: every input bit flips about half the output bits."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _words(x) -> jax.Array:
+  """x's bits as uint32 words: [*x.shape] (or [*x.shape, 2] for 64-bit dtypes)."""
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  size = np.dtype(x.dtype).itemsize
+  if size == 8:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _array_lanes(x) -> jax.Array:
+  """[2] uint32: the two lanes of x's checksum."""
+  words = _words(x)
+  index = jnp.zeros(words.shape, jnp.uint32)
+  stride = 1
+  for dim in reversed(range(words.ndim)):
+    # The flat index, built from iotas so that XLA computes it shard by shard.
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, words.shape, dim) * jnp.uint32(
+        stride % 2**32)
+    stride *= words.shape[dim]
+  lane1 = jnp.sum(words * (_fmix32(index ^ jnp.uint32(0x9E3779B9)) | jnp.uint32(1)),
+                  dtype=jnp.uint32)
+  lane2 = jnp.sum(_fmix32(words ^ _fmix32(index + jnp.uint32(0x7F4A7C15))), dtype=jnp.uint32)
+  return jnp.stack([lane1, lane2])
+
+
+@jax.jit
+def _tree_lanes(tree):
+  return jax.tree_util.tree_map(_array_lanes, tree)
+
+
+def array_checksums(tree: Any) -> Dict[str, str]:
+  """{path name: 16 hex digits} for every array of `tree` (jax or numpy arrays).
+
+  Every process of a multi-host run must call it with the same global arrays (it is one
+  jitted computation over them); each gets the same result.
+  """
+  lanes = jax.device_get(_tree_lanes(tree))
+  return {path_name(path): f"{int(v[0]):08x}{int(v[1]):08x}"
+          for path, v in jax.tree_util.tree_flatten_with_path(lanes)[0]}
+
+
+def file_sha256(path) -> str:
+  """sha256 hex digest of a file's bytes (local or remote), read in 4 MiB blocks."""
+  digest = hashlib.sha256()
+  with epath.Path(path).open("rb") as f:
+    while block := f.read(_READ_BYTES):
+      digest.update(block)
+  return digest.hexdigest()
