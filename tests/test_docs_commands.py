@@ -135,13 +135,13 @@ def _flat(value):
     yield value
 
 
-def macros_read_by(selector: str):
-  """{macro: unset (still %gin.REQUIRED)} for every macro that calling `selector` reads.
+def macros_read_by(configurable):
+  """{macro: unset (still %gin.REQUIRED)} for every macro that calling `configurable` reads.
 
   Follows the bound references (`@EncoderDecoderModel()`, `@train/DatasetConfig()`) and
   macros (`%MODEL_DIR`) from the configurable down, as a call would evaluate them.
   """
-  macros, seen, todo = {}, set(), [selector]
+  macros, seen, todo = {}, set(), [configurable]
   while todo:
     current = todo.pop()
     if current in seen:
@@ -157,9 +157,7 @@ def macros_read_by(selector: str):
       if value.configurable.wrapped is gin.config.macro:
         name = "/".join(value.scopes)
         bound = gin.get_bindings(value.scoped_selector, resolve_references=False).get("value")
-        macros[name] = (_is_reference(bound) and bound.configurable.wrapped is
-                        gin.config._retrieve_constant  # pylint: disable=protected-access
-                        and bound.scoped_configurable_fn() is gin.REQUIRED)
+        macros[name] = _is_reference(bound) and repr(bound) == "%gin.REQUIRED"
       todo.append(value.scoped_selector)
   return macros
 
@@ -194,13 +192,19 @@ def test_extraction_joins_continuations_and_quoted_commands():
 
 @pytest.mark.parametrize("argv", [argv for _, argv in COMMANDS], ids=[n for n, _ in COMMANDS])
 def test_command_parses(argv):
+  """Flags, gin files, gin config and the run mode's required macros; local tasks exist.
+
+  gin's own finalize check also asks for REQUIRED macros that the run mode never reads (an
+  infer command over a recipe that includes runs/pretrain.gin and leaves MODEL_DIR unset):
+  such a command is an expected failure, named, until the entry point checks only its run
+  mode's macros.
+  """
   args, bindings = main_lib.parse_flags(argv)
   for gin_file in args.gin_file:
     assert (gin_utils.GIN_DIR / gin_file).is_file(), (
         f"--gin_file={gin_file} is not under the project's gin directory")
   gin_utils.parse(args.gin_file, bindings, finalize=False, **_parse_kwargs())
-  run_mode = configurables.RUN_MODES[args.run_mode]
-  needed = macros_read_by(gin.config._inverse_lookup(run_mode).selector)  # pylint: disable=protected-access
+  needed = macros_read_by(configurables.RUN_MODES[args.run_mode])
   unset = sorted(name for name, required in needed.items() if required)
   assert not unset, f"--run_mode={args.run_mode} needs {unset}: add --gin.{unset[0]}=..."
   text = " ".join(argv)
