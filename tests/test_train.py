@@ -111,6 +111,36 @@ def test_microbatched_update_equals_full_batch_update(dropout_rate):
   assert tree_max_abs_diff(results[0][0], results[1][0]) < 1e-5
 
 
+def test_constant_loss_normalizing_factor_with_microbatches():
+  """A constant factor C (t5x pretraining): as in t5x, each microbatch's loss is its sum / C
+  and the gradients add up, so the step's gradient is the full batch's summed loss / C with
+  any number of microbatches: the token-mean gradient times (real target tokens / C).
+
+  The gradient fixes the update (Adafactor is blind to its scale, so it is compared here).
+  Tolerance: float32 sums of 8 rows x 12 tokens in other orders, 1e-5 of the largest entry.
+  """
+  batch = synthetic_batch()
+  tokens = int(np.sum(batch["decoder_loss_weights"]))
+  factor = 233472.0
+  config = tiny_model(dropout_rate=0.1).config
+  params = trainer.Trainer(models.EncoderDecoderModel(config), optimizers.adafactor(),
+                           partitioning.Partitioner()).init_state(
+                               {k: v.shape for k, v in batch.items()}).params
+
+  def grads(num_microbatches, **model_args):
+    t = trainer.Trainer(models.EncoderDecoderModel(config, **model_args), optimizers.adafactor(),
+                        partitioning.Partitioner(), num_microbatches=num_microbatches)
+    step = jax.jit(t._grads_and_metrics)  # pylint: disable=protected-access
+    return jax.device_get(step(params, batch, jnp.zeros((), jnp.int32))[0])
+
+  mean = grads(1)  # loss_normalizing_factor "NUM_REAL_TARGET_TOKENS"
+  expected = jax.tree_util.tree_map(lambda g: g * (tokens / factor), mean)
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(expected))
+  for num_microbatches in (1, 2):
+    got = grads(num_microbatches, loss_normalizing_factor=factor)
+    assert tree_max_abs_diff(got, expected) <= 1e-5 * scale, num_microbatches
+
+
 def test_dropout_is_active_in_training_and_reproducible():
   batch = synthetic_batch()
   shapes = {k: v.shape for k, v in batch.items()}
