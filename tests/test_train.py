@@ -141,6 +141,33 @@ def test_constant_loss_normalizing_factor_with_microbatches():
     assert tree_max_abs_diff(got, expected) <= 1e-5 * scale, num_microbatches
 
 
+def test_activation_partitioning_off_trains_like_on():
+  """standard_logical_axis_rules.activation_partitioning = False, two steps on one device.
+
+  Only the activations' sharding constraints change (to replicated), and on one device
+  they place nothing: the same float32 program, so parameters agree to float32 rounding.
+  The (4,2) mesh with this setting is not part of the 8-device layouts of test_partitioning.
+  """
+  batch = synthetic_batch()
+  results = []
+  start = None
+  for activation_partitioning in (True, False):
+    rules = partitioning.standard_logical_axis_rules(
+        activation_partitioning=activation_partitioning)
+    assert dict(rules)["activation_mlp"] == ("model" if activation_partitioning else None)
+    t = trainer.Trainer(tiny_model(dropout_rate=0.1), optimizers.adafactor(),
+                        partitioning.Partitioner(logical_axis_rules=rules))
+    if start is None:
+      start = t.init_state({k: v.shape for k, v in batch.items()})
+    state, losses = jax.tree_util.tree_map(jnp.copy, start), []  # train_step donates it
+    for _ in range(2):
+      state, metrics = t.train_step(state, batch)
+      losses.append(float(metrics["loss"]))
+    results.append((jax.device_get(state.params), losses))
+  np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-6)
+  assert tree_max_abs_diff(results[1][0], results[0][0]) < 1e-6
+
+
 def test_dropout_is_active_in_training_and_reproducible():
   batch = synthetic_batch()
   shapes = {k: v.shape for k, v in batch.items()}
