@@ -208,16 +208,17 @@ def _drop_bias_of_one_tile(original):
   return tile_logits
 
 
-@pytest.mark.parametrize("name, patch", [("_tile_bucket_range", _drop_last_bucket_of_each_tile),
-                                         ("_tile_logits", _drop_bias_of_one_tile)])
-def test_tolerance_rejects_a_perturbed_kernel(monkeypatch, name, patch):
+def test_tolerance_rejects_a_perturbed_kernel():
   """The float64-derived bound accepts the kernel and rejects it with a realistic bug."""
   q, k, v, table, cot = _inputs(13, 1, 48, 48, 1, 16)
   kw = dict(block_q=16, block_k=16, grads=False, bidirectional=True)
   _compare(q, k, v, table, cot, **kw)
-  monkeypatch.setattr(flash, name, patch(getattr(flash, name)))
-  with pytest.raises(AssertionError, match=r"out: max \|kernel - float64\|"):
-    _compare(q, k, v, table, cot, **kw)
+  for name, patch in (("_tile_bucket_range", _drop_last_bucket_of_each_tile),
+                      ("_tile_logits", _drop_bias_of_one_tile)):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+      monkeypatch.setattr(flash, name, patch(getattr(flash, name)))
+      with pytest.raises(AssertionError, match=r"out: max \|kernel - float64\|"):
+        _compare(q, k, v, table, cot, **kw)
 
 
 def test_decode_step_traced_offset():
