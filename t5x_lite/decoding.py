@@ -11,7 +11,9 @@ Two layers:
     per beam / per sample, and runs one of the loops, all in one jit.
 
 Conventions: decoding starts from token 0 (pad, T5's decoder start); outputs hold only the
-generated tokens (no start token), [.., max_decode_length], 0 after a sequence's EOS. Scores
+generated tokens (no start token), [.., max_decode_length], 0 after a sequence's EOS. A decoder
+prompt is forced token by token, as t5x's decodings force their `inputs` (without
+`initial_index`): outputs start with it, its tokens add nothing to the scores. Scores
 are model log-probabilities (raw logits: no temperature, top-k or top-p) summed up to and
 including EOS; beam search returns that sum divided by its length penalty (the quantity the
 beams are ranked by).
@@ -90,7 +92,7 @@ def warp_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0):
 def greedy_or_sample(tokens_to_logits: TokensToLogits, cache: Cache, num_sequences: int, *,
                      max_decode_length: int, eos_id: int = 1, sample: bool = False,
                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                     rng: Optional[jax.Array] = None):
+                     rng: Optional[jax.Array] = None, prompt: Optional[jax.Array] = None):
   """Greedy (argmax) or sampled decoding of num_sequences sequences in lockstep.
 
   Args:
@@ -103,10 +105,13 @@ def greedy_or_sample(tokens_to_logits: TokensToLogits, cache: Cache, num_sequenc
     sample: sample from `warp_logits(logits, temperature, top_k, top_p)` instead of argmax.
     rng: PRNG key, required when sample is True; or one key per row (uint32 [N, 2]): each
       row then draws only from its own key, so its sample does not depend on the other rows.
+    prompt: optional int32 [N, max_decode_length]: tokens forced at the start of each
+      sequence, 0 after them (t5x's prefix forcing); forced tokens add nothing to the score.
 
   Returns:
-    tokens: int32 [N, max_decode_length].
-    scores: float32 [N], sum of the model's log-probabilities of the tokens up to EOS.
+    tokens: int32 [N, max_decode_length] (the prompt included).
+    scores: float32 [N], sum of the model's log-probabilities of the generated tokens up to
+      EOS.
   """
   if sample and rng is None:
     raise ValueError("Sampling needs rng=jax.random.PRNGKey(seed).")
@@ -134,6 +139,10 @@ def greedy_or_sample(tokens_to_logits: TokensToLogits, cache: Cache, num_sequenc
       next_token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     next_token = jnp.where(done, 0, next_token)  # finished rows emit padding
     log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), next_token[:, None], axis=-1)[:, 0]
+    if prompt is not None:
+      forced = jax.lax.dynamic_index_in_dim(prompt, i, axis=1, keepdims=False)
+      next_token = jnp.where(forced != 0, forced, next_token)
+      log_prob = jnp.where(forced != 0, 0.0, log_prob)
     scores = scores + jnp.where(done, 0.0, log_prob)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, next_token[:, None], i, axis=1)
     done = done | (next_token == eos_id)
@@ -164,7 +173,8 @@ def _gather_beams(x, indices):
 def beam_search(tokens_to_logits: TokensToLogits, cache: Cache,
                 gather_cache: Callable[[Cache, jax.Array], Cache], batch_size: int,
                 num_beams: int, *, max_decode_length: int, eos_id: int = 1, alpha: float = 0.6,
-                length_penalty: str = "t5x", early_stopping: Union[bool, str] = "never"):
+                length_penalty: str = "t5x", early_stopping: Union[bool, str] = "never",
+                prompt: Optional[jax.Array] = None):
   """Beam search: t5x's algorithm (length_penalty="t5x") or HF's ("hf").
 
   Args:
@@ -184,6 +194,9 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache,
       finished; False stops when the best running beam, normalised at its current length,
       cannot beat the worst finished one; "never" normalises it at max_decode_length (for
       alpha > 0). "t5x" has one rule (the "never" one), so it takes only "never".
+    prompt: "t5x" only: optional int32 [B, max_decode_length], tokens forced at the start of
+      each sequence, 0 after them (t5x's prefix forcing: one beam follows the prompt with
+      log-probability 0, the brevity penalty counts its tokens).
 
   Returns:
     tokens: int32 [B, K, max_decode_length], best first, 0 after EOS.
@@ -199,7 +212,10 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache,
                        "(length_penalty='t5x') stops by its own rule; pass "
                        "early_stopping='never' or length_penalty='hf'.")
     return _beam_search_t5x(tokens_to_logits, cache, gather_cache, batch_size, num_beams,
-                            **kwargs)
+                            prompt=prompt, **kwargs)
+  if prompt is not None and length_penalty == "hf":
+    raise ValueError("A decoder prompt is t5x's prefix forcing: use length_penalty='t5x' (HF's "
+                     "beam search treats prompts differently; it is not ported).")
   if length_penalty == "hf":
     return _beam_search_hf(tokens_to_logits, cache, gather_cache, batch_size, num_beams,
                            early_stopping=early_stopping, **kwargs)
@@ -207,8 +223,9 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache,
 
 
 def _beam_search_t5x(tokens_to_logits, cache, gather_cache, b, k, *, max_decode_length, eos_id,
-                     alpha):
-  """t5x's `decoding.beam_search` (no prompt, min_log_prob and max_decode_step at defaults).
+                     alpha, prompt=None):
+  """t5x's `decoding.beam_search` (prompt as its `inputs` without initial_index;
+  min_log_prob and max_decode_step at their defaults).
 
   Same arithmetic and order as t5x, so ties and float32 values come out as t5x's: beams are
   kept worst first (t5x's flipped top_k) and only the outputs are flipped to best first.
@@ -239,6 +256,12 @@ def _beam_search_t5x(tokens_to_logits, cache, gather_cache, b, k, *, max_decode_
     # Top 2K expansions: even if K of them end in EOS, K remain to go on.
     cand_scores, cand_index = jax.lax.top_k(log_probs, k2)  # [B, 2K]
     cand_beam, cand_token = cand_index // vocab, (cand_index % vocab).astype(jnp.int32)
+    if prompt is not None:  # in the prompt: its token, score 0 for one candidate, dead others
+      forced = jax.lax.dynamic_index_in_dim(prompt, i, axis=1)  # [B, 1]
+      free = forced == 0
+      inside = jnp.where(jnp.arange(k2) == 0, 0.0, T5X_NEG_INF)[None, :]
+      cand_scores = cand_scores * free + inside * ~free
+      cand_token = cand_token * free + forced * ~free
     cand_seqs = _gather_beams(live_seqs, cand_beam)
     cand_seqs = jax.lax.dynamic_update_slice_in_dim(cand_seqs, cand_token[:, :, None], i, axis=2)
     ended = cand_token == eos_id  # max length ends nothing in t5x: those stay live
@@ -414,7 +437,7 @@ def make_tokens_to_logits(model, params, encoded, encoder_input_tokens):
 @functools.partial(jax.jit, static_argnames=(
     "model", "max_decode_length", "method", "num_decodes", "num_beams", "temperature", "top_k",
     "top_p", "alpha", "length_penalty", "early_stopping", "eos_id"))
-def _decode_jit(params, encoder_input_tokens, rng, *, model, max_decode_length, method,
+def _decode_jit(params, encoder_input_tokens, rng, prompt, *, model, max_decode_length, method,
                 num_decodes, num_beams, temperature, top_k, top_p, alpha, length_penalty,
                 early_stopping, eos_id):
   batch = encoder_input_tokens.shape[0]
@@ -429,11 +452,12 @@ def _decode_jit(params, encoder_input_tokens, rng, *, model, max_decode_length, 
     tokens, scores = beam_search(
         step, cache, functools.partial(gather_cache_rows, scan_layers=model.config.scan_layers),
         batch, num_beams, max_decode_length=max_decode_length, eos_id=eos_id, alpha=alpha,
-        length_penalty=length_penalty, early_stopping=early_stopping)
+        length_penalty=length_penalty, early_stopping=early_stopping, prompt=prompt)
     return tokens[:, :num_decodes], scores[:, :num_decodes]
   tokens, scores = greedy_or_sample(
       step, cache, batch * copies, max_decode_length=max_decode_length, eos_id=eos_id,
-      sample=method == "sample", temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
+      sample=method == "sample", temperature=temperature, top_k=top_k, top_p=top_p, rng=rng,
+      prompt=None if prompt is None else jnp.repeat(prompt, copies, axis=0))
   tokens, scores = tokens.reshape(batch, copies, max_decode_length), scores.reshape(batch, copies)
   # Samples best first, like the beams (t5x sorts its samples too, worst first).
   order = jnp.argsort(-scores, axis=1, stable=True)
@@ -444,7 +468,8 @@ def decode(model, params, encoder_input_tokens, *, max_decode_length: int,
            method: str = "greedy", num_decodes: int = 1, num_beams: Optional[int] = None,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, alpha: float = 0.6,
            length_penalty: str = "t5x", early_stopping: Union[bool, str] = "never",
-           eos_id: int = 1, rng: Optional[jax.Array] = None):
+           eos_id: int = 1, rng: Optional[jax.Array] = None,
+           decoder_prompt: Optional[jax.Array] = None):
   """Decodes a batch of inputs with a t5x_lite Transformer (jitted; cached per setting).
 
   Args:
@@ -462,9 +487,13 @@ def decode(model, params, encoder_input_tokens, *, max_decode_length: int,
     eos_id: end-of-sequence id (1 in T5).
     rng: PRNG key for sampling, or one per input (uint32 [batch, 2]): an input's samples then
       depend only on its key and tokens, not on its batch position or the other inputs.
+    decoder_prompt: optional int [batch, prompt_len <= max_decode_length]: each output starts
+      with these tokens (0 = padding after them), t5x's prefix forcing: the decoder reads them
+      as if it had generated them, they add nothing to the summed log-probability, and beam
+      search's length penalty counts them. Beam search: length_penalty="t5x" only.
 
   Returns:
-    tokens: int32 [batch, num_decodes, max_decode_length], 0 after EOS.
+    tokens: int32 [batch, num_decodes, max_decode_length] (the prompt included), 0 after EOS.
     scores: float32 [batch, num_decodes]: summed log-probabilities (greedy, sample) or
       summed log-probability / length penalty (beam).
   """
@@ -483,8 +512,18 @@ def decode(model, params, encoder_input_tokens, *, max_decode_length: int,
   if rng.ndim == 2 and rng.shape[0] != encoder_input_tokens.shape[0]:
     raise ValueError(f"rng has {rng.shape[0]} per-input keys for a batch of "
                      f"{encoder_input_tokens.shape[0]} inputs.")
+  if decoder_prompt is not None:
+    decoder_prompt = jnp.asarray(decoder_prompt, jnp.int32)
+    if (decoder_prompt.ndim != 2 or decoder_prompt.shape[0] != encoder_input_tokens.shape[0]
+        or decoder_prompt.shape[1] > max_decode_length):
+      raise ValueError(f"decoder_prompt has shape {decoder_prompt.shape}; it needs [batch, "
+                       f"prompt_len] with batch {encoder_input_tokens.shape[0]} (the inputs') "
+                       f"and prompt_len <= max_decode_length={max_decode_length}.")
+    decoder_prompt = jnp.pad(decoder_prompt,
+                             ((0, 0), (0, max_decode_length - decoder_prompt.shape[1])))
   return _decode_jit(
-      nn.unbox(params), jnp.asarray(encoder_input_tokens, jnp.int32), rng, model=model,
+      nn.unbox(params), jnp.asarray(encoder_input_tokens, jnp.int32), rng, decoder_prompt,
+      model=model,
       max_decode_length=max_decode_length, method=method, num_decodes=num_decodes,
       num_beams=num_beams, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
       alpha=float(alpha), length_penalty=length_penalty, early_stopping=early_stopping,

@@ -292,8 +292,11 @@ def _table_beam_search(table, num_beams, **kwargs):
   return np.asarray(tokens), np.asarray(scores)
 
 
-def _table_log_prob64(table, tokens, eos_id=1):
-  """float64 summed log-probability of generated tokens [batch, K, steps] up to EOS, length."""
+def _table_log_prob64(table, tokens, eos_id=1, prompt=None):
+  """float64 summed log-probability of tokens [batch, K, steps] up to EOS, and the length.
+
+  Positions where prompt [batch, steps] is not 0 were forced: they add nothing.
+  """
   table = np.asarray(table, np.float64)
   log_probs = table - np.log(np.sum(np.exp(table - table.max(-1, keepdims=True)), -1,
                                     keepdims=True)) - table.max(-1, keepdims=True)
@@ -302,7 +305,8 @@ def _table_log_prob64(table, tokens, eos_id=1):
   for b, k in np.ndindex(*tokens.shape[:2]):
     last = 0
     for i, token in enumerate(tokens[b, k]):
-      total[b, k] += log_probs[b, i, last, token]
+      if prompt is None or prompt[b, i] == 0:
+        total[b, k] += log_probs[b, i, last, token]
       length[b, k], last = i + 1, token
       if token == eos_id:
         break
@@ -348,15 +352,17 @@ def test_t5x_beam_search_matches_t5x_fixture(case):
   fixture = _fixture()
   spec = fixture["cases"][case]
   table = np.asarray(spec["logits"], np.float32)
+  prompt = None if spec["prompt"] is None else np.asarray(spec["prompt"], np.int32)
   # t5x returns beams worst first, t5x_lite best first.
   expected_tokens = np.asarray(spec["tokens"])[:, ::-1]
   expected_scores = np.asarray(spec["scores"], np.float32)[:, ::-1]
   tokens, scores = _table_beam_search(table, spec["num_beams"], alpha=fixture["alpha"],
-                                      eos_id=fixture["eos_id"], length_penalty="t5x")
+                                      eos_id=fixture["eos_id"], length_penalty="t5x",
+                                      prompt=None if prompt is None else jnp.asarray(prompt))
   np.testing.assert_array_equal(tokens, expected_tokens)
   # Tolerance: t5x's own float32 error against a float64 rescoring of its sequences (finished
   # ones / brevity penalty; a batch element with none finished returns raw live sums).
-  log_prob, length = _table_log_prob64(table, expected_tokens)
+  log_prob, length = _table_log_prob64(table, expected_tokens, prompt=prompt)
   finished = (expected_tokens == 1).any(-1)
   penalty = ((5.0 + length) / 6.0) ** fixture["alpha"]
   reference = np.where(finished, log_prob / penalty, log_prob)
@@ -405,3 +411,49 @@ def test_t5x_decoding_test_beam_search_force_decode_no_prefix():
   np.testing.assert_array_equal(tokens, np.asarray(t5x_expected)[:, ::-1])
   log_prob, _ = _table_log_prob64(table, tokens)
   np.testing.assert_allclose(scores, log_prob, rtol=0, atol=4 * 5 * F32_EPS)
+
+
+def test_t5x_decoding_test_beam_search_force_decode_prefix():
+  """t5x decoding_test.py `test_beam_search_force_decode_prefix`: prompts [7] and [4, 5]."""
+  logits = np.asarray([[-1e7, -1e10, -0.1, -0.9, -1e4, -1e4, -1e4, -1e4],
+                       [-1e7, -1e10, -0.9, -0.1, -1e4, -1e4, -1e4, -1e4]], np.float32)
+  table = np.broadcast_to(logits[:, None, None, :], (2, 5, 8, 8))
+  prompt = jnp.asarray([[7, 0, 0, 0, 0], [4, 5, 0, 0, 0]], jnp.int32)
+  tokens, scores = _table_beam_search(table, 2, alpha=0.0, length_penalty="t5x", prompt=prompt)
+  t5x_expected = [[[7, 3, 2, 2, 2], [7, 2, 2, 2, 2]], [[4, 5, 2, 3, 3], [4, 5, 3, 3, 3]]]
+  np.testing.assert_array_equal(tokens, np.asarray(t5x_expected)[:, ::-1])
+  # As that test: prompt tokens score 0, the others their log-probability (alpha 0, no EOS).
+  log_probs = logits.astype(np.float64) - np.log(np.sum(np.exp(logits.astype(np.float64)), -1,
+                                                        keepdims=True))
+  expected = [[sum(log_probs[b, t] for t, p in zip(beam, np.asarray(prompt)[b]) if p == 0)
+               for beam in tokens[b]] for b in range(2)]
+  np.testing.assert_allclose(scores, expected, rtol=0, atol=4 * 5 * F32_EPS)
+
+
+def test_decoder_prompt_is_forced_and_not_scored():
+  """decode(decoder_prompt=...): greedy continues the prompt by argmax of the teacher-forced
+  logits and scores only what it generated; beams start with the prompt."""
+  _, config, params = _models("relu")
+  model = network.Transformer(config)
+  x = _inputs(batch=2)
+  prompt = np.asarray([[5, 9, 0], [7, 0, 0]], np.int32)
+  tokens, scores = decoding.decode(model, params, x, max_decode_length=MAX_LEN,
+                                   decoder_prompt=prompt)
+  tokens = np.asarray(tokens)[:, 0]
+  np.testing.assert_array_equal(tokens[:, :3] * (prompt > 0), prompt)
+  dec_in = np.concatenate([np.zeros((2, 1), np.int32), tokens[:, :-1]], axis=1)
+  logits = np.asarray(model.apply({"params": params}, x, dec_in))
+  free = (np.arange(MAX_LEN) >= (prompt > 0).sum(1, keepdims=True)) & (
+      np.cumsum(np.cumsum(tokens == 1, axis=1), axis=1) <= 1)
+  np.testing.assert_array_equal(tokens[free], np.argmax(logits, -1)[free])
+  log_probs, _ = _teacher_forced_log_probs(config, params, x, tokens)
+  np.testing.assert_allclose(scores[:, 0], np.where(free, log_probs, 0.0).sum(1), rtol=1e-5,
+                             atol=1e-5)
+  beams, beam_scores = decoding.decode(model, params, x, max_decode_length=MAX_LEN,
+                                       method="beam", num_beams=3, num_decodes=3,
+                                       decoder_prompt=prompt[:, :2])
+  # As in t5x, only one beam lives through the prompt; slots it could not fill score ~ -1e7.
+  real = np.asarray(beam_scores) > -1e6
+  assert real[:, 0].all() and real.sum() >= 4, beam_scores
+  starts = np.asarray(beams)[:, :, :2] * (prompt[:, None, :2] > 0)
+  np.testing.assert_array_equal(starts[real], np.repeat(prompt[:, :2], 3, axis=0)[real.ravel()])
