@@ -74,10 +74,16 @@ def random_batch(config, batch=3, enc_len=11, dec_len=7, seed=0):
 
 
 def hf_logits(model, enc, dec_in, tgt):
-  """HF logits [batch, dec_len, vocab] with encoder and decoder padding masks."""
+  """HF logits [batch, dec_len, vocab] with encoder and decoder padding masks.
+
+  In the model's dtype (float32, float64), a half-precision model's as float32 (numpy has
+  no bfloat16)."""
   with torch.no_grad():
     out = model(input_ids=torch.from_numpy(enc).long(),
                 attention_mask=torch.from_numpy((enc > 0).astype(np.int64)),
                 decoder_input_ids=torch.from_numpy(dec_in).long(),
                 decoder_attention_mask=torch.from_numpy((tgt > 0).astype(np.int64)))
-  return out.logits.numpy()
+  logits = out.logits
+  if logits.dtype in (torch.bfloat16, torch.float16):
+    logits = logits.float()
+  return logits.numpy()

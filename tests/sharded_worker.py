@@ -4,14 +4,19 @@ Usage:
   python tests/sharded_worker.py OUT_DIR MESH[,MESH...]          one process, 8 devices
   python tests/sharded_worker.py OUT_DIR MESH PROCESS_ID NUM_PROCESSES PORT
                                                                  one of several processes
-MESH is DATAxMODEL ("4x2"), optionally with "+fsdp"; "1x1" uses one device. For each mesh
-it trains 3 steps (with "+pallas", through the Pallas kernel under shard_map) and writes OUT_DIR/MESH.npz: losses, gathered params, and the sharding
+MESH is DATAxMODEL ("4x2") or REPLICAxDATAxMODEL ("2x2x2"), optionally with "+fsdp"; "1x1"
+uses one device. For each mesh it trains 3 steps (with "+pallas", through the Pallas kernel
+under shard_map) and writes OUT_DIR/MESH.npz: losses, gathered params, and the sharding
 spec of every param and optimizer-state leaf. With "ckpt" in MESH it also saves the state
 to OUT_DIR/ckpt (after training) and, with "restore", restores that checkpoint instead.
+With "runmodes" in MESH it trains nothing: it runs the eval, infer and export run modes on
+the latest checkpoint of OUT_DIR/run (a run of tests/runmode_utils.py's tiny model) and
+writes their outputs under OUT_DIR/MESH/ (see run_modes).
 XLA_FLAGS must be set before jax is imported, hence a separate process.
 """
 
 import dataclasses
+import math
 import os
 import sys
 
@@ -93,7 +98,7 @@ def run_mesh(out_dir, mesh):
     manager = checkpoint_manager()
     manager.save(state, force=True)
     manager.wait()
-  flat = {"losses": np.array(losses),
+  flat = {"losses": np.array(losses), "batch_spec": np.array(str(part.batch_sharding().spec)),
           "decoded": np.asarray(multihost_utils.process_allgather(tokens, tiled=True))}
   for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
     flat["param:" + _key(path)] = np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
@@ -110,10 +115,50 @@ def run_mesh(out_dir, mesh):
     np.savez(os.path.join(out_dir, mesh + ".npz"), **flat)
 
 
+def save_initial_checkpoint(out_dir):
+  """Saves the initial train state of tests/runmode_utils.py's tiny model to OUT_DIR/run
+  (checkpoints/0): random weights decode varied tokens, all that layout tests need."""
+  import runmode_utils as u  # pylint: disable=g-import-not-at-top  (tests/ is sys.path[0])
+  # pylint: disable=g-import-not-at-top
+  from t5x_lite import checkpoints, configs, optimizers, partitioning, trainer
+  from t5x_lite.run_dir import RunDir
+  # pylint: enable=g-import-not-at-top
+  t = trainer.Trainer(u.tiny_model(), optimizers.adafactor(), partitioning.Partitioner())
+  state = t.init_state({"encoder_input_tokens": (8, u.LENGTHS["inputs"]),
+                        "decoder_input_tokens": (8, u.LENGTHS["targets"])})
+  manager = checkpoints.CheckpointManager(RunDir(os.path.join(out_dir, "run")),
+                                          configs.CheckpointConfig())
+  manager.save(state, force=True)
+  manager.wait()
+
+
+def run_modes(out_dir, mesh):
+  """eval, infer and export of OUT_DIR/run's latest checkpoint on MESH (batch 8).
+
+  Writes OUT_DIR/MESH/eval/ (metrics and predictions JSONL), OUT_DIR/MESH/infer/ (the
+  predictions JSONL) and OUT_DIR/MESH/export/ (the HF directory).
+  """
+  import runmode_utils as u  # pylint: disable=g-import-not-at-top  (tests/ is sys.path[0])
+  from t5x_lite import evaluate, export, infer, partitioning  # pylint: disable=g-import-not-at-top
+  shape = tuple(int(x) for x in mesh.split("+")[0].split("x"))
+  part = partitioning.Partitioner(mesh_shape=shape)
+  checkpoints = os.path.join(out_dir, "run", "checkpoints")
+  out = os.path.join(out_dir, mesh)
+  evaluate.evaluate(**u.common(), batch_size=8, checkpoint_path=checkpoints,
+                    model=u.tiny_model(), partitioner=part, output_dir=os.path.join(out, "eval"))
+  infer.infer(**u.common(), batch_size=8, checkpoint_path=checkpoints, model=u.tiny_model(),
+              partitioner=part, output_dir=os.path.join(out, "infer"))
+  export.export(checkpoint_path=checkpoints, output_dir=os.path.join(out, "export"),
+                model=u.tiny_model(), partitioner=part)
+
+
 def main():
   out_dir, meshes = sys.argv[1], sys.argv[2].split(",")
   multiprocess = len(sys.argv) == 6
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 if multiprocess else 8}"
+  # Several processes share the devices of the first mesh.
+  devices = math.prod(int(x) for x in meshes[0].split("+")[0].split("x"))
+  os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count="
+                             f"{devices // int(sys.argv[4]) if multiprocess else 8}")
   import jax  # pylint: disable=g-import-not-at-top
   if multiprocess:
     process_id, num_processes, port = (int(x) for x in sys.argv[3:])
@@ -121,7 +166,7 @@ def main():
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
                                num_processes=num_processes, process_id=process_id)
   for mesh in meshes:
-    run_mesh(out_dir, mesh)
+    (run_modes if "runmodes" in mesh else run_mesh)(out_dir, mesh)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from t5x_lite import memory_planner, partitioning
 
 WORKER = os.path.join(os.path.dirname(__file__), "sharded_worker.py")
 MESHES = ["1x1", "8x1", "4x2+ckpt", "2x4+restore", "1x8", "4x2+fsdp", "1x1+restore",
-          "4x2+pallas"]
+          "4x2+pallas", "2x2x2"]
+# Every layout that trains, compared with the single device.
+TRAINED = ["8x1", "4x2+ckpt", "1x8", "4x2+fsdp", "4x2+pallas", "2x2x2"]
 
 
 def _run(args):
@@ -41,7 +43,7 @@ def _params(result):
   return {k: v for k, v in result.items() if k.startswith("param:")}
 
 
-@pytest.mark.parametrize("mesh", ["8x1", "4x2+ckpt", "1x8", "4x2+fsdp", "4x2+pallas"])
+@pytest.mark.parametrize("mesh", TRAINED)
 def test_losses_and_params_equal_single_device(runs, mesh):
   reference = runs["1x1"]
   np.testing.assert_allclose(runs[mesh]["losses"], reference["losses"], rtol=1e-5)
@@ -49,10 +51,19 @@ def test_losses_and_params_equal_single_device(runs, mesh):
     np.testing.assert_allclose(runs[mesh][key], value, atol=1e-5, err_msg=key)
 
 
-@pytest.mark.parametrize("mesh", ["8x1", "4x2+ckpt", "1x8", "4x2+fsdp", "4x2+pallas"])
+@pytest.mark.parametrize("mesh", TRAINED)
 def test_beam_search_gives_the_same_tokens_on_every_mesh(runs, mesh):
   np.testing.assert_array_equal(runs[mesh]["decoded"], runs["1x1"]["decoded"])
   assert runs["1x1"]["decoded"].shape == (8, 2, 6)
+
+
+def test_three_axis_mesh_splits_the_batch_over_replica_and_data(runs):
+  """On (replica 2, data 2, model 2) the batch is split 4 ways and parameters are sharded
+  over 'model' only (replicated over 'replica' and 'data'), as on the (4, 2) mesh."""
+  assert runs["2x2x2"]["batch_spec"] == "P(('replica', 'data'),)"
+  assert runs["4x2+ckpt"]["batch_spec"] == "P('data',)"
+  specs = {k: v for k, v in runs["2x2x2"].items() if k.startswith("spec:")}
+  assert specs and all(specs[k] == runs["4x2+ckpt"][k] for k in specs)
 
 
 @pytest.mark.parametrize("mesh", ["2x4+restore", "1x1+restore"])
@@ -115,6 +126,46 @@ def test_two_processes_train_like_one_process_with_eight_devices(runs, tmp_path)
   np.testing.assert_array_equal(result["decoded"], runs["4x2+ckpt"]["decoded"])
   for key, value in _params(runs["4x2+ckpt"]).items():
     np.testing.assert_allclose(result[key], value, atol=1e-5, err_msg=key)
+
+
+def test_two_processes_eval_infer_and_export_like_one_process(tmp_path):
+  """eval metrics and predictions, infer's JSONL rows and the exported HF weights of one
+  checkpoint: two processes on a (4, 2) mesh (data split across them) give one process's."""
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  import runmode_utils as u  # pylint: disable=g-import-not-at-top
+  import sharded_worker  # pylint: disable=g-import-not-at-top
+  sharded_worker.save_initial_checkpoint(str(tmp_path))
+  port = _free_port()
+  procs = [_run([str(tmp_path), "4x2+runmodes", str(i), "2", str(port)]) for i in range(2)]
+  sharded_worker.run_modes(str(tmp_path), "1x1+runmodes")  # One process, one device.
+  for proc in procs:
+    _wait(proc)
+  one, two = tmp_path / "1x1+runmodes", tmp_path / "4x2+runmodes"
+
+  metrics = [u.read_jsonl(d / "eval" / "eval_validation_metrics.jsonl") for d in (one, two)]
+  assert len(metrics[0]) == 1 and metrics[0][0]["step"] == 0
+  assert metrics[1] == [pytest.approx(metrics[0][0], abs=1e-5)]
+  assert f"{u.TASK}/mean_log_likelihood" in metrics[0][0]
+  predictions = [u.read_jsonl(d / "eval" / "eval_validation_predictions" / "0.jsonl")
+                 for d in (one, two)]
+  assert len(predictions[0]) == u.NUM_VALIDATION and predictions[1] == predictions[0]
+
+  rows = [u.read_jsonl(d / "infer" / "predictions-00000-of-00001.jsonl") for d in (one, two)]
+  assert [r["index"] for r in rows[0]] == list(range(u.NUM_VALIDATION))
+  assert [r["prediction"] for r in rows[0]] == [r["prediction"] for r in predictions[0]]
+  assert len({r["prediction"] for r in rows[0]}) > 1  # random weights: varied predictions
+  drop_score = lambda r: {k: v for k, v in r.items() if k != "score"}
+  assert [drop_score(r) for r in rows[1]] == [drop_score(r) for r in rows[0]]
+  np.testing.assert_allclose([r["score"] for r in rows[1]], [r["score"] for r in rows[0]],
+                             rtol=1e-5)
+
+  weights = [safetensors.numpy.load_file(str(d / "export" / "model.safetensors"))
+             for d in (one, two)]
+  assert sorted(weights[1]) == sorted(weights[0])
+  for name, value in weights[0].items():
+    np.testing.assert_array_equal(weights[1][name], value, err_msg=name)
+  config = lambda d: (d / "export" / "config.json").read_text()
+  assert config(two) == config(one)
 
 
 def test_partitioner_errors_name_the_setting():
