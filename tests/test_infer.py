@@ -283,25 +283,27 @@ def test_samples_are_keyed_by_example_in_eval_infer_shards_and_resumes(checkpoin
   assert texts[0] != evaluated[5] and texts[2] != evaluated[5] and texts[0] != texts[2]
 
 
-def test_unknown_split_is_refused_at_start(checkpoint, tmp_path):
+def test_unknown_split_is_refused_at_start(tmp_path):
+  checkpoint = str(tmp_path / "never_read")  # refused before any checkpoint is read
   for mode in ("infer", "score"):
     with pytest.raises(ValueError, match=r"split='validaton' \(gin: SPLIT\): no task of "
                        r"'runmode_test_yes_no' has it; its splits are \['train', 'validation'\]"
                        r"\. Did you mean 'validation'\?"):
-      run(mode, checkpoint, tmp_path, split="validaton")
+      run(mode, checkpoint, tmp_path / "out", split="validaton")
   assert not os.listdir(tmp_path)  # nothing written, nothing recorded as complete
 
 
 @pytest.mark.parametrize("content, why", [
     ("{\"rows\": 4, \"chunks\": 1, \"posit", "not JSON"),
     ("{}", "missing or invalid \\['rows', 'chunks', 'done', 'config'\\]"),
+    ('{"position": null, "done": false}', "missing or invalid \\['rows', 'chunks', 'config'\\]"),
     ("[1, 2]", "a JSON list, not an object")])
-def test_damaged_state_file_is_named(content, why, checkpoint, tmp_path):
+def test_damaged_state_file_is_named(content, why, tmp_path):
   state = tmp_path / "predictions-00000-of-00001.jsonl.state.json"
   state.write_text(content)
   with pytest.raises(ValueError, match=f"^{state} is damaged \\({why}.*\\): delete it and the "
                      r"\.parts directory beside it to write this output again from the start\.$"):
-    run("infer", checkpoint, tmp_path)
+    run("infer", str(tmp_path / "never_read"), tmp_path)
 
 
 def test_damaged_parts_are_written_again(checkpoint, tmp_path, monkeypatch, caplog):
