@@ -37,12 +37,15 @@ def test_tasks(tmp_path, monkeypatch):
   assert r"raw:          b'979\tnine hundred seventy-nine'" in out
   assert ("preprocessed: {'inputs': b'spell out: 979', 'targets': b'nine hundred seventy-nine'}"
           in out)
-  assert "decoded:      'nine hundred seventy-nine'" in out
   tokenized = re.search(r"tokenized: +inputs (\[.*?\]) targets (\[.*?\])", out)
   inputs, targets = (ast.literal_eval(x) for x in tokenized.groups())
   assert inputs[-1] == 1 and targets[-1] == 1 and 1 not in inputs[:-1]
   pieces = ast.literal_eval(re.search(r"pieces: +(\[.*\])", out).group(1))
   assert len(pieces) == len(targets) - 1 and pieces[0].startswith("▁")
+  # Trimmed to 16 target tokens: the decoded text is the pieces' text, a prefix of the target.
+  decoded = ast.literal_eval(re.search(r"decoded: +('.*')", out).group(1))
+  assert decoded == "".join(pieces).replace("▁", " ").strip()
+  assert decoded[:12] == "nine hundred" and "nine hundred seventy-nine".startswith(decoded)
   features = {name: (ast.literal_eval(shape), ast.literal_eval(row)) for name, shape, row in
               re.findall(r"^(\w+_tokens|\w+_weights) +(\(4, 16\)) (\[.*\])$", out, re.M)}
   assert features["encoder_input_tokens"][1] == inputs + [0] * (16 - len(inputs))
