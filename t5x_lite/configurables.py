@@ -65,13 +65,13 @@ for _cls in (configs.DatasetConfig, configs.CheckpointConfig, configs.RestoreCon
   gin.external_configurable(_cls)
 
 # The run modes.
-RUN_MODES = {
-    "train": gin.external_configurable(train_lib.train, name="train"),
-    "eval": gin.external_configurable(evaluate_lib.evaluate, name="evaluate"),
-    "infer": gin.external_configurable(infer_lib.infer, name="infer"),
-    "score": gin.external_configurable(infer_lib.score, name="score"),
-    "export": gin.external_configurable(export_lib.export, name="export"),
-}
+# --run_mode -> the gin name of its function.
+RUN_MODE_NAMES = {"train": "train", "eval": "evaluate", "infer": "infer", "score": "score",
+                  "export": "export"}
+_RUN_MODE_FNS = {"train": train_lib.train, "eval": evaluate_lib.evaluate,
+                 "infer": infer_lib.infer, "score": infer_lib.score, "export": export_lib.export}
+RUN_MODES = {mode: gin.external_configurable(fn, name=RUN_MODE_NAMES[mode])
+             for mode, fn in _RUN_MODE_FNS.items()}
 
 
 def builtin_task_settings():

@@ -9,7 +9,7 @@ import logging
 import os
 import pathlib
 import re
-from typing import Sequence
+from typing import Optional, Sequence
 
 from etils import epath
 import gin
@@ -281,8 +281,90 @@ def _scratch_config():
       live.update(copy)
 
 
+def bindings_read_by(configurable: str):
+  """What calling `configurable` evaluates: (configurable selectors, macro names).
+
+  Follows the bound references (`@EncoderDecoderModel()`, `@train/DatasetConfig()`) and macros
+  (`%MODEL_DIR`, and what a macro's value references) from the configurable down, as a call
+  evaluates them. The run modes' library code reads no gin (see configurables), so this is
+  everything a run mode reads.
+
+  Args:
+    configurable: a gin configurable name, e.g. "infer".
+
+  Returns:
+    (set of full selectors, e.g. "t5x_lite.models.EncoderDecoderModel"; set of macro names).
+  """
+  start = gin.config._REGISTRY.get_match(configurable)  # pylint: disable=protected-access
+  selectors, macros, seen, todo = {start.selector}, set(), set(), [start.selector]
+  while todo:
+    current = todo.pop()
+    if current in seen:
+      continue
+    seen.add(current)
+    try:
+      bound = gin.get_bindings(current, resolve_references=False)
+    except ValueError:  # gin's own constants and unbound configurables
+      continue
+    for value in _flattened(bound):
+      if not isinstance(value, gin.config.ConfigurableReference):
+        continue
+      if value.configurable.wrapped is gin.config.macro:
+        macros.add(value.scopes[-1])
+      else:
+        selectors.add(value.configurable.selector)
+      todo.append(value.scoped_selector)
+  return selectors, macros
+
+
+def _flattened(value):
+  if isinstance(value, dict):
+    value = list(value.values())
+  if isinstance(value, (list, tuple)):
+    for item in value:
+      yield from _flattened(item)
+  else:
+    yield value
+
+
+def finalize(configurable: Optional[str] = None) -> None:
+  """gin.finalize(), demanding only the `%gin.REQUIRED` values that `configurable` reads.
+
+  gin's own check asks for every REQUIRED value in the config: an infer run over a recipe
+  that includes runs/pretrain.gin was told to set MODEL_DIR, which only training reads.
+  A REQUIRED value left unset and never read is harmless; one that is read still stops the
+  call (gin: "Required bindings for ... not provided").
+
+  Args:
+    configurable: the run mode's gin name ("train", "evaluate", ...); None checks all.
+  """
+  if configurable is None:
+    gin.finalize()
+    return
+  selectors, macros = bindings_read_by(configurable)
+
+  def read(key):
+    scope, selector = key
+    if selector == "gin.macro":  # a macro NAME = value is the binding NAME/gin.macro.value
+      return scope.split("/")[-1] in macros
+    return selector in selectors
+
+  hooks = gin.config._FINALIZE_HOOKS  # pylint: disable=protected-access
+  check_all = gin.config.find_missing_overrides_hook
+  at = hooks.index(check_all)
+  hooks[at] = lambda config: check_all({k: v for k, v in config.items() if read(k)})
+  try:
+    gin.finalize()
+  finally:
+    hooks[at] = check_all
+
+
+_finalize = finalize
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = True,
-          register_builtin_tasks: bool = True, check_unread_macros: bool = False):
+          register_builtin_tasks: bool = True, check_unread_macros: bool = False,
+          run_mode: Optional[str] = None):
   """Parses gin files (searched on GIN_DIR too) and `NAME=VALUE` bindings, in that order.
 
   With `register_builtin_tasks` the built-in seqio tasks are registered once, with the
@@ -299,6 +381,8 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
     register_builtin_tasks: register the built-in tasks as above.
     check_unread_macros: first raise if a macro set in `bindings` or in a gin file outside
       GIN_DIR is read by no binding (`check_macros_are_read`).
+    run_mode: "train", "eval", ... (main's --run_mode): finalizing demands only the
+      REQUIRED macros and bindings that this run mode reads. None: all of them.
 
   Raises:
     ValueError naming the file/binding and, where gin allows, the closest valid name.
@@ -318,8 +402,10 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
                                             skip_unknown=True)
         settings = configurables.builtin_task_settings()
       configurables.register_builtin_tasks(settings)
-    gin.parse_config_files_and_bindings(resolved, normalized, finalize_config=finalize,
+    gin.parse_config_files_and_bindings(resolved, normalized, finalize_config=False,
                                         skip_unknown=False)
+    if finalize:
+      _finalize(configurables.RUN_MODE_NAMES[run_mode] if run_mode else None)
   except (ValueError, KeyError, TypeError, SyntaxError) as e:
     raise ValueError(f"Gin configuration error: {_explain(e)}") from e
   if register_builtin_tasks:

@@ -137,7 +137,9 @@ def main(argv: Optional[Sequence[str]] = None):
   quiet_third_party_logs(args.verbose)
   initialize_distributed(args)
   # Registers the built-in tasks once, with the bound vocabulary.
-  gin_utils.parse(args.gin_file, bindings, finalize=args.list_tasks is None)
+  # Finalizing demands the REQUIRED macros that this run mode reads, and only those.
+  gin_utils.parse(args.gin_file, bindings, finalize=args.list_tasks is None,
+                  run_mode=args.run_mode)
   from t5x_lite import configurables  # pylint: disable=g-import-not-at-top
   try:
     if args.list_tasks is not None:

@@ -29,8 +29,6 @@ _ENTRY = "python -m t5x_lite.main"
 # Where a command reads what a fresh clone does not have: checked for parsing only.
 _EXTERNAL = ("gs://", "/models/", "/data/", "/shared/", "c4_", "superni", "glue", "conll",
              "squad")
-# How gin words a REQUIRED macro that nothing set (gin's finalize hook).
-_REQUIRED_RE = re.compile(r"(\w+)/macro\.value set to `%gin\.REQUIRED`")
 
 
 def _logical_lines(text: str):
@@ -194,10 +192,8 @@ def test_extraction_joins_continuations_and_quoted_commands():
 def test_command_parses(argv):
   """Flags, gin files, gin config and the run mode's required macros; local tasks exist.
 
-  gin's own finalize check also asks for REQUIRED macros that the run mode never reads (an
-  infer command over a recipe that includes runs/pretrain.gin and leaves MODEL_DIR unset):
-  such a command is an expected failure, named, until the entry point checks only its run
-  mode's macros.
+  Finalizing as the entry point does demands the REQUIRED macros that the run mode reads (an
+  infer command over a recipe that includes runs/pretrain.gin needs no MODEL_DIR).
   """
   args, bindings = main_lib.parse_flags(argv)
   for gin_file in args.gin_file:
@@ -211,14 +207,7 @@ def test_command_parses(argv):
   if "MIXTURE_OR_TASK_NAME" in needed and not any(marker in text for marker in _EXTERNAL):
     task = _evaluate("MIXTURE_OR_TASK_NAME")
     assert seqio.get_mixture_or_task(task).name == task
-  try:
-    gin.finalize()
-  except ValueError as e:
-    match = _REQUIRED_RE.search(str(e))
-    if match and args.run_mode != "train" and match.group(1) not in needed:
-      pytest.xfail(f"known bug: gin asks for {match.group(1)}, a macro of the train run "
-                   f"file that --run_mode={args.run_mode} does not read")
-    raise
+  gin_utils.finalize(configurables.RUN_MODE_NAMES[args.run_mode])
 
 
 def _demo_steps():

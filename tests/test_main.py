@@ -104,3 +104,45 @@ def test_macro_check_command_line_and_user_files(tmp_path):
       "gin file of the project reads it either: remove it or check its spelling")
   user.write_text(user.read_text().replace("WARMUP = 10\n", ""))
   gin_utils.check_macros_are_read([str(user)], [])
+
+
+@pytest.fixture
+def clean_gin():
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.mark.parametrize("gin_files,run_mode,bindings,unread", [
+    # quickstart includes runs/pretrain.gin (MODEL_DIR = %gin.REQUIRED, read by train only).
+    (["recipes/quickstart.gin", "runs/infer.gin"], "infer",
+     ["CHECKPOINT_PATH=c/checkpoints/1600", "MIXTURE_OR_TASK_NAME=quickstart_mixture",
+      "OUTPUT_DIR=out"], "MODEL_DIR"),
+    # A finetune recipe: runs/finetune.gin makes INITIAL_CHECKPOINT_PATH required for train.
+    (["recipes/squad_qa.gin", "runs/export.gin"], "export",
+     ["CHECKPOINT_PATH=c/checkpoints/1600", "OUTPUT_DIR=hf"], "INITIAL_CHECKPOINT_PATH"),
+])
+def test_a_run_mode_demands_only_the_required_macros_it_reads(clean_gin, gin_files, run_mode,
+                                                                bindings, unread):
+  import gin  # pylint: disable=g-import-not-at-top
+  from t5x_lite import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.parse(gin_files, bindings, register_builtin_tasks=False, run_mode=run_mode)
+  assert gin.config_is_locked()
+  # Still required, unset and unread: reading it would stop the call.
+  assert repr(gin.get_bindings(f"{unread}/gin.macro", resolve_references=False)["value"]) == (
+      "%gin.REQUIRED")
+  assert gin.query_parameter("%OUTPUT_DIR") in ("out", "hf")
+  # The run mode's own required macros are still demanded, by name.
+  gin.clear_config()
+  with pytest.raises(ValueError) as error:
+    gin_utils.parse(gin_files, [b for b in bindings if not b.startswith("OUTPUT_DIR")],
+                    register_builtin_tasks=False, run_mode=run_mode)
+  assert "OUTPUT_DIR/macro.value set to `%gin.REQUIRED`" in str(error.value)
+  assert "--gin.OUTPUT_DIR=VALUE" in str(error.value)
+  # Training with the same files asks for the train file's macro.
+  gin.clear_config()
+  with pytest.raises(ValueError) as error:
+    gin_utils.parse(gin_files, bindings + ["MODEL_DIR=run"] * (unread != "MODEL_DIR"),
+                    register_builtin_tasks=False, run_mode="train")
+  assert f"--gin.{unread}=VALUE" in str(error.value)
