@@ -634,6 +634,10 @@ def resolve_checkpoint_path(path: str) -> str:
   if (path / "config.json").exists():
     what = ("it is a HF transformers directory (config.json): convert it with "
             "t5x_lite.convert.load_hf_checkpoint, which reads T5 models only")
+  # A step that is not there (…/checkpoints/400): name the steps that are.
+  siblings = sorted(ocp.utils.checkpoint_steps(path.parent)) if path.parent.is_dir() else []
+  if siblings:
+    what += f"; the steps in {str(path.parent)!r} are {', '.join(map(str, siblings))}"
   raise ValueError(f"No checkpoint at {str(path)!r}: {what}. Expected MODEL_DIR/checkpoints/"
                    "<step> or a checkpoints directory with numbered steps (gin: "
                    "INITIAL_CHECKPOINT_PATH or CHECKPOINT_PATH).")

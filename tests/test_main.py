@@ -146,3 +146,14 @@ def test_a_run_mode_demands_only_the_required_macros_it_reads(clean_gin, gin_fil
     gin_utils.parse(gin_files, bindings + ["MODEL_DIR=run"] * (unread != "MODEL_DIR"),
                     register_builtin_tasks=False, run_mode="train")
   assert f"--gin.{unread}=VALUE" in str(error.value)
+
+
+def test_a_missing_checkpoint_step_names_the_steps_there(tmp_path):
+  from t5x_lite import checkpoints  # pylint: disable=g-import-not-at-top
+  for step in (1000, 1600):
+    (tmp_path / "checkpoints" / str(step) / "state").mkdir(parents=True)
+  with pytest.raises(ValueError) as error:
+    checkpoints.resolve_checkpoint_path(str(tmp_path / "checkpoints" / "400"))
+  assert str(error.value).startswith(
+      f"No checkpoint at '{tmp_path}/checkpoints/400': it does not exist; the steps in "
+      f"'{tmp_path}/checkpoints' are 1000, 1600. Expected MODEL_DIR/checkpoints/<step>")
