@@ -42,15 +42,23 @@ def latest_metrics(path: str, metrics_file: str = "eval_metrics.jsonl") -> Dict[
         "by the final eval of training with a SuperNI recipe, or by the eval run mode; "
         "--metrics_file names another) or the metrics file itself.")
   rows = []
-  for number, line in enumerate(path.read_text().splitlines(), 1):
-    if line.strip():
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path} line {number} is not a JSON metrics row ({e.msg}).") from e
+  for file in _history_files(path):
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{file} line {number} is not a JSON metrics row ({e.msg}).") from e
   if not rows:
     raise ValueError(f"{path} has no metrics row yet.")
   return rows[-1]
+
+
+def _history_files(path: epath.Path) -> List[epath.Path]:
+  """The file, then its later flushes on an object store (`<file>.parts/NNNNNN.jsonl`, the
+  layout of summaries.history_files, spelled here so that this tool imports no TensorFlow)."""
+  parts = path.parent / f"{path.name}.parts"
+  return [path] + (sorted(parts.glob("*.jsonl")) if parts.is_dir() else [])
 
 
 def task_names(encoding: str = "def_pos2", prefix: str = "superni") -> Dict[str, str]:

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import fake_bucket
 import runmode_utils as u
-from t5x_lite import evaluation, heads, main, superni_compare
+from t5x_lite import evaluation, heads, main, summaries, superni_compare
 from t5x_lite.tasks import metrics as metrics_lib
 from t5x_lite.tasks import superni, superni_classifier, vocab
 
@@ -404,5 +404,11 @@ def test_superni_compare_reads_a_run_directory_on_a_bucket(monkeypatch):
       json.dumps({"step": 10, "a/exact_match": 1.0}) + "\n"
       + json.dumps({"step": 20, "a/exact_match": 2.5}) + "\n")
   assert superni_compare.latest_metrics(str(run)) == {"step": 20, "a/exact_match": 2.5}
+  # On an object store later flushes are objects of their own (summaries.history_files).
+  later = summaries.parts_dir(run / "eval_metrics.jsonl") / "000001.jsonl"
+  later.parent.mkdir(parents=True, exist_ok=True)
+  later.write_text(json.dumps({"step": 30, "a/exact_match": 4.0}) + "\n")
+  assert [str(f) for f in summaries.history_files(run / "eval_metrics.jsonl")][-1] == str(later)
+  assert superni_compare.latest_metrics(str(run)) == {"step": 30, "a/exact_match": 4.0}
   with pytest.raises(FileNotFoundError, match="No metrics file"):
     superni_compare.latest_metrics(f"{bucket}/missing")
