@@ -228,14 +228,17 @@ def _report(run_dir: RunDir, manager, loss_png, eval_writer, predictions_path, r
     lines.append(f"Final eval metrics (all in {eval_writer.history_path}): "
                  f"{evaluation_lib.brief(metrics)}")
   steps = ", ".join(str(s) for s in manager.all_steps())
+  # Only files this run has written: no eval_metrics.jsonl when no evaluation ran.
+  exists = lambda path: path and epath.Path(path).exists()
+  histories = [p for p in (run_dir.metrics_history("train"), eval_writer.history_path)
+               if exists(p)]
   lines += [f"Outputs in {run_dir.root}:",
             f"  checkpoints   {manager.directory} (steps {steps})",
-            f"  TensorBoard   tensorboard --logdir {run_dir.root}  (train/, eval/)",
-            f"  metrics       {run_dir.metrics_history('train')}, {eval_writer.history_path}",
-            f"  loss curve    {loss_png}",
-            f"  config        {run_dir.config_gin}"]
-  if predictions_path:
-    lines.append(f"  predictions   {predictions_path}")
+            f"  TensorBoard   tensorboard --logdir {run_dir.root}  (train/, eval/)"]
+  for label, paths in (("metrics", histories), ("loss curve", [loss_png]),
+                       ("config", [run_dir.config_gin]), ("predictions", [predictions_path])):
+    if any(exists(p) for p in paths):
+      lines.append(f"  {label:13s} {', '.join(p for p in paths if exists(p))}")
   print("\n".join(lines), flush=True)
 
 

@@ -157,3 +157,23 @@ def test_a_missing_checkpoint_step_names_the_steps_there(tmp_path):
   assert str(error.value).startswith(
       f"No checkpoint at '{tmp_path}/checkpoints/400': it does not exist; the steps in "
       f"'{tmp_path}/checkpoints' are 1000, 1600. Expected MODEL_DIR/checkpoints/<step>")
+
+
+def test_end_of_run_summary_lists_only_files_that_exist(tmp_path, capsys):
+  """No evaluation ran: no eval_metrics.jsonl, no predictions, no loss curve are listed."""
+  import types  # pylint: disable=g-import-not-at-top
+  from t5x_lite import train  # pylint: disable=g-import-not-at-top
+  from t5x_lite.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  run_dir = RunDir(str(tmp_path))
+  (tmp_path / "train_metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
+  (tmp_path / "config.gin").write_text("")
+  manager = types.SimpleNamespace(directory=run_dir.checkpoints, all_steps=lambda: [2])
+  eval_writer = types.SimpleNamespace(history_path=run_dir.metrics_history("eval"))
+  train._report(run_dir, manager, str(tmp_path / "loss.png"), eval_writer,  # pylint: disable=protected-access
+                run_dir.predictions("infer_eval", 2), [], {}, 0)
+  assert capsys.readouterr().out.splitlines() == [
+      f"Outputs in {tmp_path}:",
+      f"  checkpoints   {tmp_path}/checkpoints (steps 2)",
+      f"  TensorBoard   tensorboard --logdir {tmp_path}  (train/, eval/)",
+      f"  metrics       {tmp_path}/train_metrics.jsonl",
+      f"  config        {tmp_path}/config.gin"]
