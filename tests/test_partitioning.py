@@ -27,7 +27,7 @@ def _run(args):
                           stderr=subprocess.STDOUT, text=True)
 
 
-def _wait(proc, timeout=900):
+def _wait(proc, timeout=1800):  # a guard against hangs; the 9-mesh run takes minutes
   out, _ = proc.communicate(timeout=timeout)
   assert proc.returncode == 0, out[-4000:]
 
