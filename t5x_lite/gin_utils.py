@@ -131,10 +131,15 @@ def check_unread_command_line(gin_files: Sequence[str], bindings: Sequence[str])
   so the entry point runs it first, before TensorFlow or JAX load."""
   resolved = resolve_gin_files(gin_files)
   normalized = [normalize_binding(b) for b in bindings]
-  try:
-    check_macros_are_read(resolved, normalized)
-  except SyntaxError:
-    pass  # not gin: gin's own parse reports it with its location
+  for binding, text in zip(bindings, normalized):
+    try:
+      for _ in config_parser.ConfigParser(text, _MacroRecorder()):
+        pass
+    except SyntaxError as e:
+      raise ValueError(f"--gin.{binding}: not a gin binding ({e.msg.rstrip('.')}); values are "
+                       "Python literals, e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 64, 'targets': "
+                       "32}\"") from None
+  check_macros_are_read(resolved, normalized)
 
 
 class _MacroRecorder(config_parser.ParserDelegate):
@@ -151,15 +156,44 @@ class _MacroRecorder(config_parser.ParserDelegate):
     return None
 
 
+def _statements(text: str, recorder: _MacroRecorder, origin: str):
+  """gin statements of `text`; a syntax error names the file, line and statement it is in.
+
+  gin reports where its tokenizer gave up, often the line after the broken binding
+  (`T5Config.d_model = (128` is reported at the next line): the statement quoted is the
+  first one after the last statement that parsed.
+  """
+  last = 0
+  try:
+    for statement in config_parser.ConfigParser(text, recorder):
+      last = max(last, statement.location.line_num or 0)
+      yield statement
+  except SyntaxError as e:
+    lines = text.splitlines()
+    starts = [i for i in range(last, len(lines))
+              if lines[i][:1] not in ("", "#", " ", "\t", ")", "]", "}")]
+    where = "--gin" if origin == "command line" else origin
+    if starts and starts[0] < (e.lineno or len(lines)):
+      raise ValueError(f"{where}, line {starts[0] + 1}: {lines[starts[0]].strip()!r} is not "
+                       f"valid gin ({e.msg.rstrip('.')}); values are Python literals") from None
+    raise ValueError(f"{where}, line {e.lineno}: not valid gin ({e.msg.rstrip('.')})") from None
+
+
 def _scan(text: str, recorder: _MacroRecorder, defined: dict, seen: set, origin: str):
   """Records macro definitions (name -> origin) and reads of `text` and of its includes."""
-  for statement in config_parser.ConfigParser(text, recorder):
+  for statement in _statements(text, recorder, origin):
     if isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
       name = f"{statement.scope}/{statement.selector}" if statement.scope else statement.selector
       defined.setdefault(name, origin)
     elif isinstance(statement, config_parser.IncludeStatement):
       path = _find_include(statement.filename)
-      if path is not None and path not in seen:
+      if path is None:
+        where = {"command line": "the command line", "project": "a project gin file"}.get(
+            origin, origin)
+        raise ValueError(f"include {statement.filename!r} (in {where}): no such file here or "
+                         "under the package's gin directory "
+                         f"({', '.join(sorted(p.name for p in GIN_DIR.iterdir()))}/...).")
+      if path not in seen:
         seen.add(path)
         _scan(pathlib.Path(path).read_text(encoding="utf-8"), recorder, defined, seen,
               "project" if _in_gin_dir(path) else path)

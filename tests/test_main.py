@@ -177,3 +177,43 @@ def test_end_of_run_summary_lists_only_files_that_exist(tmp_path, capsys):
       f"  TensorBoard   tensorboard --logdir {tmp_path}  (train/, eval/)",
       f"  metrics       {tmp_path}/train_metrics.jsonl",
       f"  config        {tmp_path}/config.gin"]
+
+
+_EARLY_FAILURES = r"""
+import json, sys
+from t5x_lite import main
+out = []
+for argv in json.loads(sys.argv[1]):
+  try:
+    main.main(argv)
+    out.append(None)
+  except ValueError as e:
+    out.append([str(e), sorted(m for m in ("tensorflow", "jax") if m in sys.modules)])
+print(json.dumps(out))
+"""
+
+
+def test_misspelt_gin_files_and_broken_gin_fail_before_tensorflow_and_jax_load(tmp_path):
+  """Before: a misspelt include or a syntax error surfaced after ~15 s of imports, the
+  latter at the line after the broken binding and without quoting it."""
+  import json  # pylint: disable=g-import-not-at-top
+  (tmp_path / "typo.gin").write_text("include 'runs/pretrian.gin'\n")
+  (tmp_path / "broken.gin").write_text(
+      "include 'recipes/quickstart.gin'\n# the model\nT5Config.d_model = (128\nTRAIN_STEPS = 2\n")
+  cases = [["--gin_file=recipes/quickstrat.gin"], ["--gin_file=typo.gin"],
+           ["--gin_file=broken.gin", "--gin.MODEL_DIR=x"],
+           ["--gin_file=recipes/quickstart.gin", "--gin.T5Config d_model=3"]]
+  result = subprocess.run([sys.executable, "-c", _EARLY_FAILURES, json.dumps(cases)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=True)
+  gin_dirs = "hardware, models, recipes, runs/..."
+  assert json.loads(result.stdout) == [
+      [f"--gin_file=recipes/quickstrat.gin: no such file here or under the package's gin "
+       f"directory ({gin_dirs}).", []],
+      [f"include 'runs/pretrian.gin' (in typo.gin): no such file here or under the package's "
+       f"gin directory ({gin_dirs}).", []],
+      ["broken.gin, line 3: 'T5Config.d_model = (128' is not valid gin (Expected ',' or ')'); "
+       "values are Python literals", []],
+      ["--gin.T5Config d_model=3: not a gin binding (Couldn't parse statement, expected ':' or "
+       "'='); values are Python literals, e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 64, "
+       "'targets': 32}\"", []]]
