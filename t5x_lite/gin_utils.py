@@ -137,8 +137,8 @@ def check_unread_command_line(gin_files: Sequence[str], bindings: Sequence[str])
         pass
     except SyntaxError as e:
       raise ValueError(f"--gin.{binding}: not a gin binding ({e.msg.rstrip('.')}); values are "
-                       "Python literals, e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 64, 'targets': "
-                       "32}\"") from None
+                       "Python literals, e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 64, "
+                       "'targets': 32}\"") from None
   check_macros_are_read(resolved, normalized)
 
 

@@ -141,10 +141,13 @@ def main(argv: Optional[Sequence[str]] = None):
   gin_utils.parse(args.gin_file, bindings, finalize=args.list_tasks is None,
                   run_mode=args.run_mode)
   from t5x_lite import configurables  # pylint: disable=g-import-not-at-top
+  from t5x_lite import preflight  # pylint: disable=g-import-not-at-top
   try:
     if args.list_tasks is not None:
       print(list_tasks(args.list_tasks))
       return None
+    # Paths, dtypes, types, checkpoint steps and training memory: before any data or model.
+    preflight.check(args.run_mode)
     return configurables.RUN_MODES[args.run_mode]()
   except (RuntimeError, TypeError, ValueError) as e:
     if "Required bindings" in str(e) or "gin" in type(e).__module__:

@@ -169,8 +169,9 @@ def test_end_of_run_summary_lists_only_files_that_exist(tmp_path, capsys):
   (tmp_path / "config.gin").write_text("")
   manager = types.SimpleNamespace(directory=run_dir.checkpoints, all_steps=lambda: [2])
   eval_writer = types.SimpleNamespace(history_path=run_dir.metrics_history("eval"))
-  train._report(run_dir, manager, str(tmp_path / "loss.png"), eval_writer,  # pylint: disable=protected-access
-                run_dir.predictions("infer_eval", 2), [], {}, 0)
+  report = train._report  # pylint: disable=protected-access
+  report(run_dir, manager, str(tmp_path / "loss.png"), eval_writer,
+         run_dir.predictions("infer_eval", 2), [], {}, 0)
   assert capsys.readouterr().out.splitlines() == [
       f"Outputs in {tmp_path}:",
       f"  checkpoints   {tmp_path}/checkpoints (steps 2)",
@@ -217,3 +218,83 @@ def test_misspelt_gin_files_and_broken_gin_fail_before_tensorflow_and_jax_load(t
       ["--gin.T5Config d_model=3: not a gin binding (Couldn't parse statement, expected ':' or "
        "'='); values are Python literals, e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 64, "
        "'targets': 32}\"", []]]
+
+
+_QUICK = ["recipes/quickstart.gin"]
+
+
+@pytest.mark.parametrize("bindings,message", [
+    (["MODEL_DIR=None"],
+     "MODEL_DIR (train.model_dir) is None: training writes its checkpoints and summaries "
+     "there (None would make a directory ./None); set --gin.MODEL_DIR=experiments/x."),
+    (["MODEL_DIR=['a']"],
+     "MODEL_DIR (train.model_dir) = ['a'] is a list, not a path (it would make a directory "
+     "named \"['a']\"); give one path: --gin.MODEL_DIR=experiments/x."),
+    (["MODEL_DIR=r", "T5Config.dtype=bf16"],
+     "T5Config.dtype = 'bf16' is not a dtype name this model takes: use one of 'float32', "
+     "'bfloat16', 'float16'."),
+    (["MODEL_DIR=r", "constant_schedule.learning_rate='1e-3'"],
+     "constant_schedule.learning_rate = '1e-3' is a string; it takes a number: write it "
+     "without quotes (--gin.constant_schedule.learning_rate=1e-3)."),
+    (["MODEL_DIR=r", "T5Config.d_model=(128"],
+     "T5Config.d_model = '(128' is a string; it takes an integer (a malformed literal on the "
+     "command line is read as a string)."),
+])
+def test_settings_that_were_silent_or_cryptic_stop_with_the_binding_to_change(
+    clean_gin, bindings, message):
+  from t5x_lite import gin_utils, preflight  # pylint: disable=g-import-not-at-top
+  gin_utils.parse(_QUICK, bindings, register_builtin_tasks=False, run_mode="train")
+  with pytest.raises(ValueError) as error:
+    preflight.check("train", available_memory=64 * 1024 ** 3)
+  assert str(error.value) == message
+
+
+def test_a_home_relative_path_is_expanded(clean_gin, tmp_path, monkeypatch):
+  """Before: MODEL_DIR = '~/runs/x' in a gin file trained into ./~/runs/x."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from t5x_lite import gin_utils, preflight  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("HOME", str(tmp_path))
+  user = tmp_path / "mine.gin"
+  user.write_text("include 'recipes/quickstart.gin'\nMODEL_DIR = '~/runs/x'\n")
+  gin_utils.parse([str(user)], [], register_builtin_tasks=False, run_mode="train")
+  preflight.check("train", available_memory=64 * 1024 ** 3)
+  assert gin.query_parameter("train.model_dir") == f"{tmp_path}/runs/x"
+
+
+def test_an_int_checkpoint_steps_names_the_steps_there(clean_gin, tmp_path):
+  """Before: TypeError: 'int' object is not iterable, from evaluate."""
+  from t5x_lite import gin_utils, preflight  # pylint: disable=g-import-not-at-top
+  for step in (1000, 1600):
+    (tmp_path / "checkpoints" / str(step) / "state").mkdir(parents=True)
+  gin_utils.parse(_QUICK + ["runs/eval.gin"], [
+      f"MODEL_DIR={tmp_path}", "CHECKPOINT_STEPS=10", "MIXTURE_OR_TASK_NAME=quickstart_mixture"],
+                  register_builtin_tasks=False, run_mode="eval")
+  with pytest.raises(ValueError) as error:
+    preflight.check("eval")
+  assert str(error.value) == (
+      "CHECKPOINT_STEPS (evaluate.checkpoint_steps) = 10: give 'latest', 'all' or a list of "
+      "steps, e.g. --gin.CHECKPOINT_STEPS=\"[10]\" (MODEL_DIR's checkpoints: steps 1000, 1600).")
+
+
+def test_lengths_whose_planned_training_peak_exceeds_memory_are_refused(clean_gin):
+  import gin  # pylint: disable=g-import-not-at-top
+  """Before: inputs of 65,536 tokens grew the process to 6 GiB with no message."""
+  # pylint: disable=g-import-not-at-top
+  from t5x_lite import configurables, gin_utils, memory_planner, preflight
+  lengths = {"inputs": 65536, "targets": 32}
+  gin_utils.parse(_QUICK, ["MODEL_DIR=r", f"TASK_FEATURE_LENGTHS={lengths}"],
+                  register_builtin_tasks=False, run_mode="train")
+  plan = memory_planner.plan(configurables.T5Config(), {"data": 1, "model": 1}, 32, 65536, 32)
+  with pytest.raises(ValueError) as error:
+    preflight.check("train", available_memory=8 * 1024 ** 3)
+  assert str(error.value) == (
+      f"TASK_FEATURE_LENGTHS (train/DatasetConfig.task_feature_lengths) = {lengths} with "
+      f"BATCH_SIZE (train/DatasetConfig.batch_size) = 32: the memory planner predicts a training "
+      f"peak of {plan.total / 1024 ** 3:.1f} GiB (activations {plan.activations / 1024 ** 3:.1f} "
+      "GiB) and this machine has 8.0 GiB: lower the lengths or the batch size, or raise "
+      "train.num_microbatches.")
+  assert plan.total > 8 * 1024 ** 3
+  # The recipe's own lengths fit: no refusal.
+  gin.clear_config()
+  gin_utils.parse(_QUICK, ["MODEL_DIR=r"], register_builtin_tasks=False, run_mode="train")
+  preflight.check("train", available_memory=8 * 1024 ** 3)
