@@ -23,6 +23,7 @@ step N costs no replay.
 import difflib
 import inspect
 import logging
+import re
 import tempfile
 from typing import Dict, Iterator, Mapping, Optional, Sequence
 
@@ -318,7 +319,76 @@ def get_dataset(mixture_or_task_name: str,
   options.deterministic = True
   ds = ds.with_options(options)
   ds.truncation_stats = stats
+  ds.source = _Source(mixture_or_task_name, split, batch_size)
   return ds
+
+
+class EmptyDatasetError(ValueError):
+  """A task or mixture split that yields no batch at all (nothing to train or evaluate on)."""
+
+
+class _Source:
+  """What a dataset was read from, to name it when reading fails (`DatasetIterator`)."""
+
+  def __init__(self, name: str, split: str, batch_size: int):
+    self.name, self.split, self.batch_size = name, split, batch_size
+
+  def _files(self):
+    """[(task name, [file, ...], header lines skipped)] of the file-backed tasks."""
+    found = []
+    for task in seqio.get_subtasks(seqio.get_mixture_or_task(self.name)):
+      source = task.source
+      if isinstance(source, seqio.FileDataSource) and self.split in source.splits:
+        try:
+          files = sorted(source.list_shards(self.split))
+        except Exception:  # pylint: disable=broad-except  (a pattern that matches nothing)
+          files = []
+        found.append((task.name, files, getattr(source, "_skip_header_lines", 0)))
+    return found
+
+  @staticmethod
+  def _lines(path: str) -> int:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return sum(1 for _ in f)
+
+  def explain_empty(self, examples: int) -> str:
+    """One line: why `self.split` of `self.name` gave no batch (`examples` it did give)."""
+    where = f"task {self.name!r} split {self.split!r}"
+    if examples:
+      return (f"{where} has only {examples} example(s), fewer than one batch of "
+              f"{self.batch_size} (BATCH_SIZE): add examples or lower BATCH_SIZE.")
+    reasons = []
+    for task, files, header in self._files():
+      empty = [f for f in files if self._lines(f) <= header]
+      if not files:
+        reasons.append(f"task {task!r} has no file for {self.split!r}")
+      elif len(empty) == len(files):
+        reasons.append(f"file {', '.join(empty)} is empty")
+      else:
+        reasons.append(f"every example of {', '.join(files)} was filtered out by the "
+                       f"preprocessors of task {task!r}")
+    if not reasons:
+      reasons = ["every example was filtered out by the task's preprocessors"]
+    return f"{where} yielded no examples ({'; '.join(reasons)})."
+
+  def explain_error(self, error: Exception) -> str:
+    """One line naming the file (and line) a preprocessor failed on, and TF's reason."""
+    # TF's message: "{{function_node ...}} Error in user-defined function ...: REASON [[node]]".
+    reason = re.sub(r"\s*\[\[.*", "", error.message, flags=re.S).split(": ")[-1].strip()
+    where = f"task {self.name!r} split {self.split!r}"
+    columns = re.search(r"Expect (\d+) fields but have (\d+)", reason)
+    for task, files, header in self._files():
+      if columns is None:
+        return f"{where}: reading {', '.join(files)} failed: {reason}"
+      have = int(columns.group(2))
+      for path in files:
+        with tf.io.gfile.GFile(path, "r") as f:
+          for number, line in enumerate(f, 1):
+            if number > header and line.rstrip("\r\n").count("\t") + 1 == have:
+              return (f"{path}, line {number}: {have} tab-separated columns, but task "
+                      f"{task!r} parses {columns.group(1)}: fix the line (a tab inside a "
+                      "field?) or the task's parser.")
+    return f"{where}: reading its data failed: {reason}"
 
 
 class DatasetIterator(Iterator[Dict[str, np.ndarray]]):
@@ -343,6 +413,7 @@ class DatasetIterator(Iterator[Dict[str, np.ndarray]]):
     self._prefix = f"data_iterator-{process_index:05d}-of-{process_count:05d}"
     self._iterator = clu_data.TfDatasetIterator(dataset, checkpoint=True)
     self._stats: Optional[TruncationStats] = getattr(dataset, "truncation_stats", None)
+    self._source: Optional[_Source] = getattr(dataset, "source", None)
     self._log_every = log_every_n_batches
     self._batches = 0
 
@@ -359,7 +430,17 @@ class DatasetIterator(Iterator[Dict[str, np.ndarray]]):
     except StopIteration:
       if self._stats is not None:
         self._stats.log_summary()
+      if self._batches == 0 and self._source is not None:
+        # A bare StopIteration says nothing: name the task, the split and its files.
+        examples = self._stats.counts() if self._stats is not None else {}
+        seen = max([c["examples"] for c in examples.values()] or [0])
+        raise EmptyDatasetError(self._source.explain_empty(seen)) from None
       raise
+    except tf.errors.InvalidArgumentError as e:
+      # TF names only its op ("Expect 2 fields but have 3 in record 0"): name the file.
+      if self._source is None:
+        raise
+      raise ValueError(self._source.explain_error(e)) from e
     self._batches += 1
     if self._stats is not None and self._log_every and self._batches % self._log_every == 0:
       self._stats.log_summary()

@@ -163,3 +163,47 @@ def test_train_eval_and_infer_truncate_an_over_long_example_alike():
   inputs, targets = modes["train"]
   assert len(inputs) == 6 and inputs[-1] == 1 and 0 not in inputs  # cut, EOS last
   assert len(targets) == 3 and targets[-1] == 1
+
+
+@seqio.map_over_dataset
+def _parse_two_columns(line):
+  number, words = tf.io.decode_csv(line, record_defaults=["", ""], field_delim="\t")
+  return {"inputs": number, "targets": words}
+
+
+def _tsv_task(tmp_path, name, text):
+  """A task reading tmp_path/<name>.tsv (header skipped), as the tasks notebook builds one."""
+  path = tmp_path / f"{name}.tsv"
+  path.write_text(text)
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name, source=seqio.TextLineDataSource({"train": str(path)}, skip_header_lines=1),
+      preprocessors=[_parse_two_columns, seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos],
+      output_features={"inputs": seqio.Feature(TINY), "targets": seqio.Feature(TINY)})
+  return path
+
+
+def _first_batch(name, batch_size=2):
+  ds = data.get_dataset(name, {"inputs": 8, "targets": 8}, batch_size=batch_size, pack=False,
+                        shuffle=False)
+  return next(data.DatasetIterator(ds, 0, 1))
+
+
+def test_a_task_without_a_batch_names_the_task_split_and_file(tmp_path):
+  path = _tsv_task(tmp_path, "test_data_empty_tsv", "number\twords\n")
+  with pytest.raises(data.EmptyDatasetError) as error:
+    _first_batch("test_data_empty_tsv")
+  assert str(error.value) == (f"task 'test_data_empty_tsv' split 'train' yielded no examples "
+                              f"(file {path} is empty).")
+
+
+
+def test_a_tsv_line_with_another_column_count_names_the_file_and_line(tmp_path):
+  path = _tsv_task(tmp_path, "test_data_bad_tsv", "number\twords\n1\tone\n2\ttwo\tx\n3\tthree\n")
+  with pytest.raises(ValueError) as error:
+    _first_batch("test_data_bad_tsv")
+  assert str(error.value) == (
+      f"{path}, line 3: 3 tab-separated columns, but task 'test_data_bad_tsv' parses 2: fix the "
+      "line (a tab inside a field?) or the task's parser.")
