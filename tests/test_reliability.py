@@ -609,15 +609,15 @@ def bad_settings(tmp_path, checkpoint):
   infer = lambda *extra: infer_args(checkpoint, tmp_path / "out", *extra)
   return {
       "gin syntax": (train_args(tmp_path, f"--gin_file={tmp_path / 'syntax.gin'}"),
-                     "ValueError: Gin configuration error: Unable to parse value. (syntax.gin, "
-                     "line 1)"),
+                     "syntax.gin, line 1: 'train.train_steps = = 3' is not valid gin (Unable "
+                     "to parse value)"),
       "unknown configurable": (train_args(tmp_path, "--gin.adafactr.decay_rate=0.5"),
                                "Did you mean: adafactor?"),
       "unknown parameter": (train_args(tmp_path, "--gin.train.train_step=3"),
                             "Did you mean: train_steps"),
       "steps not a number": (train_args(tmp_path, "--gin.TRAIN_STEPS=abc"),
-                             "TypeError: train.train_steps='abc' must be an integer (gin: "
-                             "TRAIN_STEPS)."),
+                             "ValueError: TRAIN_STEPS (train.train_steps) = 'abc' is a string; "
+                             "it takes an integer"),
       "negative steps": (train_args(tmp_path, "--gin.TRAIN_STEPS=-5"),
                          "ValueError: train.train_steps=-5 must be positive (gin: TRAIN_STEPS)."),
       "zero batch": (train_args(tmp_path, "--gin.BATCH_SIZE=0"),
