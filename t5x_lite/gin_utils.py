@@ -330,7 +330,24 @@ def bindings_read_by(configurable: str):
     (set of full selectors, e.g. "t5x_lite.models.EncoderDecoderModel"; set of macro names).
   """
   start = gin.config._REGISTRY.get_match(configurable)  # pylint: disable=protected-access
-  selectors, macros, seen, todo = {start.selector}, set(), set(), [start.selector]
+  selectors, macros = {start.selector}, set()
+  for _, bound in walk_bindings(start.selector, references):
+    for value in references(bound):
+      if value.configurable.wrapped is gin.config.macro:
+        macros.add(value.scopes[-1])
+      else:
+        selectors.add(value.configurable.selector)
+  return selectors, macros
+
+
+def walk_bindings(start: str, follow):
+  """Yields (scoped selector, its bindings) for `start` and every configurable reached from it.
+
+  Each scoped selector is visited once; `follow(bindings)` gives the
+  `gin.config.ConfigurableReference`s to visit next (bound references, macros). Configurables
+  without bindings and gin's own constants are skipped.
+  """
+  seen, todo = set(), [start]
   while todo:
     current = todo.pop()
     if current in seen:
@@ -340,15 +357,14 @@ def bindings_read_by(configurable: str):
       bound = gin.get_bindings(current, resolve_references=False)
     except ValueError:  # gin's own constants and unbound configurables
       continue
-    for value in _flattened(bound):
-      if not isinstance(value, gin.config.ConfigurableReference):
-        continue
-      if value.configurable.wrapped is gin.config.macro:
-        macros.add(value.scopes[-1])
-      else:
-        selectors.add(value.configurable.selector)
-      todo.append(value.scoped_selector)
-  return selectors, macros
+    yield current, bound
+    todo.extend(reference.scoped_selector for reference in follow(bound))
+
+
+def references(value):
+  """The ConfigurableReferences (`@X()`, `%MACRO`) anywhere inside a bound value."""
+  return [item for item in _flattened(value)
+          if isinstance(item, gin.config.ConfigurableReference)]
 
 
 def _flattened(value):

@@ -15,6 +15,8 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 import gin
 
+from t5x_lite import gin_utils
+
 # pylint: disable=protected-access
 _REGISTRY = gin.config._REGISTRY
 # pylint: enable=protected-access
@@ -66,23 +68,14 @@ def _resolve(value) -> Tuple[Any, Optional[str]]:
 
 def bindings(configurable: str) -> List[Binding]:
   """Every parameter binding that calling `configurable` (a gin name) reads."""
-  start = _REGISTRY.get_match(configurable).selector
-  found, seen, todo = [], set(), [start]
-  while todo:
-    current = todo.pop()
-    if current in seen:
-      continue
-    seen.add(current)
-    try:
-      bound = gin.get_bindings(current, resolve_references=False)
-    except ValueError:
-      continue
+  found = []
+  follow = lambda bound: [ref for raw in bound.values() for ref in _references(_resolve(raw)[0])]
+  for current, bound in gin_utils.walk_bindings(_REGISTRY.get_match(configurable).selector,
+                                                follow):
     selector = _REGISTRY.get_match(current.split("/")[-1]).selector
     for param, raw in bound.items():
       value, macro = _resolve(raw)
       found.append(Binding(current, selector, param, value, macro))
-      for ref in _references(value):
-        todo.append(ref.scoped_selector)
   return found
 
 

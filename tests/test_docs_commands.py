@@ -118,45 +118,19 @@ def _parse_kwargs():
   return {k: v for k, v in wanted.items() if k in taken}
 
 
-def _is_reference(value):
-  return isinstance(value, gin.config.ConfigurableReference)
-
-
-def _flat(value):
-  if isinstance(value, dict):
-    for v in value.values():
-      yield from _flat(v)
-  elif isinstance(value, (list, tuple)):
-    for v in value:
-      yield from _flat(v)
-  else:
-    yield value
-
-
 def macros_read_by(configurable):
   """{macro: unset (still %gin.REQUIRED)} for every macro that calling `configurable` reads.
 
   Follows the bound references (`@EncoderDecoderModel()`, `@train/DatasetConfig()`) and
   macros (`%MODEL_DIR`) from the configurable down, as a call would evaluate them.
   """
-  macros, seen, todo = {}, set(), [configurable]
-  while todo:
-    current = todo.pop()
-    if current in seen:
-      continue
-    seen.add(current)
-    try:
-      bindings = gin.get_bindings(current, resolve_references=False)
-    except ValueError:  # gin.constant and configurables without bindings
-      continue
-    for value in _flat(bindings):
-      if not _is_reference(value):
-        continue
+  macros = {}
+  for _, bindings in gin_utils.walk_bindings(configurable, gin_utils.references):
+    for value in gin_utils.references(bindings):
       if value.configurable.wrapped is gin.config.macro:
-        name = "/".join(value.scopes)
         bound = gin.get_bindings(value.scoped_selector, resolve_references=False).get("value")
-        macros[name] = _is_reference(bound) and repr(bound) == "%gin.REQUIRED"
-      todo.append(value.scoped_selector)
+        macros["/".join(value.scopes)] = (isinstance(bound, gin.config.ConfigurableReference)
+                                          and repr(bound) == "%gin.REQUIRED")
   return macros
 
 
