@@ -577,17 +577,22 @@ def restore_state(path: str, abstract_state: TrainState, vocabulary=None) -> Tra
   return _cast(state, abstract_state)
 
 
-def restore_params(path: str, abstract_params, vocabulary=None) -> Any:
+def restore_params(path: str, abstract_params, vocabulary=None, subset=False) -> Any:
   """Restores only the parameters from a checkpoint (finetuning without optimizer state).
 
-  Args: as restore_state (abstract_params: the parameters' shapes, dtypes and shardings).
+  Args: as restore_state (abstract_params: the parameters' shapes, dtypes and shardings;
+    subset: whether abstract_params names only some of the saved top-level entries, e.g. a
+    head's encoder, the rest being left unread).
 
   Raises: as restore_state.
   """
   path = run_dir_lib.absolute(path)
   vocabulary = None if vocabulary is None else vocabulary_identity(vocabulary)
   record, saved = _read_checked(path, vocabulary)
-  check_shapes(_get(saved, "params"), abstract_params, path)
+  saved_params = _get(saved, "params")
+  if subset:
+    saved_params = {k: v for k, v in saved_params.items() if k in abstract_params}
+  check_shapes(saved_params, abstract_params, path)
   with _reading(path):
     with ocp.PyTreeCheckpointer() as checkpointer:
       restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(

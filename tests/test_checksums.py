@@ -5,10 +5,14 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from t5x_lite import checksums
+from t5x_lite import checkpoints, checksums, configs, heads, network, trainer
+from t5x_lite.run_dir import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,3 +83,44 @@ def test_checksums_do_not_depend_on_the_mesh_or_the_sharding():
   assert result.returncode == 0, result.stderr[-3000:]
   expected = {name: reference(np.asarray(x)) for name, x in _arrays().items()}
   assert json.loads(result.stdout.strip().splitlines()[-1]) == [expected] * 4
+
+
+def test_a_head_refuses_an_initial_checkpoint_with_a_flipped_byte_naming_the_array(tmp_path):
+  """A head starts from an orbax encoder-decoder checkpoint (what train does with
+  INITIAL_CHECKPOINT_PATH); one byte flipped in the token embedding's stored bytes (zstd
+  keeps incompressible float32 literally, so the file still parses) must stop it, naming the
+  array, instead of training from damaged values."""
+  config = network.T5Config(vocab_size=4224, d_model=16, d_ff=32, d_kv=4, num_heads=4,
+                            num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+  rng = np.random.RandomState(0)
+  # Shapes only (no compiled init): seeded values fill them.
+  params = jax.tree_util.tree_map(
+      lambda a: jnp.asarray(rng.randn(*a.shape).astype(a.dtype)),
+      nn.unbox(jax.eval_shape(lambda r: network.Transformer(config).init(
+          r, np.ones((1, 4), np.int32), np.ones((1, 4), np.int32)), jax.random.PRNGKey(0)))[
+              "params"])
+  manager = checkpoints.CheckpointManager(RunDir(str(tmp_path / "ed")), configs.CheckpointConfig(
+      period=1, keep=None, async_save=False))
+  manager.save(trainer.TrainState(step=jnp.int32(1), params=params, opt_state={}), force=True)
+  manager.close()
+  step = tmp_path / "ed" / "checkpoints" / "1"
+  model = heads.SequenceClassificationModel(config)
+  head_params = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), nn.unbox(
+      jax.eval_shape(lambda r: model.init(r, {"encoder_input_tokens": (1, 4)}),
+                     jax.random.PRNGKey(0))))
+  loaded = heads.load_encoder(str(step), head_params, config)  # intact: the saved values
+  np.testing.assert_array_equal(loaded["token_embedder"]["embedding"],
+                                params["token_embedder"]["embedding"])
+  largest = max((step / "state" / "ocdbt.process_0" / "d").iterdir(), key=os.path.getsize)
+  # The embedding (4224 x 16 float32) fills most of the largest file; the middle is in it.
+  with open(largest, "r+b") as f:
+    f.seek(os.path.getsize(largest) // 2)
+    byte = f.read(1)[0]
+    f.seek(os.path.getsize(largest) // 2)
+    f.write(bytes([byte ^ 1]))
+  with pytest.raises(checkpoints.CheckpointError) as refusal:
+    heads.load_encoder(str(step), head_params, config)
+  assert str(refusal.value) == (
+      f"The checkpoint {step / 'state'} is damaged: 1 array(s) differ from the checksums saved "
+      "with them: params/token_embedder/embedding. It cannot be used; the run has no other "
+      "complete step.")
