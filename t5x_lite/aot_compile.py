@@ -256,6 +256,16 @@ def compile_decode_step(model, partitioner, batch: int, inputs: int, targets: in
   return compiled, time.perf_counter() - start
 
 
+def check_model(config) -> None:
+  """Settings that cannot compile for TPU, as one line before any tracing."""
+  if config.attention_impl == "pallas":
+    from t5x_lite.kernels import flash  # pylint: disable=g-import-not-at-top
+    raise ConfigError(flash.TPU_UNSUPPORTED)
+  if config.attention_impl == "cudnn":
+    raise ConfigError("attention_impl='cudnn' is GPU only; set T5Config.attention_impl = 'xla' "
+                      "(gin) on TPU.")
+
+
 def make_partitioner(factory, devices, topology: str, **kwargs):
   """factory(devices=devices, **kwargs) (a Partitioner); one clear line when its mesh does
   not match the topology's chip count."""
@@ -283,6 +293,7 @@ def build(topology: str, num_slices: int = 1):
   import gin  # pylint: disable=g-import-not-at-top
   devices = get_topology(topology, num_slices)
   model = gin.get_configurable("EncoderDecoderModel")()
+  check_model(model.config)
   optimizer = gin.get_configurable("adafactor")()
   # Partitioner's default rule table is the plain function's: apply the gin bindings of
   # standard_logical_axis_rules (fsdp, activation_partitioning) here.

@@ -108,3 +108,19 @@ def test_model_flops_of_one_layer_pair_by_hand():
   cross_kv = li * 2 * 2 * 10 * hd
   logits = lt * 2 * 10 * 100
   assert aot_compile.train_step_flops(cfg, b, li, lt) == 3 * b * (enc + dec + cross_kv + logits)
+
+
+def test_pallas_attention_for_tpu_stops_before_lowering_with_the_reason(devices):
+  from t5x_lite.kernels import flash  # pylint: disable=g-import-not-at-top
+  mesh = Mesh(np.array(devices[:1]).reshape(1, 1), ("data", "model"))
+  rep = NamedSharding(mesh, P())
+  q = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16, sharding=rep)
+  table = jax.ShapeDtypeStruct((2, 32), jnp.float32, sharding=rep)
+  attend = lambda q, table: flash.flash_attention(q, q, q, bias_table=table, causal=True)
+  with jax.set_mesh(mesh), pytest.raises(NotImplementedError) as e:
+    jax.jit(attend).lower(q, table)
+  assert str(e.value) == flash.TPU_UNSUPPORTED
+  assert "T5Config.attention_impl = 'xla'" in str(e.value)
+  with pytest.raises(aot_compile.ConfigError, match="does not lower to TPU"):
+    aot_compile.check_model(network.T5Config(attention_impl="pallas"))
+  aot_compile.check_model(network.T5Config(attention_impl="xla"))

@@ -422,6 +422,23 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 # ----------------------------------------------------------------------------- public entry
 
 
+# Compiled for a TPU topology (t5x_lite.aot_compile, jax 0.10.2 + libtpu 0.0.42.1), the
+# forward kernel stops in Mosaic's block check: the [B, H, L] row statistics (m, l) and the
+# [B, L] segment ids are tiled with blocks whose last two dims are (squeezed head or batch,
+# block) -- neither (8, 128)-aligned nor the whole array, which Mosaic requires of every block.
+TPU_UNSUPPORTED = (
+    "attention_impl='pallas' does not lower to TPU (Mosaic) yet: its [B, H, L] row statistics "
+    "and [B, L] segment ids use blocks whose last two dims are neither (8, 128)-aligned nor "
+    "whole, as Mosaic requires; set T5Config.attention_impl = 'xla' (gin) on TPU.")
+
+
+def target_platform() -> str:
+  """The platform being compiled for: that of the current mesh's devices (jax.set_mesh, e.g.
+  a TPU topology compiled on a CPU host), else jax.default_backend()."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 def flash_attention(query, key, value, *, block_q=128, block_k=128, bias_table=None,
                     bidirectional=True, max_distance=128, query_segment_ids=None,
                     kv_segment_ids=None, causal=False, query_offset=0, interpret=None,
@@ -443,11 +460,14 @@ def flash_attention(query, key, value, *, block_q=128, block_k=128, bias_table=N
     causal: mask keys after the query (key tiles entirely after a query tile are skipped).
     query_offset: absolute position of query 0 (int or traced int32 scalar, for decoding).
     interpret: run Pallas in interpret mode; None means "when the backend is CPU".
-    backend: "cpu", "gpu" or "tpu" to lower for; None means jax.default_backend() (set it
+    backend: "cpu", "gpu" or "tpu" to lower for; None means `target_platform()` (set it
       to cross-lower, e.g. to check the Triton lowering on a machine without a GPU).
 
   Returns:
     [B, Lq, H, D] in query.dtype.
+
+  Raises:
+    NotImplementedError: compiled for TPU (not interpreted): TPU_UNSUPPORTED says why.
   """
   for name, blk in (("block_q", block_q), ("block_k", block_k)):
     if blk < MIN_BLOCK or blk & (blk - 1):
@@ -457,9 +477,11 @@ def flash_attention(query, key, value, *, block_q=128, block_k=128, bias_table=N
     raise ValueError("Give both query_segment_ids and kv_segment_ids, or neither.")
   batch, q_len, heads, d = query.shape
   k_len = key.shape[1]
-  backend = backend or jax.default_backend()
+  backend = backend or target_platform()
   if interpret is None:
     interpret = backend == "cpu"
+  if backend == "tpu" and not interpret:
+    raise NotImplementedError(TPU_UNSUPPORTED)
   # Small problems (a decode step) get the smallest tile that covers them.
   bq = min(block_q, _pow2_at_least(q_len))
   bk = min(block_k, _pow2_at_least(k_len))
