@@ -15,8 +15,10 @@ model's embedding size (`T5Config.vocab_size = @padded_vocab_size()` in the mode
   `get_vocabulary.sentencepiece_model_path = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"`
 """
 
+import posixpath
 from typing import Optional
 
+from google.protobuf import message
 import seqio
 import tensorflow as tf
 
@@ -85,16 +87,36 @@ def get_vocabulary(sentencepiece_model_path: Optional[str] = None,
     A seqio.SentencePieceVocabulary; its `vocab_size` includes the extra ids.
 
   Raises:
-    FileNotFoundError: the model file does not exist (seqio would fail only at first use,
-      deep inside the input pipeline).
+    FileNotFoundError: the model file does not exist.
+    IsADirectoryError: the path is a directory (e.g. a HF model directory, not its
+      spiece.model).
+    ValueError: sentencepiece cannot load the file (a text vocabulary, a tokenizer.json).
+    Otherwise seqio would fail only at first use, with a protobuf or sentencepiece error.
   """
   if sentencepiece_model_path is None:
     return default_vocabulary(extra_ids)
+  binding = f"get_vocabulary.sentencepiece_model_path={sentencepiece_model_path!r}"
   if not tf.io.gfile.exists(sentencepiece_model_path):
     raise FileNotFoundError(
-        f"get_vocabulary.sentencepiece_model_path={sentencepiece_model_path!r} does not exist: "
-        "set it to a SentencePiece .model file, or leave it unset for the default vocabulary.")
-  return seqio.SentencePieceVocabulary(sentencepiece_model_path, extra_ids=extra_ids)
+        f"{binding} does not exist: set it to a SentencePiece .model file, or leave it unset "
+        "for the default vocabulary.")
+  if tf.io.gfile.isdir(sentencepiece_model_path):
+    models = sorted(n for n in tf.io.gfile.listdir(sentencepiece_model_path)
+                    if n.endswith(".model"))
+    target = (f"the model file in it, e.g. "
+              f"{posixpath.join(sentencepiece_model_path.rstrip('/'), models[0])!r}" if models
+              else "a SentencePiece .model file (a HF T5 directory has spiece.model)")
+    raise IsADirectoryError(f"{binding} is a directory: set it to {target}.")
+  vocabulary = seqio.SentencePieceVocabulary(sentencepiece_model_path, extra_ids=extra_ids)
+  try:
+    vocabulary.tokenizer  # pylint: disable=pointless-statement  (loads and caches the model)
+  except (message.DecodeError, RuntimeError, tf.errors.OpError) as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise ValueError(
+        f"{binding} is not a SentencePiece model that sentencepiece can load "
+        f"({type(e).__name__}: {reason}): set it to a SentencePiece .model file (a HF T5 "
+        "directory's spiece.model), or leave it unset for the default vocabulary.") from e
+  return vocabulary
 
 
 def padded_vocab_size(vocabulary: seqio.Vocabulary, multiple: int = 128) -> int:

@@ -652,6 +652,19 @@ def bad_settings(tmp_path, checkpoint):
           train_args(tmp_path, "--gin.get_vocabulary.sentencepiece_model_path=/no/sp.model"),
           "FileNotFoundError: get_vocabulary.sentencepiece_model_path='/no/sp.model' does not "
           "exist"),
+      "SentencePiece path not a model": (
+          train_args(tmp_path, f"--gin.get_vocabulary.sentencepiece_model_path={tmp_path}/"
+                     "syntax.gin"),
+          f"ValueError: get_vocabulary.sentencepiece_model_path='{tmp_path}/syntax.gin' is not a "
+          "SentencePiece model that sentencepiece can load (DecodeError"),
+      "SentencePiece path a directory": (
+          train_args(tmp_path, f"--gin.get_vocabulary.sentencepiece_model_path={tmp_path}"),
+          f"IsADirectoryError: get_vocabulary.sentencepiece_model_path='{tmp_path}' is a "
+          "directory: set it to a SentencePiece .model file"),
+      "binding of a configurable never called": (
+          train_args(tmp_path, "--gin.infer.batch_size=8"),
+          "ValueError: --gin.infer.batch_size is bound but this run (run_mode=train) never calls "
+          "infer; remove the binding or use --run_mode=infer"),
       "infer NUM_SHARDS=0": (infer("--gin.NUM_SHARDS=0"),
                              "infer.num_shards=0 must be positive (gin: NUM_SHARDS)."),
       "infer SHARD_ID>=NUM_SHARDS": (infer("--gin.SHARD_ID=2", "--gin.NUM_SHARDS=2"),
