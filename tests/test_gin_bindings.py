@@ -1,6 +1,6 @@
-"""Tests for gin_utils.check_bindings_are_called and the vocabulary path checks (tasks/vocab.py):
-a user's binding that this run never applies, or a vocabulary path that is not a SentencePiece
-model, stops the run at start with one message naming the binding."""
+"""Tests for t5x_lite/gin_bindings.py and the vocabulary path checks of tasks/vocab.py: a user's
+binding that this run never applies, or a vocabulary path that is not a SentencePiece model,
+stops the run at start with one message naming the binding."""
 
 import os
 import re
@@ -10,6 +10,7 @@ import pytest
 import seqio
 
 from t5x_lite import configurables
+from t5x_lite import gin_bindings
 from t5x_lite import gin_utils
 from t5x_lite import main as main_lib
 from t5x_lite.tasks import vocab
@@ -35,7 +36,8 @@ def clean_gin():
 
 # The macros each run mode requires (runs/*.gin headers).
 REQUIRED = {"train": ["MODEL_DIR=r"], "export": ["CHECKPOINT_PATH=c", "OUTPUT_DIR=o"],
-            "infer": ["CHECKPOINT_PATH=c", "OUTPUT_DIR=o", "MIXTURE_OR_TASK_NAME=quickstart_mixture"]}
+            "infer": ["CHECKPOINT_PATH=c", "OUTPUT_DIR=o",
+                      "MIXTURE_OR_TASK_NAME=quickstart_mixture"]}
 
 
 def _parse(gin_files, bindings, run_mode="train"):
@@ -120,11 +122,12 @@ def test_bindings_that_the_run_applies_pass(gin_files, run_mode, bindings):
 
 def test_builtin_task_settings_are_the_configurables_called_at_every_start():
   """BUILTIN_TASK_SETTINGS is what configurables.builtin_task_settings() calls."""
-  gin.config._OPERATIVE_CONFIG.clear()  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  gin.config._OPERATIVE_CONFIG.clear()
   configurables.builtin_task_settings()
-  called = {selector for _, selector in gin.config._OPERATIVE_CONFIG}  # pylint: disable=protected-access
-  assert called == {gin.config._REGISTRY.get_match(name).selector  # pylint: disable=protected-access
-                    for name in gin_utils.BUILTIN_TASK_SETTINGS}
+  called = {selector for _, selector in gin.config._OPERATIVE_CONFIG}
+  assert called == {gin.config._REGISTRY.get_match(name).selector
+                    for name in gin_bindings.BUILTIN_TASK_SETTINGS}
 
 
 def test_every_documented_command_binds_only_what_its_run_calls():
@@ -135,9 +138,9 @@ def test_every_documented_command_binds_only_what_its_run_calls():
     args, bindings = main_lib.parse_flags(argv)
     gin_utils.parse(args.gin_file, bindings, finalize=False, register_builtin_tasks=False)
     try:
-      gin_utils.check_bindings_are_called(gin_utils.resolve_gin_files(args.gin_file),
-                                          [gin_utils.normalize_binding(b) for b in bindings],
-                                          args.run_mode)
+      gin_bindings.check_bindings_are_called(gin_utils.resolve_gin_files(args.gin_file),
+                                             [gin_utils.normalize_binding(b) for b in bindings],
+                                             args.run_mode)
     except ValueError as e:
       raise AssertionError(f"{name}: {e}") from e
 
