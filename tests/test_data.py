@@ -171,23 +171,27 @@ def _parse_two_columns(line):
   return {"inputs": number, "targets": words}
 
 
-def _tsv_task(tmp_path, name, text):
-  """A task reading tmp_path/<name>.tsv (header skipped), as the tasks notebook builds one."""
+def _tsv_task(tmp_path, name, text, keep=None):
+  """A task reading tmp_path/<name>.tsv (header skipped), as the tasks notebook builds one.
+
+  keep: a predicate on the parsed example; the task's preprocessors drop the others.
+  """
   path = tmp_path / f"{name}.tsv"
   path.write_text(text)
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
+  filters = [] if keep is None else [lambda dataset: dataset.filter(keep)]
   seqio.TaskRegistry.add(
       name, source=seqio.TextLineDataSource({"train": str(path)}, skip_header_lines=1),
-      preprocessors=[_parse_two_columns, seqio.preprocessors.tokenize,
+      preprocessors=[_parse_two_columns, *filters, seqio.preprocessors.tokenize,
                      seqio.preprocessors.append_eos],
       output_features={"inputs": seqio.Feature(TINY), "targets": seqio.Feature(TINY)})
   return path
 
 
-def _first_batch(name, batch_size=2):
+def _first_batch(name, batch_size=2, num_epochs=None):
   ds = data.get_dataset(name, {"inputs": 8, "targets": 8}, batch_size=batch_size, pack=False,
-                        shuffle=False)
+                        shuffle=False, num_epochs=num_epochs)
   return next(data.DatasetIterator(ds, 0, 1))
 
 
@@ -197,6 +201,42 @@ def test_a_task_without_a_batch_names_the_task_split_and_file(tmp_path):
     _first_batch("test_data_empty_tsv")
   assert str(error.value) == (f"task 'test_data_empty_tsv' split 'train' yielded no examples "
                               f"(file {path} is empty).")
+
+
+def test_a_split_smaller_than_one_batch_names_the_task_split_and_counts(tmp_path):
+  # One pass (evaluation's num_epochs=1): 3 examples never fill a batch of 4, which is dropped.
+  _tsv_task(tmp_path, "test_data_short_tsv", "number\twords\n1\tone\n2\ttwo\n3\tthree\n")
+  with pytest.raises(data.EmptyDatasetError) as error:
+    _first_batch("test_data_short_tsv", batch_size=4, num_epochs=1)
+  assert str(error.value) == (
+      "task 'test_data_short_tsv' split 'train' has only 3 example(s), fewer than one batch of "
+      "4 (BATCH_SIZE): add examples or lower BATCH_SIZE.")
+
+
+def test_a_split_whose_examples_are_all_filtered_names_the_task_and_files(tmp_path):
+  path = _tsv_task(tmp_path, "test_data_filtered_tsv", "number\twords\n1\tone\n2\ttwo\n",
+                   keep=lambda ex: tf.strings.length(ex["targets"]) > 5)
+  with pytest.raises(data.EmptyDatasetError) as error:
+    _first_batch("test_data_filtered_tsv", num_epochs=1)
+  assert str(error.value) == (
+      f"task 'test_data_filtered_tsv' split 'train' yielded no examples (every example of "
+      f"{path} was filtered out by the preprocessors of task 'test_data_filtered_tsv').")
+  # A task not read from files has no file to name: the preprocessors are blamed.
+  name = "test_data_filtered_function"
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {"inputs": INPUTS, "targets": TARGETS}), splits=["train"]),
+      preprocessors=[lambda dataset: dataset.filter(lambda ex: False),
+                     seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      output_features={"inputs": seqio.Feature(TINY), "targets": seqio.Feature(TINY)})
+  with pytest.raises(data.EmptyDatasetError) as error:
+    _first_batch(name, num_epochs=1)
+  assert str(error.value) == (
+      f"task '{name}' split 'train' yielded no examples (every example was filtered out by the "
+      "task's preprocessors).")
 
 
 
