@@ -17,7 +17,11 @@ import statistics
 import tempfile
 import time
 
-import jax
+from t5x_lite import xla_flags
+
+xla_flags.apply_defaults()  # before JAX starts, as the entry point does
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from t5x_lite import checkpoints, checksums, configs, models, network, optimizers
 from t5x_lite import partitioning, trainer as trainer_lib

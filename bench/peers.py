@@ -12,9 +12,10 @@ import time
 
 import numpy as np
 
-# Before any script here starts JAX: importing t5x_lite sets its XLA flags (t5x_lite/xla_flags.py),
-# which XLA reads only when its first backend starts. The package's own import is just that.
-import t5x_lite  # pylint: disable=unused-import
+# Before any script here starts JAX: t5x_lite's XLA flags (t5x_lite/xla_flags.py), as its entry
+# point sets them; XLA reads them only when its first backend starts.
+from t5x_lite import xla_flags  # pylint: disable=g-import-not-at-top
+xla_flags.apply_defaults()
 
 # name -> T5 shape. T5-efficient (Scale Efficiently, arXiv 2109.10686): v1.0 style, relu,
 # tied embeddings. T5 v1.1 (google/t5-v1_1-*): gated-GELU, untied output layer.

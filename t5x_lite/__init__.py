@@ -1,8 +1,8 @@
-"""t5x_lite: T5 encoder-decoder models in JAX/Flax, fed by SeqIO, configured with gin."""
+"""t5x_lite: T5 encoder-decoder models in JAX/Flax, fed by SeqIO, configured with gin.
 
-from t5x_lite import xla_flags as _xla_flags
+Importing t5x_lite changes nothing global (environment, XLA flags, TensorFlow's devices, log
+settings): the entry point does that, and notebooks and scripts call
+`t5x_lite.xla_flags.apply_defaults()` and `t5x_lite.logs.quiet()` first.
+"""
 
 __version__ = "0.1.0"
-
-# Before any JAX computation: XLA reads its flags once, when the first backend starts.
-_xla_flags.apply_defaults()

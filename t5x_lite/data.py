@@ -33,11 +33,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5x_lite import tf_devices
 from t5x_lite.tasks import vocab
-
-
-# TensorFlow only feeds data: keep it off the accelerators that JAX uses.
-tf.config.set_visible_devices([], "GPU")
 
 
 def check_task(name: str, model=None) -> seqio.DatasetProviderBase:
@@ -140,6 +137,7 @@ class TruncationStats:
     self.feature_lengths = dict(task_feature_lengths)
     self.features = sorted(self.feature_lengths)
     # [num_features, 2]: (examples seen, examples truncated)
+    tf_devices.hide_gpus_from_tf()  # before this first TF op: keep TF off JAX's GPUs
     self._counts = tf.Variable(tf.zeros([len(self.features), 2], tf.int64), trainable=False)
 
   def counts(self) -> Dict[str, Dict[str, int]]:

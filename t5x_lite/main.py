@@ -13,7 +13,6 @@ Also installed as the `t5x-lite` console script. Flags:
 """
 
 import argparse
-import contextlib
 import fnmatch
 import logging
 import os
@@ -24,17 +23,10 @@ import traceback
 from typing import Optional, Sequence
 
 from t5x_lite import gin_utils
+from t5x_lite import logs
+from t5x_lite import xla_flags
 
 RUN_MODES = ("train", "eval", "infer", "score", "export")
-
-# Third-party log lines that say nothing a user can act on (each seen in a plain CPU run).
-_NOISE = (
-    "not cached so using",              # seqio: mixing rates from uncached example counts
-    "uncached FunctionDataset",         # seqio: the embedded tasks are generated, not cached
-    "'logger_cls' is empty",            # seqio.Evaluator: we write the summaries ourselves
-    "Metadata file does not exist",     # orbax: checkpoints written without optional metadata
-    "Unable to initialize backend",     # jax: probing for TPU / GPU on a CPU machine
-)
 
 
 def parse_flags(argv: Sequence[str]):
@@ -62,46 +54,20 @@ def parse_flags(argv: Sequence[str]):
   return args, bindings
 
 
-class _DropNoise(logging.Filter):
+def set_up_process(verbose: bool = False) -> None:
+  """The process-wide settings a run needs, which importing t5x_lite never makes.
 
-  def filter(self, record):
-    message = record.getMessage()
-    return not any(noise in message for noise in _NOISE)
-
-
-@contextlib.contextmanager
-def _stderr_silenced():
-  """Sends file descriptor 2 to /dev/null: C++ code logs there before Python sees anything."""
-  saved = os.dup(2)
-  try:
-    with open(os.devnull, "w", encoding="utf-8") as devnull:
-      os.dup2(devnull.fileno(), 2)
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
-def quiet_third_party_logs(verbose: bool = False) -> None:
-  """Silences TensorFlow's C++ start-up lines and known third-party noise (not our logs).
-
-  Must run before TensorFlow is imported. TensorFlow only feeds data here; importing it and
-  hiding the GPUs from it (as t5x_lite.data does) probes CUDA and writes absl lines ("oneDNN
-  custom operations", "Could not find cuda drivers", "failed call to cuInit") straight to
-  stderr, whatever TF_CPP_MIN_LOG_LEVEL says: that one start-up step runs silenced.
+  Before TensorFlow and JAX start: t5x_lite's XLA flags (xla_flags.apply_defaults), log
+  output, and TensorFlow kept off the GPUs; unless `verbose`, third-party noise silenced
+  (logs.quiet, which also hides the GPUs with TensorFlow's start-up lines silenced).
   """
+  xla_flags.apply_defaults()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   if verbose:
-    return
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  with _stderr_silenced():
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], "GPU")
-  for name in ("absl", "jax._src.xla_bridge", "tensorflow", "orbax"):
-    logging.getLogger(name).setLevel(logging.WARNING)
-  # A logger's filters see only records logged on it, so the filter goes on every handler.
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_DropNoise())
+    from t5x_lite import tf_devices  # pylint: disable=g-import-not-at-top
+    tf_devices.hide_gpus_from_tf()
+  else:
+    logs.quiet()
 
 
 def initialize_distributed(args):
@@ -134,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None):
   args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
   # A macro that nothing reads stops the run here, before TensorFlow, JAX or any data load.
   gin_utils.check_unread_command_line(args.gin_file, bindings)
-  quiet_third_party_logs(args.verbose)
+  set_up_process(args.verbose)
   initialize_distributed(args)
   # Registers the built-in tasks once, with the bound vocabulary.
   # Finalizing demands the REQUIRED macros that this run mode reads, and only those.
@@ -156,11 +122,22 @@ def main(argv: Optional[Sequence[str]] = None):
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
-  """Console entry: errors print as one short message; the traceback goes to a log file."""
+  """Console entry: an error prints as one short message, the last line on stderr.
+
+  The traceback goes to a log file, named on the line above the message. As the process's
+  entry (`argv` None: the console script, `python -m t5x_lite.main`), everything written to
+  stderr after the message also goes to that file: a failed checkpoint write's background
+  threads and asyncio at interpreter exit log tracebacks of the error the message reports.
+
+  Returns:
+    The exit status: 0, or 1 after an error.
+  """
+  entry = argv is None
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
     main(argv)
   except Exception as e:  # pylint: disable=broad-except
+    distributed.stop_if_a_process_is_lost()  # then the lost process is the cause: its line
     if "--verbose" in argv:
       raise
     log_path = os.path.join(tempfile.gettempdir(), f"t5x_lite-error-{os.getpid()}.log")
@@ -168,10 +145,25 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
       traceback.print_exc(file=f)
     # Gin appends "In call to configurable 'train' (<function train at 0x...>)": noise here.
     message = re.sub(r"\n\s*In call to configurable [^\n]*", "", str(e))
-    print(f"t5x-lite: {type(e).__name__}: {message}\n(traceback in {log_path}; --verbose prints "
-          "it)", file=sys.stderr)
+    text = (f"(traceback in {log_path}; --verbose prints it)\n"
+            f"t5x-lite: {type(e).__name__}: {message}\n")
+    if entry:
+      _print_last(text, log_path)
+    else:
+      print(text, end="", file=sys.stderr)
     return 1
   return 0
+
+
+def _print_last(text: str, log_path: str) -> None:
+  """Writes `text` to stderr and sends what this process writes there afterwards to log_path."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  terminal = os.dup(2)
+  with open(log_path, "a", encoding="utf-8") as log:
+    os.dup2(log.fileno(), 2)  # sys.stderr and C++ code both write to descriptor 2
+  os.write(terminal, text.encode("utf-8"))
+  os.close(terminal)
 
 
 if __name__ == "__main__":

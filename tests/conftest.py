@@ -1,11 +1,19 @@
-"""Test-wide settings. No network, ever: transformers / huggingface_hub must not try the hub."""
+"""Test-wide settings. No network, ever: transformers / huggingface_hub must not try the hub.
+
+The tests run with the XLA flags and TensorFlow device setting the entry point uses
+(importing t5x_lite sets neither): applied here, before any test starts JAX.
+"""
 
 import os
 
 import pytest
 
+from t5x_lite import tf_devices, xla_flags
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+xla_flags.apply_defaults()
+tf_devices.hide_gpus_from_tf()
 
 
 @pytest.fixture(autouse=True, scope="session")

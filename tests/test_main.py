@@ -49,7 +49,9 @@ def test_errors_are_one_short_message_with_the_fix(tmp_path):
   lines = result.stderr.strip().splitlines()
   assert "Traceback" not in result.stderr and len(lines) <= 6, result.stderr
   assert "--gin.MODEL_DIR=VALUE" in result.stderr
-  log_path = lines[-1].split("traceback in ")[1].split(";")[0]
+  # The message comes last, below the line naming the log file.
+  assert lines[0].startswith("(traceback in ") and lines[1].startswith("t5x-lite: ValueError: ")
+  log_path = lines[0].split("traceback in ")[1].split(";")[0]
   with open(log_path, encoding="utf-8") as f:
     assert "Traceback" in f.read()
   verbose = _run(["--gin_file=recipes/quickstart.gin", "--verbose"], cwd=tmp_path)
@@ -77,7 +79,7 @@ def test_a_macro_that_nothing_reads_stops_the_run_before_any_work(tmp_path):
                  "--gin.INITIAL_CHECKPOINT_PATH=/nonexistent/checkpoints/5",
                  "--gin.TRAIN_STEPS=1"], cwd=tmp_path)
   assert result.returncode == 1
-  assert result.stderr.splitlines()[0] == (
+  assert result.stderr.splitlines()[-1] == (
       "t5x-lite: ValueError: --gin.INITIAL_CHECKPOINT_PATH is set but nothing in these gin "
       "files reads it (%INITIAL_CHECKPOINT_PATH); add --gin_file=runs/finetune.gin")
   assert not model_dir.exists()  # stopped before any data or model work
