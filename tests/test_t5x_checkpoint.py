@@ -1,0 +1,252 @@
+"""t5x checkpoints: read what google-research/t5x wrote, write what t5x restores.
+
+The fixtures (tests/fixtures/t5x_checkpoints, made by make_fixtures.py there with t5x itself):
+t5x's Checkpointer output after two t5x train steps of tiny models of t5x's examples/t5
+network (v1.0 relu tied, v1.1 gated untied) and flaxformer's T5 architecture (v1.1), t5x's
+logits and the parameters after t5x's third train step; and what t5x's Checkpointer restored
+from `lite_written/`, a checkpoint t5x_lite's save_t5x_checkpoint wrote
+(write_lite_checkpoint.py).
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import serialization
+
+from t5x_lite import convert, models, network, optimizers, partitioning, t5x_checkpoint, trainer
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "t5x_checkpoints")
+NAMES = ("examples_v1_0", "examples_v1_1", "flaxformer_v1_1")
+BATCH_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+              "decoder_loss_weights")
+
+
+def fixture_config(name, **overrides):
+  with open(os.path.join(FIXTURES, "fixtures.json")) as f:
+    fields = dict(json.load(f)[name])
+  fields.pop("code")
+  return network.T5Config(**{"dropout_rate": 0.0, **fields, **overrides})
+
+
+def checkpoint(name):
+  return os.path.join(FIXTURES, name, "checkpoint_2")
+
+
+def reference(name):
+  return dict(np.load(os.path.join(FIXTURES, f"{name}.npz")))
+
+
+def flat(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flat(value, f"{prefix}{key}/"))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def t5x_layout(path, array):
+  """t5x's 2-D attention kernels from t5x_lite's 3-D ones (independent of the module)."""
+  if path.endswith("/out/kernel"):
+    return array.reshape(-1, array.shape[-1])
+  if any(path.endswith(f"/{n}/kernel") for n in ("query", "key", "value")):
+    return array.reshape(array.shape[0], -1)
+  return array
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_t5x_checkpoints_load_and_give_t5x_logits(name):
+  config = fixture_config(name)
+  assert t5x_checkpoint.config_from_t5x_checkpoint(checkpoint(name), dropout_rate=0.0) == config
+  params = t5x_checkpoint.load_t5x_checkpoint(checkpoint(name), config)
+  ref = reference(name)
+  logits = np.asarray(network.Transformer(config).apply(
+      {"params": params}, *(ref[k] for k in BATCH_KEYS[:3])))
+  real = ref["decoder_target_tokens"] > 0  # padded positions are masked differently
+  assert real.sum() < real.size
+  # Same XLA ops on both sides: seen equal to the last bit; 1e-5 is ~10 float32 ulps here.
+  np.testing.assert_allclose(logits[real], ref["logits"][real], rtol=0, atol=1e-5)
+  assert np.abs(ref["logits"][real]).mean() > 0.5
+
+
+def train_one_step(config, params, opt_state, step, batch):
+  t = trainer.Trainer(models.EncoderDecoderModel(config, z_loss=1e-4,
+                                                 loss_normalizing_factor="NONE"),
+                      optimizers.adafactor(optimizers.constant_schedule(0.01), decay_rate=0.8),
+                      partitioning.Partitioner())
+  _, shardings = t.state_shardings({k: v.shape for k, v in batch.items()})
+  state = jax.device_put(trainer.TrainState(step=np.int32(step), params=params,
+                                            opt_state=opt_state), shardings)
+  new, metrics = t.train_step(state, batch)
+  params = jax.device_get(new.params)
+  return (convert.unstack_layers(params, config) if config.scan_layers else params), metrics
+
+
+# Both families, both code paths, t5x's square (v_row/v_col swapped) and non-square kernels,
+# and t5x_lite's scanned layout.
+@pytest.mark.parametrize("name,scan", [("examples_v1_0", False), ("examples_v1_1", True),
+                                       ("flaxformer_v1_1", False)])
+def test_one_train_step_from_t5x_adafactor_state_equals_t5xs(name, scan):
+  config = fixture_config(name, scan_layers=scan)
+  params, opt_state, step = t5x_checkpoint.load_t5x_checkpoint(
+      checkpoint(name), config, with_optimizer_state=True)
+  assert step == 2 and int(opt_state.count) == 2
+  ref = reference(name)
+  batch = {k: ref[k] for k in BATCH_KEYS}
+  after, metrics = train_one_step(config, params, opt_state, step, batch)
+  # t5x's loss is the sum over target tokens (loss_normalizing_factor None).
+  assert float(metrics["loss"]) * batch["decoder_loss_weights"].sum() == pytest.approx(
+      float(ref["loss"]), rel=1e-5)
+  before = flat(convert.unstack_layers(params, config) if scan else params)
+  moved = 0.0
+  for path, value in flat(after).items():
+    expected = ref[f"after/{path}"]
+    # Seen: 1.2e-7 (one float32 ulp of the parameters); 1e-6 absolute as asked.
+    np.testing.assert_allclose(t5x_layout(path, value), expected, rtol=0, atol=1e-6,
+                               err_msg=path)
+    moved = max(moved, float(np.abs(t5x_layout(path, before[path]) - expected).max()))
+  assert moved > 1e-3  # the step did move the parameters
+  if name == "examples_v1_0":
+    # Control: the same step from fresh statistics lands > 1e-5 away from t5x's.
+    fresh = jax.tree_util.tree_map(np.zeros_like, opt_state)
+    other, _ = train_one_step(config, params, fresh, step, batch)
+    assert max(float(np.abs(t5x_layout(p, v) - ref[f"after/{p}"]).max())
+               for p, v in flat(other).items()) > 1e-5
+
+
+def lite_writer():
+  spec = importlib.util.spec_from_file_location(
+      "write_lite_checkpoint", os.path.join(FIXTURES, "write_lite_checkpoint.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def estimate(v_row, v_col, shape, rows_first):
+  """Adafactor's second-moment estimate v_row x v_col / mean(v_row) in `shape`."""
+  outer = np.outer(v_row, v_col) / v_row.mean()
+  return (outer if rows_first else outer.T).reshape(shape)
+
+
+def test_t5x_restores_a_checkpoint_t5x_lite_wrote(tmp_path):
+  config, lite_params, opt_state, step = lite_writer().lite_state()
+  restored = dict(np.load(os.path.join(FIXTURES, "lite_written_restored.npz")))
+  assert int(restored["state/step"]) == step == 7
+  params = flat(convert.unstack_layers(lite_params, config))
+  stats = {}
+  is_state = lambda x: isinstance(x, optimizers.ParamState)
+  for keys, state in jax.tree_util.tree_flatten_with_path(opt_state.param_states,
+                                                          is_leaf=is_state)[0]:
+    path = "/".join(k.key for k in keys)
+    for stat in ("v_row", "v_col", "v"):
+      value = getattr(state, stat)
+      if value is None:
+        continue
+      if path.split("/")[1] == "layers":  # scanned: one entry per layer
+        for i, layer in enumerate(np.asarray(value)):
+          stats[path.replace("/layers/", f"/layers_{i}/", 1) + f"/{stat}"] = layer
+      else:
+        stats[f"{path}/{stat}"] = np.asarray(value)
+  assert {k for k in restored if k.startswith("target/")} == {f"target/{p}" for p in params}
+  for path, value in params.items():
+    np.testing.assert_array_equal(restored[f"target/{path}"], t5x_layout(path, value), path)
+    t5x_shape = restored[f"target/{path}"].shape
+    if f"{path}/v" in stats:
+      np.testing.assert_array_equal(restored[f"state/param_states/{path}/v"],
+                                    stats[f"{path}/v"], path)
+      continue
+    v_row, v_col = (restored[f"state/param_states/{path}/{k}"] for k in ("v_row", "v_col"))
+    assert v_row.size == min(t5x_shape) and restored[f"state/param_states/{path}/v"].size == 1
+    # t5x's estimate (v_row along its smaller dim) equals t5x_lite's (v_row along embed).
+    smaller_first = np.argsort(t5x_shape, kind="stable")[-2] == 0
+    lite_row, lite_col = stats[f"{path}/v_row"].ravel(), stats[f"{path}/v_col"].ravel()
+    embed_first = path.endswith(("query/kernel", "key/kernel", "value/kernel", "wi/kernel",
+                                 "wi_0/kernel", "wi_1/kernel", "logits_dense/kernel"))
+    np.testing.assert_allclose(estimate(v_row, v_col, t5x_shape, smaller_first),
+                               estimate(lite_row, lite_col, t5x_shape, embed_first),
+                               rtol=1e-6, err_msg=path)
+  # Today's writer still writes what t5x was shown to restore, and reads it back exactly.
+  written = t5x_checkpoint.save_t5x_checkpoint(str(tmp_path), lite_params, step, opt_state,
+                                               config=config)
+  assert written == str(tmp_path / "checkpoint_7") and not list(tmp_path.glob("*.tmp-*"))
+  mine = t5x_checkpoint.read_t5x_checkpoint(written)
+  committed = t5x_checkpoint.read_t5x_checkpoint(os.path.join(FIXTURES, "lite_written",
+                                                              "checkpoint_7"))
+  for a, b in zip(mine[:2], committed[:2]):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], "/".join(key))
+  loaded, loaded_state, loaded_step = t5x_checkpoint.load_t5x_checkpoint(
+      written, config, with_optimizer_state=True)
+  assert loaded_step == 7
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, lite_params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded_state,
+                         jax.tree_util.tree_map(np.asarray, opt_state))
+
+
+def copy_fixture(tmp_path, name="examples_v1_0"):
+  target = tmp_path / "checkpoint_2"
+  shutil.copytree(checkpoint(name), target)
+  return target
+
+
+def edit_msgpack(directory, edit):
+  path = directory / "checkpoint"
+  contents = serialization.msgpack_restore(path.read_bytes())
+  edit(contents["optimizer"])
+  path.write_bytes(serialization.msgpack_serialize(contents))
+
+
+def test_bad_checkpoints_name_the_array_and_the_path(tmp_path):
+  v1_0 = fixture_config("examples_v1_0")
+  load = t5x_checkpoint.load_t5x_checkpoint
+  Error = t5x_checkpoint.T5xCheckpointError  # pylint: disable=invalid-name
+  # Another family: the missing and the unknown arrays, and what the checkpoint is.
+  with pytest.raises(Error, match=r"examples_v1_0/checkpoint_2 does not fit this T5Config: "
+                     r"arrays it lacks: \['decoder/layers_0/mlp/wi_0/kernel'.*arrays the config "
+                     r"has no place for: \['decoder/layers_0/mlp/wi/kernel'.*"
+                     r"feed_forward='relu', tie_word_embeddings=True"):
+    load(checkpoint("examples_v1_0"), fixture_config("examples_v1_1"))
+  # Another size: the array and both shapes.
+  with pytest.raises(Error, match=r"array decoder/layers_0/mlp/wi/kernel has shape \(16, 32\); "
+                     r"the T5Config expects \(16, 48\)"):
+    load(checkpoint("examples_v1_0"), fixture_config("examples_v1_0", d_ff=48))
+  with pytest.raises(Error, match=r"array \S+/(query|key|value)/kernel has shape \(16, 8\); "
+                     r"the T5Config expects \(16, 12\) \(t5x_lite's \(16, 2, 6\)\)"):
+    load(checkpoint("examples_v1_0"), fixture_config("examples_v1_0", d_kv=6))
+  # A missing array.
+  directory = copy_fixture(tmp_path / "missing")
+  edit_msgpack(directory, lambda o: o["target"]["encoder"]["layers_1"]["mlp"].pop("wo"))
+  with pytest.raises(Error, match=r"arrays it lacks: \['encoder/layers_1/mlp/wo/kernel'\]"):
+    load(str(directory), v1_0)
+  # A truncated array file, and a missing one.
+  directory = copy_fixture(tmp_path / "truncated")
+  chunk = directory / "target.encoder.layers_0.mlp.wi.kernel" / "0.0"
+  chunk.write_bytes(chunk.read_bytes()[:40])
+  with pytest.raises(Error, match=r"cannot read array encoder/layers_0/mlp/wi/kernel from "
+                     r".*target.encoder.layers_0.mlp.wi.kernel.*damaged"):
+    load(str(directory), v1_0)
+  chunk.unlink()
+  with pytest.raises(Error, match=r"encoder/layers_0/mlp/wi/kernel .*1 of its 1 chunk files "
+                     "are missing"):
+    load(str(directory), v1_0)
+  # Directories that are no t5x checkpoint.
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(Error, match=rf"{empty} is not a t5x checkpoint: .*checkpoint_<step>/"):
+    load(str(empty), v1_0)
+  model_dir = tmp_path / "missing"
+  with pytest.raises(Error, match=rf"{model_dir} is a t5x model directory.*"
+                     rf"{model_dir / 'checkpoint_2'} \(steps \[2\]\)"):
+    load(str(model_dir), v1_0)
+  (empty / "checkpoint").write_bytes(b"\xc1 not msgpack")
+  with pytest.raises(Error, match=rf"{empty / 'checkpoint'} is not a t5x checkpoint file"):
+    load(str(empty), v1_0)
+  assert t5x_checkpoint.is_t5x_checkpoint(checkpoint("examples_v1_0"))
+  assert not t5x_checkpoint.is_t5x_checkpoint(str(model_dir))
