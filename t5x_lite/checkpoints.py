@@ -45,7 +45,7 @@ from t5x_lite import configs
 from t5x_lite import run_dir as run_dir_lib
 from t5x_lite import storage
 from t5x_lite import vocab_identity
-from t5x_lite.trainer import TrainState
+from t5x_lite.train_state import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -658,7 +658,8 @@ def restore_model_params(model, partitioner, checkpoint_path: str, vocabulary=No
   """A model's parameters (no optimizer state) from a checkpoint, in the partitioner's shardings.
 
   Args:
-    model: an EncoderDecoderModel (its init gives the parameter shapes).
+    model: a model_interface.Model (its init of dummy_input_shapes() gives the parameter
+      shapes).
     partitioner: a partitioning.Partitioner.
     checkpoint_path: MODEL_DIR/checkpoints/<step>, its .../state, or a checkpoints
       directory (its latest step).
@@ -667,7 +668,7 @@ def restore_model_params(model, partitioner, checkpoint_path: str, vocabulary=No
 
   Raises: as restore_state; a damaged or non-finite checkpoint is an error, never output.
   """
-  shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
+  shapes = model.dummy_input_shapes()
   # Parameter shapes do not depend on the batch shapes; eval_shape allocates nothing.
   boxed = jax.eval_shape(lambda r: model.init(r, shapes), jax.random.PRNGKey(0))
   shardings = partitioner.param_shardings(boxed)

@@ -32,7 +32,7 @@ from t5x_lite.tasks import vocab
 T5Config = gin.external_configurable(network.T5Config)
 gin.external_configurable(models.EncoderDecoderModel)
 gin.external_configurable(models.DecodingSettings)
-# Encoder-only models (e.g. `train.model = @SequenceClassificationModel()`).
+# Encoder-only models (e.g. `MODEL = @SequenceClassificationModel()`, the model of every run mode).
 for _cls in (heads.SequenceClassificationModel, heads.TokenClassificationModel,
              heads.QuestionAnsweringModel):
   gin.external_configurable(_cls)

@@ -19,7 +19,7 @@ from etils import epath
 
 from t5x_lite import checkpoints as checkpoints_lib
 from t5x_lite import evaluation
-from t5x_lite import models as models_lib
+from t5x_lite import model_interface
 from t5x_lite import partitioning
 from t5x_lite.run_dir import RunDir
 from t5x_lite.summaries import SummaryWriter, read_history
@@ -51,7 +51,7 @@ def checkpoint_paths(model_dir: Optional[str], checkpoint_path: Optional[str],
 
 
 def evaluate(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-             batch_size: int, model: models_lib.EncoderDecoderModel,
+             batch_size: int, model: model_interface.Model,
              model_dir: Optional[str] = None, checkpoint_path: Optional[str] = None,
              checkpoint_steps: Union[str, Sequence[int]] = "latest", split: str = "validation",
              partitioner: Optional[partitioning.Partitioner] = None,
@@ -64,7 +64,8 @@ def evaluate(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     task_feature_lengths: TASK_FEATURE_LENGTHS — {"inputs": Li, "targets": Lt}; Lt is the
       decode length unless DecodingSettings.max_decode_length is set.
     batch_size: BATCH_SIZE — global batch for decoding and scoring.
-    model: the EncoderDecoderModel (model gin file; decoding via DecodingSettings).
+    model: MODEL — the model the checkpoints were trained with (a model_interface.Model from
+      the model gin file or recipe; the encoder-decoder decodes with DecodingSettings).
     model_dir: MODEL_DIR — a training run; its checkpoints/<step> are evaluated.
     checkpoint_path: CHECKPOINT_PATH — evaluate this one checkpoint (overrides model_dir).
     checkpoint_steps: with model_dir: "latest", "all", or a list of steps.

@@ -20,7 +20,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite import data
-from t5x_lite import models as models_lib
+from t5x_lite import model_interface
 from t5x_lite import partitioning
 
 # The batch entry that carries each row's sampling key to the predict fn.
@@ -107,7 +107,7 @@ def example_keys(seed: int, task_names: Union[str, Sequence[str]], indices: Sequ
   return np.asarray(_keys(seed, numbers, indices, subs))
 
 
-def make_predict_fn(model: models_lib.EncoderDecoderModel):
+def make_predict_fn(model: model_interface.Model):
   """fn(params, batch) -> (tokens [B, L], scores [B]); batch[KEYS] holds each row's sampling
   key (uint32 [B, 2], `example_keys`): a row's sample depends on its example alone."""
 
@@ -120,12 +120,11 @@ def make_predict_fn(model: models_lib.EncoderDecoderModel):
 
 
 def sampling_seed(model) -> int:
-  """The model's DecodingSettings.seed (0 for the encoder heads, which sample nothing)."""
-  decoding = getattr(model, "decoding", None)
-  return decoding.seed if decoding is not None else 0
+  """The model's DecodingSettings.seed (0 for a model that samples nothing: decoding None)."""
+  return model.decoding.seed if model.decoding is not None else 0
 
 
-def make_score_fn(model: models_lib.EncoderDecoderModel):
+def make_score_fn(model: model_interface.Model):
   """fn(params, batch) -> [B] summed target log-likelihood (jitted)."""
   return jax.jit(model.score_batch)
 
@@ -156,8 +155,7 @@ class InferEvaluator:
   """A seqio.Evaluator bound to a model: build once (it caches the eval data), run per step.
 
   Args:
-    model, partitioner: the model (EncoderDecoderModel or a t5x_lite.heads model) and
-      its Partitioner.
+    model, partitioner: the model (a model_interface.Model) and its Partitioner.
     mixture_or_task_name: task or mixture whose metric fns are computed.
     task_feature_lengths: {"inputs": Li, "targets": Lt}; Lt is the default decode length.
     batch_size: global batch for decoding / scoring.
@@ -165,7 +163,7 @@ class InferEvaluator:
     num_examples: at most this many examples per task (None: all).
   """
 
-  def __init__(self, model: models_lib.EncoderDecoderModel,
+  def __init__(self, model: model_interface.Model,
                partitioner: partitioning.Partitioner, mixture_or_task_name: str,
                task_feature_lengths: Mapping[str, int], batch_size: int,
                split: str = "validation", num_examples: Optional[int] = None):

@@ -7,13 +7,14 @@ encoder's parameters plus the head's: for T5-Efficient-TINY (vocab 32128) 11,372
 the head against 15,570,688 for the encoder-decoder; without the shared embedding, the
 encoder's layers are 43% of the two stacks' (the decoder's layers also cross-attend).
 
-The models have EncoderDecoderModel's surface, so the Trainer, the run modes and the
+The models implement model_interface.Model, so the Trainer, the run modes and the
 partitioner use them unchanged: init, loss_fn (summed metrics: loss, correct, labelled
-count), normalizer, loss_weights, score_batch, predict_batch(_with_aux), plus
+count), normalizer, loss_weights, score_batch, predict_batch(_with_aux),
 feature_converter(pack) — the seqio converter that makes their batches
-(t5x_lite/head_features.py) — and load_encoder, which starts a head from an
-encoder-decoder checkpoint (orbax or HF directory): encoder loaded, decoder dropped, head
-fresh. Predictions are ids of the task's targets vocabulary (t5x_lite.tasks.labels:
+(t5x_lite/head_features.py) — and initial_checkpoint_params = (token_embedder, encoder):
+a head starts from an encoder-decoder checkpoint (orbax or HF directory, read by
+t5x_lite.initial_params) with the encoder loaded, the decoder dropped and the head fresh.
+Predictions are ids of the task's targets vocabulary (t5x_lite.tasks.labels:
 class c is id c + 1) or answer tokens, which seqio decodes as it decodes generated text.
 
 Head parameters carry the logical axes `embed` and `labels` (the class axis; partitioning
@@ -22,15 +23,10 @@ and Adafactor have rules for it).
 
 from typing import Optional
 
-from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import orbax.checkpoint as ocp
 
-from t5x_lite import checkpoints
-from t5x_lite import convert
 from t5x_lite import head_features
 from t5x_lite import layers
 from t5x_lite import network
@@ -157,14 +153,23 @@ def _max_log_prob(logits):
 
 
 class EncoderHeadModel:
-  """What every head shares: the network, init, loss_fn and the encoder from a checkpoint.
+  """What every head shares: the network, init and loss_fn; a model_interface.Model.
 
   Subclasses define feature_converter, loss_weights, _losses, score_batch and _predict_fn.
   """
+  # model_interface.Model's attributes.
   # Heads predict deterministically: no DecodingSettings (the evaluator seeds sampling from it).
   decoding = None
   # Only the inputs are embedded; targets are labels, tags or answer positions.
   token_features = ("inputs",)
+  # One label (or answer) per example: a row holds one example.
+  can_pack = False
+  # INITIAL_CHECKPOINT_PATH gives the encoder (t5x_lite.initial_params): a T5 checkpoint's
+  # decoder is dropped, the head starts fresh.
+  initial_checkpoint_params = ENCODER_PARAMS
+  # HF transformers has no T5 encoder with a pooled classifier or a span head.
+  hf_export_format = None
+  examples_heading = "Predicted examples (the model's head, no decoding):"
 
   def __init__(self, config: network.T5Config, num_outputs: int, pooling: Optional[str],
                pre_classifier: bool, dropout_rate: Optional[float]):
@@ -180,6 +185,10 @@ class EncoderHeadModel:
   def uses_dropout(self) -> bool:
     """Whether training needs a dropout RNG (the encoder's or the head's dropout is on)."""
     return bool(self.dropout_rate or self.config.dropout_rate or self.config.attention_dropout)
+
+  def dummy_input_shapes(self):
+    """Batch shapes for `init` (parameter shapes do not depend on them)."""
+    return {"encoder_input_tokens": (1, 1)}
 
   def init(self, rng, input_shapes):
     """Boxed (logically partitioned) params from shapes {"encoder_input_tokens": (B, L), ...}."""
@@ -222,10 +231,6 @@ class EncoderHeadModel:
 
   def predict_batch(self, params, batch, rng=None):
     return self.predict_batch_with_aux(params, batch, rng)[0]
-
-  def load_encoder(self, path: str, params):
-    """`params` with token_embedder / encoder taken from a checkpoint (see load_encoder)."""
-    return load_encoder(path, params, self.config)
 
 
 class SequenceClassificationModel(EncoderHeadModel):
@@ -303,6 +308,8 @@ class TokenClassificationModel(EncoderHeadModel):
     num_labels: tags (CoNLL-2003 NER: 9).
     dropout_rate: the head's dropout; None: T5Config.dropout_rate.
   """
+  can_pack = True  # Tags are per token: packed rows keep each example's own.
+  hf_export_format = "T5ForTokenClassification"
 
   def __init__(self, config: network.T5Config, num_labels: int = 9,
                dropout_rate: Optional[float] = None):
@@ -419,52 +426,3 @@ class QuestionAnsweringModel(EncoderHeadModel):
     answer = jnp.take_along_axis(tokens, jnp.minimum(index, tokens.shape[1] - 1), axis=1)
     return jnp.where(keep, answer, 0).astype(jnp.int32), {"scores": score}
 
-
-# ---------------------------------------------------------------- the encoder of a checkpoint
-
-
-def is_hf_directory(path: str) -> bool:
-  """Whether `path` (local or remote) is a HF transformers model directory."""
-  return (epath.Path(path) / "config.json").is_file()
-
-
-def load_encoder(path: str, params, config: network.T5Config):
-  """`params` with token_embedder and encoder replaced by those of a checkpoint.
-
-  The checkpoint's decoder (and head, if it has one) is dropped; params' other entries
-  (the head, freshly initialised) are kept. Values are cast to params' dtypes and put in
-  their shardings.
-
-  Args:
-    path: an orbax checkpoint of a t5x_lite model with this encoder (MODEL_DIR/checkpoints/
-      <step>, its state, or a checkpoints directory: the latest step), or a local HF
-      directory (T5ForConditionalGeneration, T5EncoderModel, T5ForTokenClassification).
-    params: the model's (sharded) params.
-    config: the model's T5Config (its scan_layers decides the layout read from HF).
-
-  Raises:
-    ValueError: the checkpoint's encoder does not fit (each parameter path with both shapes).
-  """
-  target = {k: params[k] for k in ENCODER_PARAMS}
-  if is_hf_directory(path):
-    _, loaded = convert.load_hf_encoder(path, scan_layers=config.scan_layers)
-    checkpoints.check_shapes(loaded, target, path)
-    loaded = jax.tree_util.tree_map(
-        lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), loaded, target)
-  else:
-    loaded = _restore_orbax_encoder(checkpoints.resolve_checkpoint_path(path), target)
-  return {**params, **loaded}
-
-
-def _restore_orbax_encoder(state_path: str, target):
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    metadata = checkpointer.metadata(state_path)
-    saved = getattr(metadata, "item_metadata", metadata).tree["params"]
-    missing = [k for k in ENCODER_PARAMS if k not in saved]
-    if missing:
-      raise ValueError(f"The checkpoint {state_path} has no {missing} parameters: "
-                       "INITIAL_CHECKPOINT_PATH must hold a T5 encoder.")
-  abstract = jax.tree_util.tree_map(
-      lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=t.sharding), target)
-  # Verified like every restore: a damaged or non-finite array is refused, by name.
-  return checkpoints.restore_params(state_path, abstract, subset=True)

@@ -49,7 +49,7 @@ from t5x_lite import checkpoints
 from t5x_lite import configs
 from t5x_lite import data
 from t5x_lite import evaluation
-from t5x_lite import models as models_lib
+from t5x_lite import model_interface
 from t5x_lite import partitioning
 from t5x_lite import run_dir as run_dir_lib
 
@@ -416,7 +416,7 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
 
 def infer(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
           task_feature_lengths: Mapping[str, int], batch_size: int,
-          model: models_lib.EncoderDecoderModel, split: str = "validation",
+          model: model_interface.Model, split: str = "validation",
           partitioner: Optional[partitioning.Partitioner] = None, shard_id: int = 0,
           num_shards: int = 1, chunk_batches: int = 8, max_examples: Optional[int] = None,
           max_chunks: Optional[int] = None) -> str:
@@ -431,7 +431,8 @@ def infer(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
     task_feature_lengths: TASK_FEATURE_LENGTHS — longer inputs/targets are truncated.
     batch_size: BATCH_SIZE — global batch (all processes of this job together).
     split: SPLIT — the split to read ("validation", "test", ...).
-    model: the EncoderDecoderModel or encoder head model (model gin file).
+    model: MODEL — the model the checkpoint was trained with (a model_interface.Model from
+      the model gin file or recipe).
     partitioner: mesh and rules; default partitioning.Partitioner().
     shard_id, num_shards: SHARD_ID / NUM_SHARDS — this job does the source examples with
       index % num_shards == shard_id of each task and writes its own file.
@@ -447,7 +448,7 @@ def infer(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
 
 def score(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
           task_feature_lengths: Mapping[str, int], batch_size: int,
-          model: models_lib.EncoderDecoderModel, split: str = "validation",
+          model: model_interface.Model, split: str = "validation",
           partitioner: Optional[partitioning.Partitioner] = None, shard_id: int = 0,
           num_shards: int = 1, chunk_batches: int = 8, max_examples: Optional[int] = None,
           max_chunks: Optional[int] = None) -> str:

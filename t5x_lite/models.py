@@ -105,7 +105,7 @@ class DecodingSettings:
 
 
 class EncoderDecoderModel:
-  """T5 model = network + loss; what the trainer, evaluator and decoders call.
+  """T5 model = network + loss; a model_interface.Model (what the run modes call).
 
   Attributes (gin):
     config: the T5Config (gin: `EncoderDecoderModel.config = @T5Config()`, in the family
@@ -117,9 +117,15 @@ class EncoderDecoderModel:
       (t5x pretraining uses a constant, e.g. 233472).
     decoding: DecodingSettings for predict_batch (default: greedy, targets length).
   """
+  # model_interface.Model's attributes.
   # Task features read as tokens of the shared embedding (data.check_task checks their
   # vocabulary against config.vocab_size).
   token_features = ("inputs", "targets")
+  can_pack = True
+  # All parameters from INITIAL_CHECKPOINT_PATH (t5x_lite.initial_params).
+  initial_checkpoint_params = None
+  hf_export_format = "T5ForConditionalGeneration"
+  examples_heading = "Generated examples (greedy unless DecodingSettings says otherwise):"
 
   def __init__(self, config: network.T5Config, z_loss: float = 1e-4,
                label_smoothing: float = 0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
@@ -143,6 +149,10 @@ class EncoderDecoderModel:
     """The seqio.FeatureConverter that makes this model's batches (module docstring)."""
     import seqio  # pylint: disable=g-import-not-at-top  # keep `import models` free of TF
     return seqio.EncDecFeatureConverter(pack=pack)
+
+  def dummy_input_shapes(self):
+    """Batch shapes for `init` (parameter shapes do not depend on them)."""
+    return {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
 
   def init(self, rng, input_shapes):
     """Boxed (logically partitioned) params from shapes {"encoder_input_tokens": (B, Li), ...}."""

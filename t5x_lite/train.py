@@ -15,8 +15,8 @@ from t5x_lite import configs
 from t5x_lite import data
 from t5x_lite import evaluation as evaluation_lib
 from t5x_lite import gin_utils
-from t5x_lite import heads
-from t5x_lite import models as models_lib
+from t5x_lite import initial_params
+from t5x_lite import model_interface
 from t5x_lite import optimizers
 from t5x_lite import partitioning
 from t5x_lite import preemption
@@ -66,8 +66,10 @@ def restore_or_init(trainer: trainer_lib.Trainer, abstract, input_shapes, manage
   """Resume from MODEL_DIR if it has checkpoints, else start from the initial checkpoint, else init.
 
   Resuming wins over INITIAL_CHECKPOINT_PATH: a preempted finetune must continue, not restart.
-  An encoder head model (t5x_lite/heads.py) takes only the encoder of INITIAL_CHECKPOINT_PATH
-  (an orbax checkpoint or a HF directory): decoder dropped, head and optimizer fresh.
+  INITIAL_CHECKPOINT_PATH (an orbax checkpoint or a HF directory) gives the model's
+  `initial_checkpoint_params` (t5x_lite.initial_params): all parameters, or some entries (an
+  encoder head takes the encoder: decoder dropped, head fresh), with a fresh optimizer state
+  unless RestoreConfig.restore_optimizer_state (full orbax states only).
   A damaged latest step is skipped for the newest readable one (CheckpointManager.restore).
 
   Args:
@@ -81,24 +83,27 @@ def restore_or_init(trainer: trainer_lib.Trainer, abstract, input_shapes, manage
     state = manager.restore(abstract, dataset_iterator)
     log.info("Resumed from %s/%d.", manager.directory, int(jax.device_get(state.step)))
     return state
-  if initial_checkpoint and isinstance(trainer.model, heads.EncoderHeadModel):
-    if initial_checkpoint.restore_optimizer_state:
-      raise ValueError("RestoreConfig.restore_optimizer_state=True: an encoder head model "
-                       "starts from the encoder of INITIAL_CHECKPOINT_PATH with a fresh "
-                       "optimizer; set it False.")
-    log.info("Starting from the encoder of %s (decoder dropped, head initialised from seed "
-             "%d).", initial_checkpoint.path, trainer.seed)
-    state = trainer.init_state(input_shapes)
-    return state.replace(params=trainer.model.load_encoder(initial_checkpoint.path,
-                                                           state.params))
-  if initial_checkpoint:
+  model = trainer.model
+  if initial_checkpoint and initial_checkpoint.restore_optimizer_state:
+    why_not = initial_params.restores_optimizer_state(model, initial_checkpoint.path)
+    if why_not:
+      raise ValueError(f"RestoreConfig.restore_optimizer_state=True: {why_not}; set it False.")
     path = checkpoints_lib.resolve_checkpoint_path(initial_checkpoint.path)
-    if initial_checkpoint.restore_optimizer_state:
-      log.info("Starting from %s (parameters and optimizer state).", path)
-      return checkpoints_lib.restore_state(path, abstract, manager.vocabulary)
-    log.info("Starting from the parameters of %s with a fresh optimizer state.", path)
+    log.info("Starting from %s (parameters and optimizer state).", path)
+    return checkpoints_lib.restore_state(path, abstract, manager.vocabulary)
+  if initial_checkpoint and model.initial_checkpoint_params is not None:
+    log.info("Starting from the %s parameters of %s (the others initialised from seed %d).",
+             "/".join(model.initial_checkpoint_params), initial_checkpoint.path, trainer.seed)
+    state = trainer.init_state(input_shapes)
+    return state.replace(params=initial_params.load(model, initial_checkpoint.path,
+                                                    state.params, manager.vocabulary))
+  if initial_checkpoint:
+    log.info("Starting from the parameters of %s with a fresh optimizer state.",
+             initial_checkpoint.path)
+    # Read straight into their shardings: no fresh parameters are made and discarded.
     return trainer.state_from_params(
-        checkpoints_lib.restore_params(path, abstract.params, manager.vocabulary), input_shapes)
+        initial_params.load(model, initial_checkpoint.path, abstract.params, manager.vocabulary),
+        input_shapes)
   log.info("No checkpoint in MODEL_DIR and no INITIAL_CHECKPOINT_PATH: initialising from seed %d.",
            trainer.seed)
   return trainer.init_state(input_shapes)
@@ -213,17 +218,14 @@ def _close_quietly(closeable) -> None:
 
 
 def _report(run_dir: RunDir, manager, loss_png, eval_writer, predictions_path, rows, metrics,
-            print_examples, decodes: bool = True):
+            print_examples, examples_heading: str):
   """Prints (process 0) a few infer-eval predictions, the final metrics and where outputs are.
 
-  `decodes`: the model generates its predictions (an EncoderDecoderModel); a head model
-  (t5x_lite.heads) predicts labels, spans or tags, which are not generated.
+  `examples_heading`: the model's line above the examples (model_interface.Model).
   """
   lines = []
   if rows and print_examples:
-    lines += ["Generated examples (greedy unless DecodingSettings says otherwise):" if decodes
-              else "Predicted examples (the model's head, no decoding):",
-              evaluation_lib.format_examples(rows, print_examples)]
+    lines += [examples_heading, evaluation_lib.format_examples(rows, print_examples)]
   if metrics:
     lines.append(f"Final eval metrics (all in {eval_writer.history_path}): "
                  f"{evaluation_lib.brief(metrics)}")
@@ -242,7 +244,7 @@ def _report(run_dir: RunDir, manager, loss_png, eval_writer, predictions_path, r
   print("\n".join(lines), flush=True)
 
 
-def train(*, model_dir: str, train_steps: int, model: models_lib.EncoderDecoderModel,
+def train(*, model_dir: str, train_steps: int, model: model_interface.Model,
           train_dataset: configs.DatasetConfig, optimizer=None,
           partitioner: Optional[partitioning.Partitioner] = None, num_microbatches: int = 1,
           seed: int = 0, checkpoint: configs.CheckpointConfig = configs.CheckpointConfig(),
@@ -255,8 +257,8 @@ def train(*, model_dir: str, train_steps: int, model: models_lib.EncoderDecoderM
   Args (gin; the run files gin/runs/*.gin bind the macros in capitals):
     model_dir: MODEL_DIR — checkpoints, summaries, config.gin and loss.png (t5x_lite.run_dir).
     train_steps: TRAIN_STEPS — total steps (a resumed run continues up to this step).
-    model: an EncoderDecoderModel, or an encoder head model (t5x_lite/heads.py); its
-      T5Config comes from a gin/models file.
+    model: MODEL — a model_interface.Model: the EncoderDecoderModel or an encoder head
+      model (t5x_lite/heads.py); its T5Config comes from a gin/models file.
     train_dataset: what to train on (MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE).
     optimizer: (transform, schedule); default optimizers.adafactor().
     partitioner: mesh + rules; default partitioning.Partitioner().
@@ -285,10 +287,8 @@ def train(*, model_dir: str, train_steps: int, model: models_lib.EncoderDecoderM
                   max_consecutive_nonfinite, train_dataset, evaluation, partitioner, model)
   run_dir = RunDir(model_dir)
   if initial_checkpoint and not run_dir.checkpoint_steps():
-    # Fails fast if wrong; an encoder head also reads a HF directory (heads.load_encoder).
-    if not (isinstance(model, heads.EncoderHeadModel) and heads.is_hf_directory(
-        initial_checkpoint.path)):
-      checkpoints_lib.resolve_checkpoint_path(initial_checkpoint.path)
+    # Fails fast if wrong: an orbax checkpoint or a HF directory (t5x_lite.initial_params).
+    initial_params.check_path(initial_checkpoint.path)
   lock = _take_lock(run_dir, force_lock)
   try:
     with preemption.StopRequest() as stop_request:
@@ -405,13 +405,17 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
   trainer = trainer_lib.Trainer(model, optimizer or optimizers.adafactor(), partitioner,
                                 num_microbatches=num_microbatches, seed=seed)
   local_batch = train_dataset.batch_size // jax.process_count()
+  if train_dataset.pack and not model.can_pack:
+    log.info("%s keeps one example per row: training unpacked (DatasetConfig.pack = True "
+             "ignored).", type(model).__name__)
 
   def dataset(config: configs.DatasetConfig, num_epochs=None):
+    pack = config.pack and model.can_pack
     return data.get_dataset(config.mixture_or_task_name, config.task_feature_lengths,
                             split=config.split, batch_size=local_batch, shuffle=config.shuffle,
-                            seed=config.seed, pack=config.pack, use_cached=config.use_cached,
+                            seed=config.seed, pack=pack, use_cached=config.use_cached,
                             shard_info=data.host_shard_info(), num_epochs=num_epochs,
-                            feature_converter=model.feature_converter(config.pack))
+                            feature_converter=model.feature_converter(pack))
 
   train_ds = dataset(train_dataset)
   iterator = data.DatasetIterator(train_ds)
@@ -457,7 +461,7 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
       if jax.process_index() == 0:
         _report(run_dir, manager, plot_loss_curve(run_dir), eval_writer,
                 run_eval.predictions_path, run_eval.predictions, eval_metrics,
-                evaluation.print_examples, isinstance(model, models_lib.EncoderDecoderModel))
+                evaluation.print_examples, model.examples_heading)
     manager.close()
     return state, eval_metrics
   except BaseException:

@@ -1,23 +1,15 @@
-"""TrainState and the jitted, sharded train / eval steps (with microbatching)."""
+"""The jitted, sharded train / eval steps (with microbatching) of any model_interface.Model."""
 
-from typing import Any, Optional
+from typing import Optional
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from t5x_lite import models as models_lib
+from t5x_lite import model_interface
 from t5x_lite import partitioning
-
-
-@flax.struct.dataclass
-class TrainState:
-  """What a checkpoint holds: the step, the (unboxed) params and the optimizer state."""
-  step: jax.Array
-  params: Any
-  opt_state: Any
+from t5x_lite.train_state import TrainState
 
 
 def _all_finite(tree) -> jax.Array:
@@ -38,7 +30,7 @@ class Trainer:
   """Owns the model, optimizer and partitioner; builds jitted steps with in/out shardings.
 
   Args:
-    model: an EncoderDecoderModel or an encoder head model (t5x_lite/heads.py).
+    model: a model_interface.Model (EncoderDecoderModel, a t5x_lite/heads.py model, ...).
     optimizer: (optax.GradientTransformation, schedule) as optimizers.adafactor returns;
       its init gets the boxed params (Adafactor reads their logical axis names), its update
       the train step as `step` (a skipped non-finite step still advances the schedule).
@@ -50,7 +42,7 @@ class Trainer:
       a microbatched step the same masks as the full batch).
   """
 
-  def __init__(self, model: models_lib.EncoderDecoderModel, optimizer,
+  def __init__(self, model: model_interface.Model, optimizer,
                partitioner: partitioning.Partitioner, num_microbatches: int = 1, seed: int = 0):
     self.model = model
     tx, self.schedule = optimizer
@@ -141,8 +133,7 @@ class Trainer:
       return (add(grads_acc, grads), add(metrics_acc, metrics)), None
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    zero_metrics = {k: jnp.zeros((), jnp.float32)
-                    for k in ("loss_sum", "z_loss_sum", "correct", "num_tokens")}
+    zero_metrics = {k: jnp.zeros((), jnp.float32) for k in model_interface.LOSS_METRICS}
     microbatches = _split_microbatches(batch, self.num_microbatches)
     (grads, metrics), _ = jax.lax.scan(body, (zeros, zero_metrics), microbatches)
     return grads, metrics

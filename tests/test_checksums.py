@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_lite import checkpoints, checksums, configs, heads, network, trainer
+from t5x_lite import checkpoints, checksums, configs, heads, initial_params, network, trainer
 from t5x_lite.run_dir import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +108,7 @@ def test_a_head_refuses_an_initial_checkpoint_with_a_flipped_byte_naming_the_arr
   head_params = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), nn.unbox(
       jax.eval_shape(lambda r: model.init(r, {"encoder_input_tokens": (1, 4)}),
                      jax.random.PRNGKey(0))))
-  loaded = heads.load_encoder(str(step), head_params, config)  # intact: the saved values
+  loaded = initial_params.load(model, str(step), head_params)  # intact: the saved values
   np.testing.assert_array_equal(loaded["token_embedder"]["embedding"],
                                 params["token_embedder"]["embedding"])
   largest = max((step / "state" / "ocdbt.process_0" / "d").iterdir(), key=os.path.getsize)
@@ -119,7 +119,7 @@ def test_a_head_refuses_an_initial_checkpoint_with_a_flipped_byte_naming_the_arr
     f.seek(os.path.getsize(largest) // 2)
     f.write(bytes([byte ^ 1]))
   with pytest.raises(checkpoints.CheckpointError) as refusal:
-    heads.load_encoder(str(step), head_params, config)
+    initial_params.load(model, str(step), head_params)
   assert str(refusal.value) == (
       f"The checkpoint {step / 'state'} is damaged: 1 array(s) differ from the checksums saved "
       "with them: params/token_embedder/embedding. It cannot be used; the run has no other "

@@ -141,8 +141,10 @@ def test_periodic_infer_eval_during_training(tmp_path, capsys):
 
 
 def test_run_mode_gin_files_parse_and_run(run_dir, tmp_path):
-  common = u.TINY_GIN + [f"--gin.MIXTURE_OR_TASK_NAME={u.TASK}", "--gin.BATCH_SIZE=8",
-                         f"--gin.TASK_FEATURE_LENGTHS={json.dumps(u.LENGTHS)}"]
+  # The model file defines MODEL, the model every run file reads.
+  common = ["--gin_file=models/t5_1_0.gin"] + u.TINY_GIN + [
+      f"--gin.MIXTURE_OR_TASK_NAME={u.TASK}", "--gin.BATCH_SIZE=8",
+      f"--gin.TASK_FEATURE_LENGTHS={json.dumps(u.LENGTHS)}"]
   results = main.main(["--run_mode=eval", "--gin_file=runs/eval.gin",
                        f"--gin.MODEL_DIR={run_dir}", f"--gin.OUTPUT_DIR={tmp_path / 'eval'}",
                        "--gin.CHECKPOINT_STEPS=[4, 8]"] + common)

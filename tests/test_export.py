@@ -19,7 +19,8 @@ def test_export_gives_hf_model_with_the_same_logits(tmp_path):
   u.train_tiny(tmp_path / "run", 2)
   gin.clear_config()
   try:
-    out = main.main(["--run_mode=export", "--gin_file=runs/export.gin",
+    out = main.main(["--run_mode=export", "--gin_file=models/t5_1_0.gin",
+                     "--gin_file=runs/export.gin",
                      f"--gin.CHECKPOINT_PATH={tmp_path / 'run' / 'checkpoints'}",
                      f"--gin.OUTPUT_DIR={tmp_path / 'hf'}"] + u.TINY_GIN)
   finally:

@@ -14,8 +14,8 @@ import transformers
 
 import head_tasks
 import runmode_utils as u
-from t5x_lite import (checkpoints, configs, convert, evaluate, export, heads, infer, network,
-                      optimizers, partitioning, train, trainer)
+from t5x_lite import (checkpoints, configs, convert, evaluate, export, heads, infer,
+                      initial_params, network, optimizers, partitioning, train, trainer)
 from tree_utils import tree_max_abs_diff
 
 # runmode_utils' encoder-decoder shape: its checkpoints fit the heads' encoder.
@@ -143,7 +143,9 @@ def test_qa_head_learns_spans_from_scratch_and_restores(tmp_path):
 
 def test_encoder_that_does_not_fit_and_optimizer_state_are_refused(tmp_path, encoder_decoder):
   _, ed_checkpoint = encoder_decoder
-  with pytest.raises(ValueError, match="restore_optimizer_state=True: an encoder head model"):
+  with pytest.raises(ValueError, match="restore_optimizer_state=True: "
+                                       "SequenceClassificationModel starts from the "
+                                       "token_embedder/encoder parameters"):
     run_head(tmp_path / "cls", heads.SequenceClassificationModel(CONFIG), head_tasks.YES_NO,
              {"inputs": 16, "targets": 1}, 1, initial_checkpoint=configs.RestoreConfig(
                  ed_checkpoint, restore_optimizer_state=True))
@@ -152,7 +154,7 @@ def test_encoder_that_does_not_fit_and_optimizer_state_are_refused(tmp_path, enc
       jax.random.PRNGKey(0)))
   with pytest.raises(ValueError, match=r"encoder/layers_0/mlp/wi/kernel: checkpoint \(64, 128\) "
                                        r"vs model \(64, 96\)"):
-    narrow.load_encoder(ed_checkpoint, params)
+    initial_params.load(narrow, ed_checkpoint, params)
 
 
 # ---------------------------------------------------------------- microbatching with dropout
