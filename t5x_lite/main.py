@@ -10,6 +10,8 @@ Also installed as the `t5x-lite` console script. Flags:
                          traceback goes to a log file) and third-party logs.
   --coordinator_address, --num_processes, --process_id
                          multi-process runs (jax.distributed); automatic on TPU pods.
+  --heartbeat_timeout_seconds S
+                         a process silent this long stops the others with one line (10).
 """
 
 import argparse
@@ -22,6 +24,7 @@ import tempfile
 import traceback
 from typing import Optional, Sequence
 
+from t5x_lite import distributed
 from t5x_lite import gin_utils
 from t5x_lite import logs
 from t5x_lite import xla_flags
@@ -39,6 +42,8 @@ def parse_flags(argv: Sequence[str]):
   parser.add_argument("--coordinator_address", default=None)
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
+  parser.add_argument("--heartbeat_timeout_seconds", type=float,
+                      default=distributed.DEFAULT_HEARTBEAT_TIMEOUT_S)
   parser.add_argument("--multiprocess", action="store_true",
                       help="call jax.distributed.initialize() with auto-detection (TPU pods, "
                            "SLURM/Open MPI GPU clusters)")
@@ -73,9 +78,8 @@ def set_up_process(verbose: bool = False) -> None:
 def initialize_distributed(args):
   """jax.distributed.initialize from flags (or auto-detected) before any other JAX call."""
   if args.coordinator_address or args.multiprocess:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                               num_processes=args.num_processes, process_id=args.process_id)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           args.heartbeat_timeout_seconds, run_mode=args.run_mode)
 
 
 def list_tasks(pattern: str) -> str:
