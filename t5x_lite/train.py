@@ -218,7 +218,7 @@ def _close_quietly(closeable) -> None:
 
 
 def _report(run_dir: RunDir, manager, loss_png, eval_writer, predictions_path, rows, metrics,
-            print_examples, examples_heading: str):
+            print_examples, examples_heading: str = "Predicted examples:"):
   """Prints (process 0) a few infer-eval predictions, the final metrics and where outputs are.
 
   `examples_heading`: the model's line above the examples (model_interface.Model).
