@@ -33,7 +33,8 @@ import time
 import seqio
 import tensorflow as tf
 
-from t5x_lite import checkpoints, configs, models, network, optimizers, preemption, summaries
+from t5x_lite import checkpoints, configs, main as t5x_main, models, network, optimizers
+from t5x_lite import preemption, summaries
 from t5x_lite import train, trainer
 from t5x_lite.tasks import vocab
 
@@ -42,6 +43,7 @@ LENGTHS = {"inputs": 16, "targets": 16}
 PERIOD = 2
 # "PROCESS_ID,NUM_PROCESSES,PORT": this launch is one process of a multi-process run.
 PROCESS_ENV = "T5X_LITE_TEST_PROCESS"
+CLI_MARKER = "---- the command line on a full disk ----"
 
 
 def _examples(split, shuffle_files=False, seed=None):
@@ -162,7 +164,9 @@ def storage_faults(base):
   """Full and read-only disks, on a 64 MiB tmpfs mounted in this process's mount namespace.
 
   Prints one JSON object: for each attempt, "error" ("Type: message", or None), "seconds"
-  it took, and the checkpoint steps and the step training resumed from afterwards.
+  it took, and the checkpoint steps and the step training resumed from afterwards. Then
+  writes CLI_MARKER to stderr and ends as the command line does on a disk that fills during
+  the first save (`main.run()` as the process's entry, exit status 1): its stderr follows.
   """
   disk, read_only = os.path.join(base, "disk"), os.path.join(base, "read_only")
   for path, options in ((disk, "size=64m"), (read_only, "ro,size=1m")):
@@ -213,6 +217,22 @@ def storage_faults(base):
   attempt("resume", 8)
   attempt("read_only_model_dir", 4, model_dir=os.path.join(read_only, "run"))
   print(json.dumps(results), flush=True)
+
+  def filling_first_save(self, state, *args, **kwargs):
+    _fill(disk, leave_bytes=0)
+    return save(self, state, *args, **kwargs)
+
+  checkpoints.CheckpointManager.save = filling_first_save
+  print(CLI_MARKER, file=sys.stderr, flush=True)
+  sys.argv = ["t5x-lite", "--gin_file=models/tiny.gin", "--gin.T5Config.d_model=32",
+              "--gin.T5Config.d_ff=64", "--gin.T5Config.d_kv=8", "--gin.T5Config.num_heads=2",
+              "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1",
+              "--gin.T5Config.dropout_rate=0.0", "--gin_file=runs/pretrain.gin",
+              f"--gin.MIXTURE_OR_TASK_NAME={TASK}", f"--gin.MODEL_DIR={disk}/cli",
+              "--gin.BATCH_SIZE=4", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}",
+              "--gin.TRAIN_STEPS=2", f"--gin.CheckpointConfig.period={PERIOD}",
+              "--gin.train.progress_bar=False", "--gin.EvalConfig.steps=0"]
+  sys.exit(t5x_main.run())
 
 
 def _initialize_distributed(spec):

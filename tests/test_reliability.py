@@ -544,7 +544,7 @@ def test_full_and_read_only_disks_fail_fast_and_keep_the_last_checkpoint(tmp_pat
       ["unshare", "--user", "--map-root-user", "--mount", sys.executable, WORKER, "--storage",
        str(tmp_path)], capture_output=True, text=True, timeout=600, check=False,
       env=worker_env(tmp_path / "jax_cache"))
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
   attempts = json.loads(result.stdout.strip().splitlines()[-1])
   run = tmp_path / "disk" / "run"
   assert attempts["first"]["error"] is None and attempts["first"]["entries"] == ["2", "4"]
@@ -575,6 +575,19 @@ def test_full_and_read_only_disks_fail_fast_and_keep_the_last_checkpoint(tmp_pat
   assert error == (f"StorageError: MODEL_DIR={tmp_path}/read_only/run cannot be written: it is "
                    "not writable (permission denied or a read-only file system). Choose another "
                    "MODEL_DIR or fix the directory."), error
+
+  # The command line, on a disk that fills during its first save: the error is the last line
+  # on stderr; orbax logs its failed writes without tracebacks, and what comes after the
+  # message (asyncio's never-retrieved futures at exit) goes to the log file.
+  stderr = result.stderr.split(worker.CLI_MARKER, 1)[1]
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert lines[-1].startswith(
+      f"t5x-lite: StorageError: Saving the checkpoint of step 2 to {tmp_path}/disk/cli/"
+      "checkpoints failed: the disk is full (no space left on device)."), stderr[-3000:]
+  assert "Traceback" not in stderr and "_GatheringFuture" not in stderr, stderr[-3000:]
+  log_path = lines[-2].split("traceback in ")[1].split(";")[0]
+  with open(log_path, encoding="utf-8") as f:
+    assert "Traceback" in f.read()
 
 
 # ---- bad settings: one short message naming what to change, before any expensive work ----------
