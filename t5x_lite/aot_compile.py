@@ -30,9 +30,11 @@ GiB = 1024 ** 3
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-  """One TPU chip: HBM capacity and peak dense bf16 FLOP/s.
+  """One TPU chip: the HBM a program may use and the peak dense bf16 FLOP/s.
 
-  Figures from Google Cloud's TPU system-architecture pages (per chip).
+  hbm_bytes is what XLA lets one program use (less than the nominal 16/32/95 GiB): the
+  "available HBM" of its RESOURCE_EXHAUSTED message, libtpu 0.0.42.1. Peak FLOP/s from Google
+  Cloud's TPU system-architecture pages.
   """
   name: str
   hbm_bytes: int
@@ -41,10 +43,10 @@ class Chip:
 
 # By jax's device_kind.
 CHIPS = {
-    "TPU v4": Chip("v4", 32 * GiB, 275e12),
-    "TPU v5 lite": Chip("v5e", 16 * GiB, 197e12),
-    "TPU v5": Chip("v5p", 95 * GiB, 459e12),
-    "TPU v6 lite": Chip("v6e", 32 * GiB, 918e12),
+    "TPU v4": Chip("v4", int(30.75 * GiB), 275e12),
+    "TPU v5 lite": Chip("v5e", int(15.75 * GiB), 197e12),
+    "TPU v5": Chip("v5p", int(95.74 * GiB), 459e12),
+    "TPU v6 lite": Chip("v6e", int(31.25 * GiB), 918e12),
 }
 
 
@@ -314,9 +316,22 @@ def build(topology: str, num_slices: int = 1):
   return model, optimizer, partitioner, num_microbatches
 
 
+def _compile_or_none(name, compile_fn, *args):
+  """(Compiled, seconds), or (None, XLA's one-line reason) when the step does not fit: XLA
+  refuses to compile a program whose buffers exceed the chip's HBM."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    return compile_fn(*args)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return None, f"{name} step does NOT fit: {str(e).splitlines()[0]}"
+
+
 def run(topology: str, batch: int, inputs: int, targets: int, steps: Sequence[str] = ("train",),
         pack: bool = True, num_slices: int = 1) -> list:
-  """Compiles the requested steps ("train", "decode") for the topology; their StepReports."""
+  """Compiles the requested steps ("train", "decode") for the topology: a StepReport each, or
+  the line saying why XLA found that it does not fit in HBM."""
   from t5x_lite import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   model, optimizer, partitioner, num_microbatches = build(topology, num_slices)
   check_batch(batch, partitioner, num_microbatches, topology)
@@ -324,12 +339,15 @@ def run(topology: str, batch: int, inputs: int, targets: int, steps: Sequence[st
   reports = []
   if "train" in steps:
     trainer = trainer_lib.Trainer(model, optimizer, partitioner, num_microbatches)
-    compiled, seconds = compile_train_step(trainer, batch, inputs, targets, pack)
+    compiled, seconds = _compile_or_none("train", compile_train_step, trainer, batch, inputs,
+                                         targets, pack)
     flops = train_step_flops(model.config, batch, inputs, targets) / len(devices)
-    reports.append(_report("train", compiled, devices, seconds, flops))
+    reports.append(seconds if compiled is None
+                   else _report("train", compiled, devices, seconds, flops))
   if "decode" in steps:
-    compiled, seconds = compile_decode_step(model, partitioner, batch, inputs, targets)
-    reports.append(_report("decode", compiled, devices, seconds))
+    compiled, seconds = _compile_or_none("decode", compile_decode_step, model, partitioner,
+                                         batch, inputs, targets)
+    reports.append(seconds if compiled is None else _report("decode", compiled, devices, seconds))
   return reports
 
 
@@ -366,7 +384,7 @@ def main(argv=None):
     return 2
   print(f"{args.topology}: batch {batch}, lengths {inputs}/{targets}")
   for report in reports:
-    print("\n".join(report.lines()))
+    print(report if isinstance(report, str) else "\n".join(report.lines()))
   return 0
 
 

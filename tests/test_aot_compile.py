@@ -136,3 +136,16 @@ def test_a_loop_counted_once_falls_back_to_the_model_flops():
   unrolled = aot_compile.StepReport(flops=2.5e13, model_flops=2.0e13, **common)
   assert not unrolled.loop_undercounted
   assert unrolled.roofline_seconds == 2.5e13 / 197e12 and unrolled.max_mfu == pytest.approx(0.8)
+
+
+def test_a_step_that_exceeds_hbm_is_one_line_with_xla_figures(devices):
+  mesh = Mesh(np.array(devices[:1]).reshape(1, 1), ("data", "model"))
+  a = jax.ShapeDtypeStruct((65536, 128), jnp.float32, sharding=NamedSharding(mesh, P()))
+  # [65536, 65536] float32 scores (16 GiB) and their sorted copy: 32 GiB of temporaries.
+  big = lambda: (jax.jit(lambda a: jnp.sort(a @ a.T, axis=1)[:, :4]).lower(a).compile(), 0.0)
+  compiled, why = aot_compile._compile_or_none("train", big)  # pylint: disable=protected-access
+  assert compiled is None and "\n" not in why
+  assert why.startswith("train step does NOT fit: RESOURCE_EXHAUSTED")
+  # 2 * 65536**2 * 4 bytes = 32.0 GiB; aot_compile.CHIPS holds the available figure.
+  assert "(32.03G) exceeds available HBM (15.75G)" in why
+  assert aot_compile.CHIPS["TPU v5 lite"].hbm_bytes == int(15.75 * 2**30)
