@@ -7,8 +7,10 @@ Two layers:
     nothing about the model.
   - `decode(model, params, encoder_input_tokens, ...)` is the model glue: it encodes once,
     creates the KV cache (self-attention cache sized to max_decode_length, cross-attention
-    keys/values computed once per input, see layers.MultiHeadAttention), repeats the cache
-    per beam / per sample, and runs one of the loops, all in one jit.
+    keys/values computed once per input, see layers.MultiHeadAttention), repeats the
+    self-attention cache per beam / per sample (the cross-attention keys/values stay one copy
+    per input: the beams of an input attend it together), and runs one of the loops, all in
+    one jit.
 
 Conventions: decoding starts from token 0 (pad, T5's decoder start); outputs hold only the
 generated tokens (no start token), [.., max_decode_length], 0 after a sequence's EOS. A decoder
@@ -390,7 +392,8 @@ def init_cache(model, params, encoded, encoder_input_tokens, max_decode_length, 
     copies: rows per input (beams or samples), batch-major: row b*copies + c.
 
   Returns:
-    The 'cache' collection for batch*copies rows.
+    The 'cache' collection for batch*copies rows: self-attention entries repeated per row,
+    cross-attention keys/values once per input (all rows of an input read the same ones).
   """
   batch = encoder_input_tokens.shape[0]
   dummy = jnp.zeros((batch, max_decode_length), jnp.int32)
@@ -400,22 +403,28 @@ def init_cache(model, params, encoded, encoder_input_tokens, max_decode_length, 
 
   def expand(path, x):
     axis = _cache_batch_axis(path, scan)
-    return x if axis is None or copies == 1 else jnp.repeat(x, copies, axis=axis)
+    if axis is None or copies == 1 or _is_cross_attention(path):
+      return x
+    return jnp.repeat(x, copies, axis=axis)
 
-  return jax.tree_util.tree_map_with_path(expand, variables["cache"])
+  # The barrier keeps XLA from moving the cache's layout transposes (layers.MultiHeadAttention
+  # stores keys/values in the layout the attention matmuls read) into the decoding loop,
+  # where they would run at every step.
+  return jax.lax.optimization_barrier(
+      jax.tree_util.tree_map_with_path(expand, variables["cache"]))
 
 
 def gather_cache_rows(cache, rows, scan_layers=False):
   """Reorders the self-attention cache rows: row r becomes old row rows[r] (int32 [N]).
 
-  Cross-attention keys/values are the same for every beam of an input and beams never move
-  across inputs, so they are left alone (saves a copy of the encoder K/V per step).
+  Cross-attention keys/values are held once per input (see `init_cache`) and beams never
+  move across inputs, so they are left alone.
   """
   def gather(path, x):
     axis = _cache_batch_axis(path, scan_layers)
     if axis is None or _is_cross_attention(path):
       return x
-    return jnp.take(x, rows, axis=axis)
+    return jnp.take(x, rows, axis=axis, mode="clip")  # rows are in range: no fill select
 
   return jax.tree_util.tree_map_with_path(gather, cache)
 
@@ -423,8 +432,9 @@ def gather_cache_rows(cache, rows, scan_layers=False):
 def make_tokens_to_logits(model, params, encoded, encoder_input_tokens):
   """The step callback for t5x_lite's Transformer: one token [N, 1] -> logits [N, vocab].
 
-  encoded / encoder_input_tokens are already repeated to N rows; the encoder tokens give the
-  cross-attention padding mask (encoded itself is not read again: its K/V are cached).
+  encoded / encoder_input_tokens hold one row per input (batch = N / copies, as given to
+  `init_cache`); the encoder tokens give the cross-attention padding mask (encoded itself is
+  not read again: its K/V are cached).
   """
   def tokens_to_logits(tokens, cache):
     logits, variables = model.apply({"params": params, "cache": cache}, encoded,
@@ -444,8 +454,7 @@ def _decode_jit(params, encoder_input_tokens, rng, prompt, *, model, max_decode_
   copies = num_beams if method == "beam" else num_decodes
   encoded = model.apply({"params": params}, encoder_input_tokens, method=model.encode)
   cache = init_cache(model, params, encoded, encoder_input_tokens, max_decode_length, copies)
-  step = make_tokens_to_logits(model, params, jnp.repeat(encoded, copies, axis=0),
-                               jnp.repeat(encoder_input_tokens, copies, axis=0))
+  step = make_tokens_to_logits(model, params, encoded, encoder_input_tokens)
   if rng.ndim == 2 and copies > 1:  # per-input keys: one key per sample of each input
     rng = jax.vmap(lambda key: jax.random.split(key, copies))(rng).reshape(-1, 2)
   if method == "beam":

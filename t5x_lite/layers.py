@@ -222,9 +222,17 @@ class MultiHeadAttention(nn.Module):
 
     decode=True (autoregressive decoding, inputs of length 1):
       self-attention keeps keys/values in the 'cache' collection (`cached_key`,
-      `cached_value` [batch, max_len, heads, head_dim] and `cache_index`), created by a call
+      `cached_value` [batch, heads, max_len, head_dim] and `cache_index`), created by a call
       on full-length inputs; cross-attention (cross_attention=True) projects the encoder
-      output once, on the call that creates the cache, and reuses it at every step.
+      output once, on the call that creates the cache, into `cached_key` / `cached_value`
+      [enc_batch, heads, head_dim, enc_len], and reuses them at every step. These are the
+      operand layouts XLA:CPU's attention matmuls read (decoding.init_cache keeps XLA from
+      moving the transposes back into its loop): a [batch, length, heads, head_dim] cache was
+      transposed whole, every layer, at every step. A step may decode
+      several rows per encoder input (beams, samples: inputs_q has enc_batch * copies rows,
+      batch-major); their queries then attend their input's one copy of the encoder
+      keys/values as `copies` query positions, and query_segment_ids / kv_segment_ids keep
+      their shapes [enc_batch * copies, 1] / [enc_batch, enc_len].
 
     Returns:
       [batch, q_len, embed].
@@ -234,10 +242,21 @@ class MultiHeadAttention(nn.Module):
     query = self._projection("query", query_init)(inputs_q)
     key_projection, value_projection = self._projection("key"), self._projection("value")
     query_offset = 0
+    rows = inputs_q.shape[0]
     if decode and cross_attention:
       # The projections run only when the cache entry is created (once per input).
-      key = self.variable("cache", "cached_key", key_projection, inputs_kv).value
-      value = self.variable("cache", "cached_value", value_projection, inputs_kv).value
+      key = _from_cross_layout(self.variable(
+          "cache", "cached_key", lambda: _to_cross_layout(key_projection(inputs_kv))).value)
+      value = _from_cross_layout(self.variable(
+          "cache", "cached_value", lambda: _to_cross_layout(value_projection(inputs_kv))).value)
+      copies = rows // key.shape[0]
+      if copies * key.shape[0] != rows:
+        raise ValueError(f"Decoding {rows} rows against cross-attention keys/values of "
+                         f"{key.shape[0]} encoder inputs: rows must be a multiple of them.")
+      if copies > 1:  # the copies of an input become query positions of its one K/V copy
+        query = query.reshape((key.shape[0], copies * query.shape[1]) + query.shape[2:])
+        if query_segment_ids is not None:
+          query_segment_ids = query_segment_ids.reshape(key.shape[0], -1)
     else:
       key, value = key_projection(inputs_kv), value_projection(inputs_kv)
       if decode:
@@ -257,25 +276,57 @@ class MultiHeadAttention(nn.Module):
         kv_segment_ids=kv_segment_ids, causal=causal, query_offset=query_offset,
         dropout_rate=0.0 if deterministic else self.dropout_rate, dropout_rng=dropout_rng,
         row_ids=row_ids, impl=self.impl, block_q=self.block_q, block_k=self.block_k)
+    out = out.reshape((rows, -1) + out.shape[2:])  # folded copies back to their rows
     return DenseGeneral((inputs_q.shape[-1],), ("heads", "kv", "embed"), contract=2,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
 
   def _update_cache(self, key, value):
     """Writes this step's key/value [batch, 1, heads, head_dim] at cache_index.
 
-    Returns the full cached keys/values and the query's absolute position.
+    Returns the full cached keys/values as [batch, max_len, heads, head_dim] views of the
+    [batch, heads, max_len, head_dim] cache, and the query's absolute position.
     """
     is_initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, _cache_shape(key.shape),
+                               key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, _cache_shape(value.shape),
+                                 value.dtype)
     cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if not is_initialized:  # The creating call only sizes the cache.
       return key, value, 0
     if key.shape[1] != 1:
       raise ValueError(f"Cached decoding feeds one token per step, got length {key.shape[1]}.")
     index = cache_index.value
-    cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, key, index, axis=1)
-    cached_value.value = jax.lax.dynamic_update_slice_in_dim(cached_value.value, value, index,
-                                                             axis=1)
+    # [batch, 1, heads, d] -> [batch, heads, 1, d]: a reshape, no data movement (length 1).
+    cached_key.value = jax.lax.dynamic_update_slice_in_dim(
+        cached_key.value, _to_cache_layout(key), index, axis=2)
+    cached_value.value = jax.lax.dynamic_update_slice_in_dim(
+        cached_value.value, _to_cache_layout(value), index, axis=2)
     cache_index.value = index + 1
-    return cached_key.value, cached_value.value, index
+    return _from_cache_layout(cached_key.value), _from_cache_layout(cached_value.value), index
+
+
+def _cache_shape(shape):
+  """[batch, length, heads, head_dim] -> the cache's [batch, heads, length, head_dim]."""
+  return (shape[0], shape[2], shape[1], shape[3])
+
+
+def _to_cache_layout(x):
+  """[batch, length, heads, head_dim] -> [batch, heads, length, head_dim]."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def _from_cache_layout(x):
+  """[batch, heads, length, head_dim] -> a [batch, length, heads, head_dim] view: the
+  attention einsums contract it in the cache's own layout (XLA folds the two transposes)."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def _to_cross_layout(x):
+  """[batch, length, heads, head_dim] -> [batch, heads, head_dim, length]."""
+  return jnp.transpose(x, (0, 2, 3, 1))
+
+
+def _from_cross_layout(x):
+  """[batch, heads, head_dim, length] -> a [batch, length, heads, head_dim] view."""
+  return jnp.transpose(x, (0, 3, 1, 2))

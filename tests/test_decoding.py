@@ -449,3 +449,48 @@ def test_decoder_prompt_is_forced_and_not_scored():
   per_token = np.take_along_axis(log_probs, tokens[:, :, None], axis=-1)[..., 0]
   np.testing.assert_allclose(scores[:, 0], np.where(free, per_token, 0.0).sum(1), rtol=1e-5,
                              atol=1e-5)
+
+
+def _while_body_ops(hlo_text):
+  """(op, element count) of every instruction in the decode loop's body and the fusions it
+  calls, from XLA's optimised HLO text."""
+  import re  # pylint: disable=g-import-not-at-top
+  comps = {m.group(1): m.group(2) for m in re.finditer(
+      r"^(?:ENTRY )?%([\w.\-]+) .*?\{\n(.*?)\n\}", hlo_text, re.S | re.M)}
+  (body,) = re.findall(r" while\(.*?body=%([\w.\-]+)", hlo_text)
+  ops, todo = [], [body]
+  while todo:
+    text = comps[todo.pop()]
+    todo += re.findall(r"calls=%([\w.\-]+)", text)
+    for shape, op in re.findall(r"= \w+\[([\d,]*)\]\S* ([\w\-]+)\(", text):
+      ops.append((op, int(np.prod([int(d) for d in shape.split(",") if d]))))
+  return ops
+
+
+def test_beam_cache_layout_and_loop_body():
+  """The beams of an input share one copy of its cross-attention keys/values, and the
+  decoding loop reads both caches in place: no transpose in the compiled loop body is as
+  large as one layer's cross-attention keys (XLA used to transpose every cached key and
+  value of every layer at every step). The beams' tokens are checked against HF above."""
+  _, config, params = _models("gated-gelu")
+  model = network.Transformer(config)
+  x = jnp.asarray(_inputs(4))
+  beams, (batch, enc_len) = 3, x.shape
+  encoded = model.apply({"params": params}, x, method=model.encode)
+  cache = decoding.init_cache(model, params, encoded, x, MAX_LEN, copies=beams)
+  heads, d_kv = config.num_heads, config.d_kv
+  for i in range(config.num_decoder_layers):
+    layer = cache["decoder"][f"layers_{i}"]
+    for name in ("cached_key", "cached_value"):
+      assert layer["encoder_decoder_attention"][name].shape == (batch, heads, d_kv, enc_len)
+      assert layer["self_attention"][name].shape == (batch * beams, heads, MAX_LEN, d_kv)
+
+  kwargs = dict(model=model, max_decode_length=MAX_LEN, method="beam", num_decodes=1,
+                num_beams=beams, temperature=1.0, top_k=0, top_p=1.0, alpha=0.6,
+                length_penalty="t5x", early_stopping="never", eos_id=1)
+  hlo = decoding._decode_jit.lower(params, x, jax.random.PRNGKey(0), None,  # pylint: disable=protected-access
+                                   **kwargs).compile().as_text()
+  ops = _while_body_ops(hlo)
+  assert sum(op == "dot" for op, _ in ops) >= 4 * config.num_decoder_layers  # the loop's body
+  cross_size = batch * heads * d_kv * enc_len
+  assert [(op, n) for op, n in ops if op == "transpose" and n >= cross_size] == []
