@@ -228,9 +228,9 @@ def measure(args, hf, model, params, batch_size, device, workdir, ct2_dir):
       worker.close()
       t5x_cells = (f" {n / statistics.median(t5x_times):.0f} | "
                    f"{peers.ratio_summary(times['ours'], t5x_times)} | {t5x_agree} |")
-    ct2_cells = "".join(
-        f" {times_hf(times, f'ct2_{c}')} | {peers.ratio_summary(times['ours'], times[f'ct2_{c}'])} |"
-        for c in compute_types)
+    ct2_cells = "".join(f" {times_hf(times, f'ct2_{c}')} | "
+                        f"{peers.ratio_summary(times['ours'], times[f'ct2_{c}'])} |"
+                        for c in compute_types)
     rows.append(f"| {method} | {batch_size} | {steps} | {n / statistics.median(times['ours']):.0f} "
                 f"| {n / statistics.median(times['hf']):.0f} | {times_hf(times, 'ours')} |"
                 f"{ct2_cells} {compile_s:.1f} | "

@@ -488,8 +488,8 @@ def test_beam_cache_layout_and_loop_body():
   kwargs = dict(model=model, max_decode_length=MAX_LEN, method="beam", num_decodes=1,
                 num_beams=beams, temperature=1.0, top_k=0, top_p=1.0, alpha=0.6,
                 length_penalty="t5x", early_stopping="never", eos_id=1)
-  hlo = decoding._decode_jit.lower(params, x, jax.random.PRNGKey(0), None,  # pylint: disable=protected-access
-                                   **kwargs).compile().as_text()
+  decode_jit = decoding._decode_jit  # pylint: disable=protected-access
+  hlo = decode_jit.lower(params, x, jax.random.PRNGKey(0), None, **kwargs).compile().as_text()
   ops = _while_body_ops(hlo)
   assert sum(op == "dot" for op, _ in ops) >= 4 * config.num_decoder_layers  # the loop's body
   cross_size = batch * heads * d_kv * enc_len
