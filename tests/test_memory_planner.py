@@ -89,3 +89,22 @@ def test_command_line_reads_the_model_gin_file(capsys):
   out = capsys.readouterr().out
   assert out.startswith("0.08B parameters on a 2x4 mesh, batch 8, lengths 512/114:")
   assert "| parameters |" in out and "| total |" in out
+
+
+def test_fsdp_counts_the_gathered_layer_and_its_gradient():
+  # T5 v1.1 XXL's decoder layer: 8 attention kernels [4096, 64 * 64], gated-GELU wi_0, wi_1, wo
+  # [4096, 10240] and 3 norm scales; gathered whole (float32) and its gradient before the
+  # reduce-scatter: 2 * 4 bytes * 260,059,136 parameters = 1.94 GiB per chip on a 256x1 mesh.
+  xxl = network.T5Config(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64,
+                         num_encoder_layers=24, num_decoder_layers=24, feed_forward="gated-gelu",
+                         tie_word_embeddings=False, dtype="bfloat16", scan_layers=True,
+                         remat_policy="full")
+  layer = 8 * 4096 * 4096 + 3 * 4096 * 10240 + 3 * 4096
+  assert memory_planner.fsdp_gathered_bytes(xxl, {"data": 256, "model": 1}) == 8 * layer
+  fsdp = memory_planner.plan(xxl, {"data": 256, "model": 1}, 256, 512, 114, fsdp=True)
+  assert fsdp.fsdp_gathered == 8 * layer
+  assert fsdp.total == (fsdp.params + fsdp.optimizer_state + fsdp.gradients + fsdp.activations
+                        + 8 * layer)
+  # XLA's per-chip total for this step on v5e-256 (t5x_lite.aot_compile): 2.44 GiB.
+  assert abs(fsdp.total / (2.44 * 2**30) - 1) < 0.05
+  assert memory_planner.plan(xxl, {"data": 32, "model": 8}, 256, 512, 114).fsdp_gathered == 0
