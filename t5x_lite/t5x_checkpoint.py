@@ -633,7 +633,7 @@ def save_t5x_checkpoint(model_dir, params, step: int, optimizer_state=None, *,
   # leaves no directory that looks like a checkpoint.
   directory = final if gcs else final.parent / f"{final.name}.tmp-{int(time.time())}"
   directory.mkdir(parents=True, exist_ok=True)
-  tree, writes = {}, []
+  tree, opened = {}, []
 
   def add(path, array, to_tensorstore):
     if not to_tensorstore:
@@ -643,7 +643,7 @@ def save_t5x_checkpoint(model_dir, params, step: int, optimizer_state=None, *,
     spec = _spec(name, array, gcs)
     tree[path] = spec
     absolute = dict(_absolute_spec(spec, directory), dtype=array.dtype.name)
-    writes.append(ts.open(absolute, create=True, delete_existing=True).result().write(array))
+    opened.append((ts.open(absolute, create=True, delete_existing=True), array))
 
   for p in boxes:
     add(("target",) + p, np.ascontiguousarray(flat[p].reshape(_t5x_shape(p, flat[p].shape))),
@@ -652,6 +652,8 @@ def save_t5x_checkpoint(model_dir, params, step: int, optimizer_state=None, *,
       # As t5x: factored vectors and placeholders in the msgpack, full-size ones zarr.
       add(("state", "param_states") + p + (key,), value,
           key in ("v", "m") and value.shape != _PLACEHOLDER.shape)
+  # All opens, then all writes, in flight together (a bucket answers each in a round trip).
+  writes = [store.result().write(array) for store, array in opened]
   for write in writes:
     write.result()
   tree[("state", "step")] = np.asarray(step, np.int32)

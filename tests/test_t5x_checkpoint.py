@@ -256,3 +256,26 @@ def test_bad_checkpoints_name_the_array_and_the_path(tmp_path):
     load(str(empty), v1_0)
   assert t5x_checkpoint.is_t5x_checkpoint(checkpoint("examples_v1_0"))
   assert not t5x_checkpoint.is_t5x_checkpoint(str(model_dir))
+
+
+def test_save_and_load_on_a_bucket():
+  """gs:// through TensorStore's gcs driver (a local GCS emulator); the specs are t5x's."""
+  import fake_bucket  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  config = fixture_config("examples_v1_0")
+  params, opt_state, step = t5x_checkpoint.load_t5x_checkpoint(
+      checkpoint("examples_v1_0"), config, with_optimizer_state=True)
+  with fake_bucket.gcs_emulator() as bucket:
+    written = t5x_checkpoint.save_t5x_checkpoint(f"{bucket}/run", params, step, opt_state,
+                                                 config=config)
+    assert written == f"{bucket}/run/checkpoint_2"
+    contents = serialization.msgpack_restore((epath.Path(written) / "checkpoint").read_bytes())
+    # t5x's portable gcs spec: a dummy bucket, the array's name beside the kvstore.
+    spec = contents["optimizer"]["target"]["token_embedder"]["embedding"]
+    assert spec["kvstore"] == {"driver": "gcs", "bucket": "t5x-dummy-bucket"}
+    assert spec["path"] == "target.token_embedder.embedding"
+    loaded, loaded_state, loaded_step = t5x_checkpoint.load_t5x_checkpoint(
+        written, config, with_optimizer_state=True)
+  assert loaded_step == 2
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded_state, opt_state)
