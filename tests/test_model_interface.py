@@ -211,6 +211,11 @@ def test_a_recipe_model_is_the_model_of_every_run_mode(clean_gin, tmp_path, reci
     bound = gin.query_parameter(f"{name}.model")  # %MODEL
     assert (bound.configurable.wrapped, bound.scopes[-1]) == (gin.config.macro, "MODEL")
     assert gin.query_parameter("MODEL/gin.macro.value").configurable.wrapped is kind, mode
+  # An older recipe's own `train.model = @X()` still wins for training (the later binding).
+  gin.clear_config()
+  gin_utils.parse([f"recipes/{recipe}"], ["train.model = @TokenClassificationModel()"],
+                  finalize=False, register_builtin_tasks=False)
+  assert gin.query_parameter("train.model").configurable.wrapped is heads.TokenClassificationModel
   # The run mode itself: exporting the sequence head fails naming it, before any checkpoint.
   gin.clear_config()
   gin_utils.parse(["recipes/glue_sst2_encoder.gin", "runs/export.gin"],
