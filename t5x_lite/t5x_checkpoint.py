@@ -60,9 +60,11 @@ FORMAT_VERSION = 3
 CHECKPOINT_FILE = "checkpoint"
 _STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
 _STATS = ("v_row", "v_col", "v", "m")
-# t5x writes arrays larger than nothing through TensorStore in zarr chunks of at most this.
+# t5x's zarr chunks hold at most this many bytes.
 _CHUNK_BYTES = 64 * 1024 * 1024
 _PLACEHOLDER = np.zeros((1,), np.float32)  # t5x's stand-in for a statistic it does not keep
+# Files only orbax writes (t5x's checkpoint_utils tells the formats apart by them too).
+_ORBAX_FILES = ("_METADATA", "_CHECKPOINT_METADATA")
 
 
 class T5xCheckpointError(ValueError):
@@ -72,10 +74,6 @@ class T5xCheckpointError(ValueError):
 # ---------------------------------------------------------------- paths
 
 
-def _path(path) -> epath.Path:
-  return epath.Path(path)
-
-
 def checkpoint_dir(path) -> epath.Path:
   """The `checkpoint_<step>` directory of `path` (that directory or its `checkpoint` file).
 
@@ -83,10 +81,14 @@ def checkpoint_dir(path) -> epath.Path:
     T5xCheckpointError: `path` is neither; when it is a model directory holding t5x
       checkpoints, the message lists them.
   """
-  path = _path(path)
+  path = epath.Path(path)
   if path.name == CHECKPOINT_FILE and path.is_file():
-    return path.parent
+    path = path.parent
   if (path / CHECKPOINT_FILE).is_file():
+    if any((path / name).exists() for name in _ORBAX_FILES):
+      raise T5xCheckpointError(
+          f"{path} is an orbax checkpoint (it has {' or '.join(_ORBAX_FILES)}), not one in "
+          "t5x's msgpack + TensorStore layout.")
     return path
   if path.is_dir():
     steps = sorted((int(m.group(1)), child.name) for child in path.iterdir()
@@ -275,17 +277,7 @@ def _t5x_shape(path, shape):
 
 def _boxed(config: network.T5Config):
   """{path: nn.LogicallyPartitioned of ShapeDtypeStruct} of config's parameters."""
-  return _flatten_boxes(network._param_shapes(config))  # pylint: disable=protected-access
-
-
-def _flatten_boxes(tree, prefix=()):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten_boxes(value, prefix + (key,)))
-    else:
-      out[prefix + (key,)] = value
-  return out
+  return _flatten(network._param_shapes(config))  # pylint: disable=protected-access
 
 
 def _per_layer(config):
@@ -475,7 +467,8 @@ def _stack_tree(flat_per_layer, config):
   return out
 
 
-def _unstack_tree(flat, config):
+def _unstack_tree(flat):
+  """The inverse of _stack_tree: `layers` entries split into layers_0, layers_1, ..."""
   out = {}
   for path, value in flat.items():
     if len(path) > 1 and path[1] == "layers":
@@ -483,7 +476,6 @@ def _unstack_tree(flat, config):
         out[(path[0], f"layers_{i}") + path[2:]] = value[i]
     else:
       out[path] = value
-  del config
   return out
 
 
@@ -616,10 +608,10 @@ def save_t5x_checkpoint(model_dir, params, step: int, optimizer_state=None, *,
   params = _plain_params(params)
   flat = {p: np.asarray(v) for p, v in _flatten(params).items()}
   if "layers" in params.get("encoder", {}):
-    flat = _unstack_tree(flat, config)
+    flat = _unstack_tree(flat)
   per_layer = _per_layer(config)
   boxes = _boxed(per_layer)
-  final = _path(model_dir) / f"checkpoint_{int(step)}"
+  final = epath.Path(model_dir) / f"checkpoint_{int(step)}"
   _check_names(flat, boxes, "params")
   for p, box in boxes.items():
     if tuple(flat[p].shape) != tuple(box.value.shape):
@@ -688,7 +680,7 @@ def _lite_stats(optimizer_state, boxes, config):
   out = {}
   for key, flat in per_stat.items():
     if any(len(p) > 1 and p[1] == "layers" for p in flat):
-      flat = _unstack_tree(flat, config)
+      flat = _unstack_tree(flat)
     for p, value in flat.items():
       out.setdefault(p, {})[key] = value
   missing = sorted("/".join(p) for p in boxes if p not in out)

@@ -251,11 +251,18 @@ def test_bad_checkpoints_name_the_array_and_the_path(tmp_path):
   with pytest.raises(Error, match=rf"{model_dir} is a t5x model directory.*"
                      rf"{model_dir / 'checkpoint_2'} \(steps \[2\]\)"):
     load(str(model_dir), v1_0)
+  orbax = tmp_path / "orbax"
+  orbax.mkdir()
+  (orbax / "checkpoint").write_bytes(b"")
+  (orbax / "_CHECKPOINT_METADATA").write_text("{}")
+  with pytest.raises(Error, match=rf"{orbax} is an orbax checkpoint"):
+    load(str(orbax), v1_0)
   (empty / "checkpoint").write_bytes(b"\xc1 not msgpack")
   with pytest.raises(Error, match=rf"{empty / 'checkpoint'} is not a t5x checkpoint file"):
     load(str(empty), v1_0)
   assert t5x_checkpoint.is_t5x_checkpoint(checkpoint("examples_v1_0"))
   assert not t5x_checkpoint.is_t5x_checkpoint(str(model_dir))
+  assert not t5x_checkpoint.is_t5x_checkpoint(str(orbax))
 
 
 def test_save_and_load_on_a_bucket():
@@ -279,3 +286,23 @@ def test_save_and_load_on_a_bucket():
   assert loaded_step == 2
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded_state, opt_state)
+
+
+def test_a_full_second_moment_becomes_t5x_lites_factored_one(tmp_path):
+  """t5x keeps a full v where a dim is under min_dim_size_to_factor (128 by default): its row
+  and column means are the factored statistics t5x_lite would have (means of the average)."""
+  directory = copy_fixture(tmp_path)
+  rng = np.random.RandomState(0)
+  full = rng.uniform(0.1, 2.0, (8, 16)).astype(np.float32)  # t5x's out kernel [H*D, d_model]
+
+  def to_full(optimizer):
+    stats = optimizer["state"]["param_states"]["encoder"]["layers_0"]["attention"]["out"]
+    stats["kernel"] = {"v": full, "v_row": np.zeros(1, np.float32),
+                       "v_col": np.zeros(1, np.float32), "m": np.zeros(1, np.float32)}
+  edit_msgpack(directory, to_full)
+  _, opt_state, _ = t5x_checkpoint.load_t5x_checkpoint(
+      str(directory), fixture_config("examples_v1_0"), with_optimizer_state=True)
+  state = opt_state.param_states["encoder"]["layers_0"]["attention"]["out"]["kernel"]
+  assert state.v is None
+  np.testing.assert_allclose(state.v_row, full.mean(axis=0), rtol=1e-6)  # [d_model]
+  np.testing.assert_allclose(state.v_col, full.mean(axis=1).reshape(2, 4), rtol=1e-6)  # [H, D]
