@@ -44,7 +44,7 @@ def main():
         with jax.set_mesh(mesh):
           compiled = jax.jit(fn).lower(q, q, q, table, seg).compile()
         return compiled, time.perf_counter() - start
-      compiled, seconds = aot_compile._compile_or_none(name, compile_fn)  # pylint: disable=protected-access
+      compiled, seconds = aot_compile.compile_or_none(name, compile_fn)
       if compiled is None:
         print(f"xla L={length} {seconds}")
         continue

@@ -316,7 +316,7 @@ def build(topology: str, num_slices: int = 1):
   return model, optimizer, partitioner, num_microbatches
 
 
-def _compile_or_none(name, compile_fn, *args):
+def compile_or_none(name, compile_fn, *args):
   """(Compiled, seconds), or (None, XLA's one-line reason) when the step does not fit: XLA
   refuses to compile a program whose buffers exceed the chip's HBM."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -339,13 +339,13 @@ def run(topology: str, batch: int, inputs: int, targets: int, steps: Sequence[st
   reports = []
   if "train" in steps:
     trainer = trainer_lib.Trainer(model, optimizer, partitioner, num_microbatches)
-    compiled, seconds = _compile_or_none("train", compile_train_step, trainer, batch, inputs,
+    compiled, seconds = compile_or_none("train", compile_train_step, trainer, batch, inputs,
                                          targets, pack)
     flops = train_step_flops(model.config, batch, inputs, targets) / len(devices)
     reports.append(seconds if compiled is None
                    else _report("train", compiled, devices, seconds, flops))
   if "decode" in steps:
-    compiled, seconds = _compile_or_none("decode", compile_decode_step, model, partitioner,
+    compiled, seconds = compile_or_none("decode", compile_decode_step, model, partitioner,
                                          batch, inputs, targets)
     reports.append(seconds if compiled is None else _report("decode", compiled, devices, seconds))
   return reports

@@ -143,7 +143,7 @@ def test_a_step_that_exceeds_hbm_is_one_line_with_xla_figures(devices):
   a = jax.ShapeDtypeStruct((65536, 128), jnp.float32, sharding=NamedSharding(mesh, P()))
   # [65536, 65536] float32 scores (16 GiB) and their sorted copy: 32 GiB of temporaries.
   big = lambda: (jax.jit(lambda a: jnp.sort(a @ a.T, axis=1)[:, :4]).lower(a).compile(), 0.0)
-  compiled, why = aot_compile._compile_or_none("train", big)  # pylint: disable=protected-access
+  compiled, why = aot_compile.compile_or_none("train", big)
   assert compiled is None and "\n" not in why
   assert why.startswith("train step does NOT fit: RESOURCE_EXHAUSTED")
   # 2 * 65536**2 * 4 bytes = 32.0 GiB; aot_compile.CHIPS holds the available figure.
