@@ -16,6 +16,8 @@ Also installed as the `t5x-lite` console script. Flags:
 
 import argparse
 import fnmatch
+import glob
+import importlib.util
 import logging
 import os
 import re
@@ -67,12 +69,33 @@ def set_up_process(verbose: bool = False) -> None:
   (logs.quiet, which also hides the GPUs with TensorFlow's start-up lines silenced).
   """
   xla_flags.apply_defaults()
+  skip_absent_tpu()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   if verbose:
     from t5x_lite import tf_devices  # pylint: disable=g-import-not-at-top
     tf_devices.hide_gpus_from_tf()
   else:
     logs.quiet()
+
+
+def skip_absent_tpu(environ=os.environ, find_spec=importlib.util.find_spec,
+                    device_files=lambda: glob.glob("/dev/accel*") + glob.glob("/dev/vfio/[0-9]*")):
+  """JAX_PLATFORMS=cpu where libtpu is installed but the host has no TPU and no GPU plugin.
+
+  The test extra installs libtpu (compiling for a TPU topology on a CPU host needs it, not a
+  TPU backend); JAX would then probe for a TPU in every run, which takes seconds and prints
+  libtpu's start-up warnings. A TPU host has /dev/accel* (v2-v4, v5p) or /dev/vfio/N (v5e,
+  v6e). A JAX_PLATFORMS the user set is left as it is.
+
+  Returns:
+    True if JAX_PLATFORMS was set here.
+  """
+  if "JAX_PLATFORMS" in environ or find_spec("libtpu") is None or device_files():
+    return False
+  if find_spec("jax_cuda12_plugin") is not None or find_spec("jax_cuda13_plugin") is not None:
+    return False
+  environ["JAX_PLATFORMS"] = "cpu"
+  return True
 
 
 def initialize_distributed(args):

@@ -12,6 +12,9 @@ from t5x_lite import tf_devices, xla_flags
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The test extra installs libtpu (tests/test_aot_compile.py compiles for a TPU topology, which
+# needs no TPU backend); without this every JAX process would first probe for a TPU, ~10-20 s.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 xla_flags.apply_defaults()
 tf_devices.hide_gpus_from_tf()
 

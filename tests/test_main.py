@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from t5x_lite import main
+
 
 def _run(args, cwd, env=None):
   env = dict(os.environ, **(env or {}))
@@ -300,3 +302,18 @@ def test_lengths_whose_planned_training_peak_exceeds_memory_are_refused(clean_gi
   gin.clear_config()
   gin_utils.parse(_QUICK, ["MODEL_DIR=r"], register_builtin_tasks=False, run_mode="train")
   preflight.check("train", available_memory=8 * 1024 ** 3)
+
+
+def test_a_host_without_tpu_skips_libtpus_probe_unless_the_user_chose_platforms():
+  has = lambda *names: (lambda name: object() if name in names else None)
+  no_devices, tpu_devices = (lambda: []), (lambda: ["/dev/vfio/0"])
+  environ = {}
+  assert main.skip_absent_tpu(environ, has("libtpu"), no_devices)
+  assert environ == {"JAX_PLATFORMS": "cpu"}
+  for environ, find_spec, devices in (({"JAX_PLATFORMS": "tpu"}, has("libtpu"), no_devices),
+                                      ({}, has(), no_devices),
+                                      ({}, has("libtpu"), tpu_devices),
+                                      ({}, has("libtpu", "jax_cuda12_plugin"), no_devices)):
+    before = dict(environ)
+    assert not main.skip_absent_tpu(environ, find_spec, devices)
+    assert environ == before
