@@ -1,4 +1,4 @@
-"""A model's initial parameters from INITIAL_CHECKPOINT_PATH: an orbax checkpoint or a HF dir.
+"""A model's initial parameters from INITIAL_CHECKPOINT_PATH: orbax, t5x or a HF directory.
 
 What a model takes from the checkpoint is its `initial_checkpoint_params`
 (model_interface.Model): None for all of its parameters (the encoder-decoder), or some
@@ -8,6 +8,10 @@ and head are dropped, the model's other entries keep their fresh initialisation)
   - a t5x_lite checkpoint (MODEL_DIR/checkpoints/<step>, its state, or a checkpoints
     directory: its latest step), restored with its checksums verified
     (checkpoints.restore_params), or
+  - a t5x checkpoint (checkpoint_<step>/ with t5x's msgpack `checkpoint` file and TensorStore
+    arrays, t5x_lite.t5x_checkpoint): all of an encoder-decoder's parameters must match the
+    model's T5Config, a head takes the encoder's; with restore_optimizer_state, t5x's
+    Adafactor statistics and step come too (t5x_train_state), so a t5x run continues, or
   - a local HF transformers T5 directory (config.json + weights): a model that takes only
     the encoder's entries reads any T5 directory's encoder (T5ForConditionalGeneration,
     T5EncoderModel, T5ForTokenClassification: convert.load_hf_encoder); one that takes all
@@ -26,6 +30,8 @@ import orbax.checkpoint as ocp
 
 from t5x_lite import checkpoints
 from t5x_lite import convert
+from t5x_lite import t5x_checkpoint
+from t5x_lite import train_state
 
 # What convert.load_hf_encoder gives: the entries of a T5 encoder.
 _HF_ENCODER_PARAMS = ("token_embedder", "encoder")
@@ -38,7 +44,7 @@ def is_hf_directory(path: str) -> bool:
 
 def check_path(path: str) -> None:
   """Raises ValueError naming what `path` holds unless it is a checkpoint or a HF directory."""
-  if not is_hf_directory(path):
+  if not (is_hf_directory(path) or t5x_checkpoint.is_t5x_checkpoint(path)):
     checkpoints.resolve_checkpoint_path(path)
 
 
@@ -72,6 +78,8 @@ def load(model, path: str, params, vocabulary=None):
   target = params if names is None else {k: params[k] for k in names}
   if is_hf_directory(path):
     loaded = _read_hf(path, target, model.config.scan_layers)
+  elif t5x_checkpoint.is_t5x_checkpoint(path):
+    loaded = _read_t5x(path, target, model.config, whole=names is None)
   else:
     state_path = checkpoints.resolve_checkpoint_path(path)
     if names is not None:
@@ -94,10 +102,47 @@ def _read_hf(path: str, target, scan_layers: bool):
   if missing:
     raise ValueError(f"The HF directory {path} has no {missing} parameters for this model "
                      "(INITIAL_CHECKPOINT_PATH).")
-  loaded = {k: loaded[k] for k in target}
+  return _placed({k: loaded[k] for k in target}, target, path)
+
+
+def _read_t5x(path: str, target, config, whole: bool):
+  # A head's T5Config need not describe the checkpoint's decoder: read its own shapes then.
+  if not whole:
+    config = t5x_checkpoint.config_from_t5x_checkpoint(path, scan_layers=config.scan_layers)
+  loaded = t5x_checkpoint.load_t5x_checkpoint(path, config)
+  return _placed({k: loaded[k] for k in target}, target, path)
+
+
+def _placed(loaded, target, path: str):
+  """`loaded` (numpy) cast to the target's dtypes and put in its shardings, shapes checked."""
   checkpoints.check_shapes(loaded, target, path)
   return jax.tree_util.tree_map(
       lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), loaded, target)
+
+
+def t5x_train_state(model, path: str, abstract) -> train_state.TrainState:
+  """The TrainState of a t5x checkpoint: its parameters, Adafactor statistics and step.
+
+  Args:
+    model: a model taking all of the checkpoint's parameters (the encoder-decoder).
+    path: a t5x checkpoint_<step> directory.
+    abstract: the run's TrainState of ShapeDtypeStructs with shardings (its optimizer must be
+      t5x_lite's adafactor() with the standard factoring rules, whose state t5x's maps onto).
+
+  Raises:
+    ValueError: the run's optimizer state has another structure, or a shape differs.
+  """
+  params, opt_state, step = t5x_checkpoint.load_t5x_checkpoint(path, model.config,
+                                                               with_optimizer_state=True)
+  state = train_state.TrainState(step=np.asarray(step, np.int32), params=params,
+                                 opt_state=opt_state)
+  if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(abstract):
+    raise ValueError(
+        f"RestoreConfig.restore_optimizer_state=True with the t5x checkpoint {path}: its "
+        "Adafactor state maps onto t5x_lite's adafactor() with the standard factoring rules, "
+        "and this run's optimizer state has another structure; use adafactor() or set "
+        "restore_optimizer_state=False.")
+  return _placed(state, abstract, path)
 
 
 def _check_entries(state_path: str, names) -> None:

@@ -21,6 +21,7 @@ from t5x_lite import optimizers
 from t5x_lite import partitioning
 from t5x_lite import preemption
 from t5x_lite import storage
+from t5x_lite import t5x_checkpoint
 from t5x_lite import trainer as trainer_lib
 from t5x_lite.run_dir import RunDir
 from t5x_lite.summaries import SummaryWriter, read_history
@@ -66,7 +67,7 @@ def restore_or_init(trainer: trainer_lib.Trainer, abstract, input_shapes, manage
   """Resume from MODEL_DIR if it has checkpoints, else start from the initial checkpoint, else init.
 
   Resuming wins over INITIAL_CHECKPOINT_PATH: a preempted finetune must continue, not restart.
-  INITIAL_CHECKPOINT_PATH (an orbax checkpoint or a HF directory) gives the model's
+  INITIAL_CHECKPOINT_PATH (an orbax or t5x checkpoint, or a HF directory) gives the model's
   `initial_checkpoint_params` (t5x_lite.initial_params): all parameters, or some entries (an
   encoder head takes the encoder: decoder dropped, head fresh), with a fresh optimizer state
   unless RestoreConfig.restore_optimizer_state (full orbax states only).
@@ -88,6 +89,10 @@ def restore_or_init(trainer: trainer_lib.Trainer, abstract, input_shapes, manage
     why_not = initial_params.restores_optimizer_state(model, initial_checkpoint.path)
     if why_not:
       raise ValueError(f"RestoreConfig.restore_optimizer_state=True: {why_not}; set it False.")
+    if t5x_checkpoint.is_t5x_checkpoint(initial_checkpoint.path):
+      log.info("Continuing the t5x run of %s (parameters, Adafactor state and step).",
+               initial_checkpoint.path)
+      return initial_params.t5x_train_state(model, initial_checkpoint.path, abstract)
     path = checkpoints_lib.resolve_checkpoint_path(initial_checkpoint.path)
     log.info("Starting from %s (parameters and optimizer state).", path)
     return checkpoints_lib.restore_state(path, abstract, manager.vocabulary)

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from t5x_lite import convert, models, network, optimizers, partitioning, t5x_checkpoint, trainer
+from t5x_lite import (configs, convert, heads, initial_params, models, network, optimizers,
+                      partitioning, t5x_checkpoint, train, trainer)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "t5x_checkpoints")
 NAMES = ("examples_v1_0", "examples_v1_1", "flaxformer_v1_1")
@@ -306,3 +307,59 @@ def test_a_full_second_moment_becomes_t5x_lites_factored_one(tmp_path):
   assert state.v is None
   np.testing.assert_allclose(state.v_row, full.mean(axis=0), rtol=1e-6)  # [d_model]
   np.testing.assert_allclose(state.v_col, full.mean(axis=1).reshape(2, 4), rtol=1e-6)  # [H, D]
+
+
+class _NoCheckpointsYet:
+  """The run's CheckpointManager as train.restore_or_init sees it in a new MODEL_DIR."""
+  vocabulary = None
+
+  def latest_step(self):
+    return None
+
+
+def _started_state(model, optimizer, initial):
+  """The TrainState train.train starts from with INITIAL_CHECKPOINT_PATH = `initial`."""
+  t = trainer.Trainer(model, optimizer, partitioning.Partitioner())
+  shapes = model.dummy_input_shapes()
+  abstract, shardings = t.state_shardings(shapes)
+  abstract = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return jax.device_get(train.restore_or_init(t, abstract, shapes, _NoCheckpointsYet(), None,
+                                              initial))
+
+
+def test_initial_checkpoint_path_takes_a_t5x_checkpoint_for_every_model_kind():
+  name = "examples_v1_1"
+  config = fixture_config(name)
+  params, opt_state, step = t5x_checkpoint.load_t5x_checkpoint(
+      checkpoint(name), config, with_optimizer_state=True)
+  adafactor = optimizers.adafactor(optimizers.constant_schedule(0.01), decay_rate=0.8)
+  model = models.EncoderDecoderModel(config)
+  initial_params.check_path(checkpoint(name))  # accepted, before any work
+  # restore_optimizer_state: t5x's parameters, Adafactor statistics and step (the state that
+  # test_one_train_step_from_t5x_adafactor_state_equals_t5xs steps exactly as t5x does).
+  continued = _started_state(model, adafactor, configs.RestoreConfig(
+      checkpoint(name), restore_optimizer_state=True))
+  assert int(continued.step) == step == 2
+  for got, expected in ((continued.params, params), (continued.opt_state, opt_state)):
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+      np.testing.assert_array_equal(a, b)
+  # Without it: the parameters, a fresh optimizer at step 0.
+  fresh = _started_state(model, adafactor, configs.RestoreConfig(checkpoint(name)))
+  assert int(fresh.step) == 0
+  for a, b in zip(jax.tree_util.tree_leaves(fresh.params), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  # A head takes the encoder and the embedding; its own head stays freshly initialised.
+  head = heads.SequenceClassificationModel(config, num_labels=3)
+  started = _started_state(head, adafactor, configs.RestoreConfig(checkpoint(name)))
+  for entry in ("token_embedder", "encoder"):
+    for a, b in zip(jax.tree_util.tree_leaves(started.params[entry]),
+                    jax.tree_util.tree_leaves(params[entry])):
+      np.testing.assert_array_equal(a, b)
+  # An optimizer state of another structure (here with momentum, which the checkpoint's run
+  # did not have) cannot take t5x's statistics: one clear error.
+  with_momentum = optimizers.adafactor(optimizers.constant_schedule(0.01), momentum=0.9)
+  with pytest.raises(ValueError, match="its Adafactor state maps onto t5x_lite's adafactor"):
+    _started_state(model, with_momentum, configs.RestoreConfig(
+        checkpoint(name), restore_optimizer_state=True))
