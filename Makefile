@@ -34,7 +34,7 @@ demo: $(DEMO_STAMP)
 
 # pytest exits 5 when it collects no test: that is a failure here too.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -q tests
+	$(PY) -m pytest -n 2 --dist loadfile -q --durations=30 tests
 
 clean:
 	rm -rf $(VENV) experiments

@@ -81,8 +81,14 @@ def array_checksums(tree: Any) -> Dict[str, str]:
   computation per array, in the tree's order); each gets the same result.
   """
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  # Dispatched one after another without waiting; one transfer brings all the lanes back.
-  lanes = jax.device_get([_jitted_lanes(x) for _, x in leaves])
+  if jax.process_count() == 1:
+    # Dispatched one after another without waiting; one transfer brings all the lanes back.
+    lanes = jax.device_get([_jitted_lanes(x) for _, x in leaves])
+  else:
+    # One at a time: computations dispatched without waiting may run concurrently, and their
+    # cross-process reductions could then pair up differently in each process (seen: two
+    # CPU processes deadlocked in a restore).
+    lanes = [jax.device_get(_jitted_lanes(x)) for _, x in leaves]
   return {path_name(path): f"{int(v[0]):08x}{int(v[1]):08x}"
           for (path, _), v in zip(leaves, lanes)}
 
