@@ -35,6 +35,7 @@ from typing import Any, Mapping
 
 from etils import epath
 import flax.linen as nn
+from flax import traverse_util
 import numpy as np
 
 from t5x_lite import network
@@ -184,25 +185,8 @@ def _expected_t5x_shapes(config):
   return {path: tuple(leaf.shape) for path, leaf in _flatten(shapes).items()}
 
 
-def _flatten(tree, prefix=()):
-  """Nested dict -> {path tuple: leaf}."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, prefix + (key,)))
-    else:
-      out[prefix + (key,)] = value
-  return out
-
-
-def _unflatten(flat):
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree
+_flatten = traverse_util.flatten_dict  # nested dict -> {path tuple: leaf}
+_unflatten = traverse_util.unflatten_dict
 
 
 def _to_t5x(kind, w, t5x_shape):

@@ -49,6 +49,7 @@ from typing import Any, Mapping, Optional
 from etils import epath
 import flax.linen as nn
 from flax import serialization
+from flax import traverse_util
 import jax
 import numpy as np
 import tensorstore as ts
@@ -124,25 +125,12 @@ def _is_spec(leaf) -> bool:
       "kvstore" in leaf or "path" in leaf)
 
 
-def _flatten(tree, prefix=()):
+def _flatten(tree):
   """Nested dict -> {path tuple: leaf}; TensorStore spec dicts are leaves."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping) and not _is_spec(value):
-      out.update(_flatten(value, prefix + (key,)))
-    else:
-      out[prefix + (key,)] = value
-  return out
+  return traverse_util.flatten_dict(tree, is_leaf=lambda _, value: _is_spec(value))
 
 
-def _unflatten(flat):
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree
+_unflatten = traverse_util.unflatten_dict
 
 
 def _kvstore(directory: epath.Path, name: str) -> dict:
