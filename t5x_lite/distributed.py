@@ -133,6 +133,7 @@ class PeerWatchdog:
     self._unanswered_since: Optional[float] = None
     self._stop = threading.Event()
     self._lost_lock = threading.Lock()
+    self._reported = threading.Event()  # set once a lost process has been reported
     self._threads = []
 
   def start(self) -> "PeerWatchdog":
@@ -145,13 +146,20 @@ class PeerWatchdog:
   def settle(self) -> bool:
     """Waits until every watched process sent a heartbeat after this call, or one is lost.
 
+    A loss being reported is waited for: the report ends the process (outside tests), and its
+    line must be the last one, not the error of the caller that the loss caused.
+
     Returns:
       True if all are alive (or done); False if one was reported lost (or the wait, at most
       `timeout_s` plus two heartbeat intervals, ran out).
     """
     start = time.monotonic()
     deadline = start + self._timeout_s + 2 * self._interval_s
-    while time.monotonic() < deadline and not self._lost_lock.locked():
+    while time.monotonic() < deadline:
+      if self._lost_lock.locked():
+        # Reading the run directory for the resume step may take a while on an object store.
+        self._reported.wait(timeout=10 * self._timeout_s + 60)
+        return False
       if all(self._last_value[p] == DONE or changed > start
              for p, changed in self._last_change.items()):
         return True
@@ -224,6 +232,7 @@ class PeerWatchdog:
             f"{self._hint()}")
     if self._on_lost is not None:
       self._on_lost(line)
+      self._reported.set()
       return
     print(line, file=sys.stderr, flush=True)
     # Not sys.exit: the main thread may be blocked in a collective that never returns, and

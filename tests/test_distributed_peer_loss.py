@@ -41,9 +41,9 @@ class FakeStore:
       return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
 
 
-def _watchdogs(store, count, timeout_s):
+def _watchdogs(store, count, timeout_s, hint=lambda: "HINT"):
   reports = {i: [] for i in range(count)}
-  watchdogs = [distributed.PeerWatchdog(store, i, count, timeout_s, hint=lambda: "HINT",
+  watchdogs = [distributed.PeerWatchdog(store, i, count, timeout_s, hint=hint,
                                         on_lost=lambda line, i=i: reports[i].append(
                                             (time.monotonic(), line))).start()
                for i in range(count)]
@@ -86,6 +86,28 @@ def test_watchdog_names_the_coordinator_when_the_store_stops_answering():
       "service has not answered for ")
   w0.stop(done=False)
   w1.stop(done=False)
+
+
+def test_an_error_caused_by_the_loss_waits_for_the_loss_report():
+  """The main thread's error (a collective failing) must not be printed before the loss line.
+
+  Reading the resume step (the hint) takes time; an error handler calling settle() meanwhile
+  used to return at once and print its own error last.
+  """
+  store = FakeStore()
+
+  def slow_hint():
+    time.sleep(1.0)
+    return "HINT"
+
+  (w0, w1), reports = _watchdogs(store, 2, 0.3, hint=slow_hint)
+  assert _wait(lambda: len(store.values) == 2, 5)
+  w1.stop(done=False)
+  assert _wait(w0._lost_lock.locked, 10)  # pylint: disable=protected-access
+  assert not reports[0]  # the hint is still being read
+  assert w0.settle() is False
+  assert len(reports[0]) == 1 and reports[0][0][1].endswith("HINT")
+  w0.stop()
 
 
 def _free_port():
