@@ -60,7 +60,7 @@ setuptools.setup(
         # Peers of the benchmarks in bench/ (not needed by t5x_lite): bench/decode.py's
         # CTranslate2 columns.
         "bench": ["ctranslate2>=4.8,<5"],
-        # libtpu also lets a CPU host compile for a TPU topology: python -m t5x_lite.aot_compile.
+        # libtpu also lets a CPU host compile for a TPU topology: python -m t5x_lite.tools.aot_compile.
         "tpu": ["jax[tpu]>=0.10.2,<0.11", "libtpu==0.0.42.*"],
     },
     entry_points={"console_scripts": ["t5x-lite=t5x_lite.main:run"]},

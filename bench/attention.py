@@ -24,13 +24,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t5x_lite import xla_flags  # pylint: disable=g-import-not-at-top
+from t5x_lite.runtime import xla_flags  # pylint: disable=g-import-not-at-top
 xla_flags.apply_defaults()  # before JAX starts, as the entry point does
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import kernels
+from t5x_lite.model import kernels
 
 IMPLS = ("pallas", "xla", "cudnn")
 

@@ -1,7 +1,7 @@
 """What the per-array checksums of a checkpoint cost on save and on restore.
 
 For each size, saves and restores one TrainState (parameters + Adafactor state) with
-t5x_lite.checkpoints as training does (CheckpointManager.save + wait, restore_state), with
+t5x_lite.checkpointing.checkpoints as training does (CheckpointManager.save + wait, restore_state), with
 the step's record (checksums of every array) and without it (checkpoints.make_record
 replaced by a stub that records nothing, so the restore checks nothing). The two variants
 alternate within each round, each going first in every other round; the table gives the
@@ -19,15 +19,19 @@ import statistics
 import tempfile
 import time
 
-from t5x_lite import xla_flags
+from t5x_lite.runtime import xla_flags
 
 xla_flags.apply_defaults()  # before JAX starts, as the entry point does
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from t5x_lite import checkpoints, checksums, configs, models, network, optimizers
-from t5x_lite import partitioning, trainer as trainer_lib
-from t5x_lite.run_dir import RunDir
+from t5x_lite.checkpointing import checkpoints, checksums
+from t5x_lite.model import encoder_decoder, network
+from t5x_lite.modes import settings
+from t5x_lite.training import optimizers
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import trainer as trainer_lib
+from t5x_lite.checkpointing.run_dir import RunDir
 
 SIZES = {
     # The reliability tests' model.
@@ -42,7 +46,7 @@ SHAPES = {"encoder_input_tokens": (4, 16), "decoder_input_tokens": (4, 16),
 
 
 def _state(config):
-  trainer = trainer_lib.Trainer(models.EncoderDecoderModel(config), optimizers.adafactor(),
+  trainer = trainer_lib.Trainer(encoder_decoder.EncoderDecoderModel(config), optimizers.adafactor(),
                                 partitioning.Partitioner())
   state = trainer.init_state(SHAPES)
   abstract, shardings = trainer.state_shardings(SHAPES)
@@ -74,7 +78,7 @@ def measure(name, config, rounds):
         checkpoints.make_record = real_record if variant == "with" else (
             lambda *args, **kwargs: None)
         run = RunDir(f"{root}/{variant}{r}")
-        manager = checkpoints.CheckpointManager(run, configs.CheckpointConfig(period=1))
+        manager = checkpoints.CheckpointManager(run, settings.CheckpointConfig(period=1))
 
         def save():
           manager.save(state, force=True)

@@ -1,8 +1,8 @@
 """Does the input pipeline starve the training step? Step time with real seqio batches vs
 one batch held on the device (synthetic), interleaved, for a recipe's model and data.
 
-Real: `data.get_dataset` on the recipe's training mixture (read, preprocessed, tokenized,
-packed and prefetched on the fly) through `data.DatasetIterator`, fed to the step the way
+Real: `pipeline.get_dataset` on the recipe's training mixture (read, preprocessed, tokenized,
+packed and prefetched on the fly) through `pipeline.DatasetIterator`, fed to the step the way
 `train` feeds it; each timed repeat pulls its batches from the running iterator. Synthetic:
 the first real batch, already on the device, every step. Model, optimizer, lengths and batch
 size are the recipe's (gin). Target (issue "the input pipeline never starves the step"): real
@@ -32,7 +32,10 @@ def main():
 
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from t5x_lite import configurables, data, gin_utils, partitioning, trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from t5x_lite.config import configurables, gin_utils  # pylint: disable=g-import-not-at-top
+  from t5x_lite.data import pipeline
+  from t5x_lite.parallel import partitioning
+  from t5x_lite.training import trainer as trainer_lib
   # MODEL_DIR is required by the run files; nothing is written there.
   gin_utils.parse([args.gin_file], ["MODEL_DIR='/nonexistent'"] + args.gin)
   configurables.configure_builtin_tasks()
@@ -40,7 +43,7 @@ def main():
   model, config, optimizer = build("train.model"), build("train.train_dataset"), build(
       "train.optimizer")
   trainer = trainer_lib.Trainer(model, optimizer, partitioning.Partitioner())
-  iterator = data.DatasetIterator(data.get_dataset(
+  iterator = pipeline.DatasetIterator(pipeline.get_dataset(
       config.mixture_or_task_name, config.task_feature_lengths, batch_size=config.batch_size,
       shuffle=config.shuffle, seed=config.seed, pack=config.pack,
       feature_converter=model.feature_converter(config.pack)))

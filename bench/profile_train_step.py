@@ -33,8 +33,10 @@ import peers  # pylint: disable=g-import-not-at-top,wrong-import-position
 def _ours_phases(config, params, batch):
   """{phase: fn() that runs it once and blocks} for t5x_lite."""
   import jax  # pylint: disable=g-import-not-at-top
-  from t5x_lite import models, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top
-  model = models.EncoderDecoderModel(config, z_loss=0.0)
+  from t5x_lite.model import encoder_decoder  # pylint: disable=g-import-not-at-top
+  from t5x_lite.parallel import partitioning
+  from t5x_lite.training import optimizers, trainer
+  model = encoder_decoder.EncoderDecoderModel(config, z_loss=0.0)
   t = trainer.Trainer(model, optimizers.adafactor(optimizers.constant_schedule(1e-3)),
                       partitioning.Partitioner())
   fresh = lambda: t.init_state({k: v.shape for k, v in batch.items()}).replace(

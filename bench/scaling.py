@@ -64,7 +64,10 @@ def _build(args):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers.optimization  # pylint: disable=g-import-not-at-top,unused-import
   import train_step  # pylint: disable=g-import-not-at-top
-  from t5x_lite import convert, models, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top,unused-import
+  from t5x_lite.interop import hf_checkpoint  # pylint: disable=g-import-not-at-top,unused-import
+  from t5x_lite.model import encoder_decoder
+  from t5x_lite.parallel import partitioning
+  from t5x_lite.training import optimizers, trainer
   baseline = rss_mib("VmRSS")
   batch = peers.random_batch(args.batch, args.inputs, args.targets)
   if args.worker == "hf":

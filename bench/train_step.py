@@ -30,8 +30,10 @@ def t5x_lite_step(config, params, batch):
   wait() blocks until the last one is done and returns its loss. params None: t5x_lite's
   own random initialisation."""
   import jax  # pylint: disable=g-import-not-at-top
-  from t5x_lite import models, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top
-  model = models.EncoderDecoderModel(config, z_loss=0.0)
+  from t5x_lite.model import encoder_decoder  # pylint: disable=g-import-not-at-top
+  from t5x_lite.parallel import partitioning
+  from t5x_lite.training import optimizers, trainer
+  model = encoder_decoder.EncoderDecoderModel(config, z_loss=0.0)
   t = trainer.Trainer(model, optimizers.adafactor(optimizers.constant_schedule(1e-3)),
                       partitioning.Partitioner())
   shapes = {k: v.shape for k, v in batch.items()}

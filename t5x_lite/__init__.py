@@ -2,7 +2,7 @@
 
 Importing t5x_lite changes nothing global (environment, XLA flags, TensorFlow's devices, log
 settings): the entry point does that, and notebooks and scripts call
-`t5x_lite.xla_flags.apply_defaults()` and `t5x_lite.logs.quiet()` first.
+`t5x_lite.runtime.xla_flags.apply_defaults()` and `t5x_lite.runtime.logs.quiet()` first.
 """
 
 __version__ = "0.1.0"

@@ -26,10 +26,10 @@ import tempfile
 import traceback
 from typing import Optional, Sequence
 
-from t5x_lite import distributed
-from t5x_lite import gin_utils
-from t5x_lite import logs
-from t5x_lite import xla_flags
+from t5x_lite.parallel import distributed
+from t5x_lite.config import gin_utils
+from t5x_lite.runtime import logs
+from t5x_lite.runtime import xla_flags
 
 RUN_MODES = ("train", "eval", "infer", "score", "export")
 
@@ -72,7 +72,7 @@ def set_up_process(verbose: bool = False) -> None:
   skip_absent_tpu()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   if verbose:
-    from t5x_lite import tf_devices  # pylint: disable=g-import-not-at-top
+    from t5x_lite.runtime import tf_devices  # pylint: disable=g-import-not-at-top
     tf_devices.hide_gpus_from_tf()
   else:
     logs.quiet()
@@ -133,8 +133,8 @@ def main(argv: Optional[Sequence[str]] = None):
   # Finalizing demands the REQUIRED macros that this run mode reads, and only those.
   gin_utils.parse(args.gin_file, bindings, finalize=args.list_tasks is None,
                   run_mode=args.run_mode)
-  from t5x_lite import configurables  # pylint: disable=g-import-not-at-top
-  from t5x_lite import preflight  # pylint: disable=g-import-not-at-top
+  from t5x_lite.config import configurables  # pylint: disable=g-import-not-at-top
+  from t5x_lite.config import preflight  # pylint: disable=g-import-not-at-top
   try:
     if args.list_tasks is not None:
       print(list_tasks(args.list_tasks))

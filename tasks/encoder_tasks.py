@@ -1,4 +1,4 @@
-"""Tasks for the encoder heads (t5x_lite/heads.py): GLUE classes, CoNLL-2003 tags, SQuAD spans.
+"""Tasks for the encoder heads (t5x_lite/model/heads.py): GLUE classes, CoNLL-2003 tags, SQuAD spans.
 
 Their targets are labels, not text: the "targets" vocabulary (tasks/labels.py) maps label
 names to ids, so predictions decode to names and the usual postprocessors and metric fns

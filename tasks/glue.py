@@ -237,13 +237,13 @@ def _register(task_name: str, tfds_name: str, text_preprocessors: List[Callable]
     seqio.TaskRegistry.remove(task_name)
   seqio.TaskRegistry.add(
       task_name,
-      # Read-only: a missing dataset is an error (t5x_lite.data says how to prepare it).
+      # Read-only: a missing dataset is an error (t5x_lite.data.pipeline says how to prepare it).
       source=seqio.TfdsDataSource(tfds_name=tfds_name, splits=splits, read_only=True),
       preprocessors=list(text_preprocessors) + [
           pretraining.sanitize_text,
           seqio.preprocessors.tokenize,
           seqio.CacheDatasetPlaceholder(),
-          # EOS without trimming: t5x_lite.data counts and truncates over-long inputs.
+          # EOS without trimming: t5x_lite.data.pipeline counts and truncates over-long inputs.
           seqio.preprocessors.append_eos,
       ],
       output_features={"inputs": seqio.Feature(vocabulary, add_eos=True),

@@ -1,7 +1,7 @@
 """Vocabularies of the encoder heads' targets: class names and real numbers.
 
 seqio decodes every prediction with the task's "targets" vocabulary before its
-postprocessor and metric fns see it. For the encoder heads (t5x_lite/heads.py) the
+postprocessor and metric fns see it. For the encoder heads (t5x_lite/model/heads.py) the
 targets are not SentencePiece text but labels, so their vocabulary maps label names to
 ids and back, and the usual text postprocessors and metric fns (GLUE's, SuperNI's) work
 on the heads' predictions unchanged:

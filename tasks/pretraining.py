@@ -411,7 +411,7 @@ def text_preprocessors(objective):
   in T5's C4 tasks: seqio offsets the post-cache seeds by 42 x that index, so the same
   task seed draws the same chunks and masks as T5's `c4_v220_span_corruption`.
   EOS is appended with `seqio.preprocessors.append_eos` (not `_after_trim`) so that
-  t5x_lite.data sees over-long examples, counts them, and truncates keeping the EOS.
+  t5x_lite.data.pipeline sees over-long examples, counts them, and truncates keeping the EOS.
   """
   return [
       text_to_targets,

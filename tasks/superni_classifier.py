@@ -20,7 +20,7 @@ evaluated in the generator's run, and the run's `average/<metric>` is the mean o
 tasks reporting <metric>: with one name for both, `average/exact_match` would mix the
 decoded and the ranked answers of the same instances; with two, `average/exact_match` is
 the decoded answers' and `average/rank_exact_match` the ranked ones'.
-`python -m t5x_lite.superni_compare` prints the three side by side.
+`python -m t5x_lite.tools.superni_compare` prints the three side by side.
 
 Pairs: for every instance and every candidate c of its task's output space (the distinct
 lower-cased outputs of the task's instances, as first spelled), the input is

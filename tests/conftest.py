@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from t5x_lite import tf_devices, xla_flags
+from t5x_lite.runtime import tf_devices, xla_flags
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

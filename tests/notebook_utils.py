@@ -8,7 +8,7 @@ from nbclient import NotebookClient
 
 NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "notebooks")
 
-# Third-party lines a notebook must not show (t5x_lite.logs.quiet() in its first cell): CUDA
+# Third-party lines a notebook must not show (t5x_lite.runtime.logs.quiet() in its first cell): CUDA
 # probing by TensorFlow, seqio's packing and FunctionDataset warnings, orbax's metadata one.
 STDERR_NOISE = ("cuInit", "cudart_stub", "oneDNN", "absl::InitializeLog",
                 "will be removed during packing", "uncached FunctionDataset",

@@ -33,9 +33,15 @@ import time
 import seqio
 import tensorflow as tf
 
-from t5x_lite import checkpoints, configs, main as t5x_main, models, network, optimizers
-from t5x_lite import preemption, summaries
-from t5x_lite import train, trainer
+from t5x_lite import main as t5x_main
+from t5x_lite.checkpointing import checkpoints
+from t5x_lite.model import encoder_decoder, network
+from t5x_lite.modes import settings
+from t5x_lite.training import optimizers
+from t5x_lite.checkpointing import summaries
+from t5x_lite.training import preemption
+from t5x_lite.modes import train
+from t5x_lite.training import trainer
 from t5x_lite.tasks import vocab
 
 TASK = "reliability_test_copy"
@@ -71,11 +77,11 @@ def tiny_run(model_dir, steps, **overrides):
   config = network.T5Config(vocab_size=4224, d_model=32, d_ff=64, d_kv=8, num_heads=2,
                             num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
   args = dict(model_dir=str(model_dir), train_steps=steps,
-              model=models.EncoderDecoderModel(config),
-              train_dataset=configs.DatasetConfig(TASK, LENGTHS, batch_size=4, pack=False),
+              model=encoder_decoder.EncoderDecoderModel(config),
+              train_dataset=settings.DatasetConfig(TASK, LENGTHS, batch_size=4, pack=False),
               optimizer=optimizers.adafactor(optimizers.constant_schedule(1e-2)),
-              checkpoint=configs.CheckpointConfig(period=PERIOD, keep=2),
-              evaluation=configs.EvalConfig(steps=0), log_period=1, progress_bar=False)
+              checkpoint=settings.CheckpointConfig(period=PERIOD, keep=2),
+              evaluation=settings.EvalConfig(steps=0), log_period=1, progress_bar=False)
   args.update(overrides)
   return args
 

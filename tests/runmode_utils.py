@@ -11,8 +11,12 @@ import tensorflow as tf
 from t5x_lite import tasks  # noqa: F401
 from t5x_lite.tasks import metrics as task_metrics
 from t5x_lite.tasks import vocab
-from t5x_lite import configs, data, evaluation, infer, models, network, optimizers, partitioning
-from t5x_lite import train
+from t5x_lite.data import pipeline
+from t5x_lite.model import encoder_decoder, network
+from t5x_lite.modes import settings, prediction, infer
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import optimizers
+from t5x_lite.modes import train
 
 TASK = "runmode_test_yes_no"
 LENGTHS = {"inputs": 16, "targets": 4}
@@ -51,7 +55,7 @@ register()
 def tiny_model(**decoding):
   cfg = network.T5Config(vocab_size=4224, d_model=64, d_ff=128, d_kv=16, num_heads=4,
                          num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
-  return models.EncoderDecoderModel(cfg, decoding=models.DecodingSettings(**decoding))
+  return encoder_decoder.EncoderDecoderModel(cfg, decoding=encoder_decoder.DecodingSettings(**decoding))
 
 
 TINY_GIN = ["--gin.T5Config.vocab_size=4224", "--gin.T5Config.d_model=64",
@@ -60,12 +64,12 @@ TINY_GIN = ["--gin.T5Config.vocab_size=4224", "--gin.T5Config.d_model=64",
             "--gin.T5Config.dropout_rate=0.0"]
 
 
-def train_tiny(model_dir, steps, checkpoint_period=1000, evaluation=configs.EvalConfig(steps=0),
+def train_tiny(model_dir, steps, checkpoint_period=1000, evaluation=settings.EvalConfig(steps=0),
                **kwargs):
   args = dict(model_dir=str(model_dir), train_steps=steps, model=tiny_model(),
-              train_dataset=configs.DatasetConfig(TASK, LENGTHS, batch_size=8, pack=False),
+              train_dataset=settings.DatasetConfig(TASK, LENGTHS, batch_size=8, pack=False),
               optimizer=optimizers.adafactor(optimizers.constant_schedule(1e-2)),
-              checkpoint=configs.CheckpointConfig(period=checkpoint_period, keep=None),
+              checkpoint=settings.CheckpointConfig(period=checkpoint_period, keep=None),
               evaluation=evaluation, log_period=1000, progress_bar=False)
   args.update(kwargs)
   return train.train(**args)
@@ -82,18 +86,18 @@ common = functools.partial(dict, mixture_or_task_name=TASK, task_feature_lengths
 
 def tokens_in_each_mode(name, lengths, split):
   """{mode: (encoder_input_tokens, decoder_target_tokens)} of the first example of `name`'s
-  `split` as training (data.get_dataset), eval (InferEvaluator's seqio.Evaluator) and
+  `split` as training (pipeline.get_dataset), eval (InferEvaluator's seqio.Evaluator) and
   infer / score (infer.examples) feed it to a model of the task's vocabulary."""
   task = infer.task_names(name)[0]
   vocabulary = seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
-  model = models.EncoderDecoderModel(network.T5Config(
+  model = encoder_decoder.EncoderDecoderModel(network.T5Config(
       vocab_size=vocab.padded_vocab_size(vocabulary), d_model=8, d_ff=8, d_kv=4, num_heads=2,
       num_encoder_layers=1, num_decoder_layers=1))
   first = lambda batch: (batch["encoder_input_tokens"].tolist(),
                          batch["decoder_target_tokens"].tolist())
-  train_batch = next(data.get_dataset(name, lengths, split=split, batch_size=1, shuffle=False,
+  train_batch = next(pipeline.get_dataset(name, lengths, split=split, batch_size=1, shuffle=False,
                                       pack=False, num_epochs=1).as_numpy_iterator())
-  evaluator = evaluation.InferEvaluator(model, partitioning.Partitioner(), name, lengths,
+  evaluator = prediction.InferEvaluator(model, partitioning.Partitioner(), name, lengths,
                                         batch_size=1, split=split)
   # The Evaluator's cached model examples are (index, features) pairs.
   _, eval_example = next(evaluator.evaluator.cached_model_datasets[task].as_numpy_iterator())

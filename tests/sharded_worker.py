@@ -26,7 +26,7 @@ def _key(path):
 
 
 def config():
-  from t5x_lite import network  # pylint: disable=g-import-not-at-top
+  from t5x_lite.model import network  # pylint: disable=g-import-not-at-top
   # Adafactor factors every kernel by its axis names: the [128, 8, 16] attention kernels too.
   return network.T5Config(vocab_size=128, d_model=128, d_ff=256, d_kv=16, num_heads=8,
                           num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
@@ -51,7 +51,7 @@ def batches():
 def part_input(array, part):
   """This process's rows of a global [8, ...] batch, as a global array sharded over data."""
   import jax  # pylint: disable=g-import-not-at-top
-  from t5x_lite import partitioning  # pylint: disable=g-import-not-at-top
+  from t5x_lite.parallel import partitioning  # pylint: disable=g-import-not-at-top
   per_process = array.shape[0] // jax.process_count()
   local = array[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
   return partitioning.host_local_batch_to_global(local, part)
@@ -61,10 +61,14 @@ def run_mesh(out_dir, mesh):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from t5x_lite import checkpoints, configs, models, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top
-  from t5x_lite.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  from t5x_lite.checkpointing import checkpoints  # pylint: disable=g-import-not-at-top
+  from t5x_lite.model import encoder_decoder
+  from t5x_lite.modes import settings
+  from t5x_lite.parallel import partitioning
+  from t5x_lite.training import optimizers, trainer
+  from t5x_lite.checkpointing.run_dir import RunDir  # pylint: disable=g-import-not-at-top
   checkpoint_manager = lambda: checkpoints.CheckpointManager(RunDir(out_dir),
-                                                             configs.CheckpointConfig())
+                                                             settings.CheckpointConfig())
 
   shape = tuple(int(x) for x in mesh.split("+")[0].split("x"))
   devices = jax.devices()[:1] if shape == (1, 1) else jax.devices()
@@ -75,7 +79,7 @@ def run_mesh(out_dir, mesh):
   if "pallas" in mesh:  # small tiles: interpret mode runs every tile as XLA ops
     cfg = dataclasses.replace(cfg, attention_impl="pallas", attention_block_q=16,
                               attention_block_k=16)
-  t = trainer.Trainer(models.EncoderDecoderModel(cfg), optimizers.adafactor(), part)
+  t = trainer.Trainer(encoder_decoder.EncoderDecoderModel(cfg), optimizers.adafactor(), part)
   data = batches()
   shapes = {k: v.shape for k, v in data[0].items()}
   losses = []
@@ -89,7 +93,7 @@ def run_mesh(out_dir, mesh):
     for batch in data:
       state, metrics = t.train_step(state, {k: part_input(v, part) for k, v in batch.items()})
       losses.append(float(metrics["loss"]))
-  from t5x_lite import decoding  # pylint: disable=g-import-not-at-top
+  from t5x_lite.model import decoding  # pylint: disable=g-import-not-at-top
   with part.context():
     tokens, _ = decoding.decode(t.model.module, state.params,
                                 part_input(data[0]["encoder_input_tokens"], part),
@@ -120,14 +124,17 @@ def save_initial_checkpoint(out_dir):
   (checkpoints/0): random weights decode varied tokens, all that layout tests need."""
   import runmode_utils as u  # pylint: disable=g-import-not-at-top  (tests/ is sys.path[0])
   # pylint: disable=g-import-not-at-top
-  from t5x_lite import checkpoints, configs, optimizers, partitioning, trainer
-  from t5x_lite.run_dir import RunDir
+  from t5x_lite.checkpointing import checkpoints
+  from t5x_lite.modes import settings
+  from t5x_lite.parallel import partitioning
+  from t5x_lite.training import optimizers, trainer
+  from t5x_lite.checkpointing.run_dir import RunDir
   # pylint: enable=g-import-not-at-top
   t = trainer.Trainer(u.tiny_model(), optimizers.adafactor(), partitioning.Partitioner())
   state = t.init_state({"encoder_input_tokens": (8, u.LENGTHS["inputs"]),
                         "decoder_input_tokens": (8, u.LENGTHS["targets"])})
   manager = checkpoints.CheckpointManager(RunDir(os.path.join(out_dir, "run")),
-                                          configs.CheckpointConfig())
+                                          settings.CheckpointConfig())
   manager.save(state, force=True)
   manager.wait()
 
@@ -139,7 +146,8 @@ def run_modes(out_dir, mesh):
   predictions JSONL) and OUT_DIR/MESH/export/ (the HF directory).
   """
   import runmode_utils as u  # pylint: disable=g-import-not-at-top  (tests/ is sys.path[0])
-  from t5x_lite import evaluate, export, infer, partitioning  # pylint: disable=g-import-not-at-top
+  from t5x_lite.modes import evaluate, export, infer  # pylint: disable=g-import-not-at-top
+  from t5x_lite.parallel import partitioning
   shape = tuple(int(x) for x in mesh.split("+")[0].split("x"))
   part = partitioning.Partitioner(mesh_shape=shape)
   checkpoints = os.path.join(out_dir, "run", "checkpoints")

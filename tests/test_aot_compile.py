@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from t5x_lite import aot_compile, memory_planner, models, network, optimizers, partitioning
-from t5x_lite import trainer as trainer_lib
+from t5x_lite.model import encoder_decoder, network
+from t5x_lite.parallel import partitioning
+from t5x_lite.tools import aot_compile, memory_planner
+from t5x_lite.training import optimizers
+from t5x_lite.training import trainer as trainer_lib
 
 TOPOLOGY = "v5e:2x2"
 
@@ -41,7 +44,7 @@ def test_topology_is_four_v5e_chips_and_per_chip_figures_are_exact(devices):
 def test_train_and_decode_steps_compile_for_v5e_2x2(devices):
   cfg = tiny_config()
   partitioner = partitioning.Partitioner(mesh_shape=(2, 2), devices=devices)
-  model = models.EncoderDecoderModel(cfg)
+  model = encoder_decoder.EncoderDecoderModel(cfg)
   trainer = trainer_lib.Trainer(model, optimizers.adafactor(), partitioner)
   batch, inputs, targets = 8, 32, 16
   compiled, _ = aot_compile.compile_train_step(trainer, batch, inputs, targets, pack=False)
@@ -110,7 +113,7 @@ def test_model_flops_of_one_layer_pair_by_hand():
 
 
 def test_pallas_attention_for_tpu_stops_before_lowering_with_the_reason(devices):
-  from t5x_lite.kernels import flash  # pylint: disable=g-import-not-at-top
+  from t5x_lite.model.kernels import flash  # pylint: disable=g-import-not-at-top
   mesh = Mesh(np.array(devices[:1]).reshape(1, 1), ("data", "model"))
   rep = NamedSharding(mesh, P())
   q = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16, sharding=rep)

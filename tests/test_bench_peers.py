@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "bench"))
 import peers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from t5x_lite import network  # pylint: disable=g-import-not-at-top,wrong-import-position
+from t5x_lite.model import network  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.mark.parametrize("name", ["tiny", "t5_1_1_small"])

@@ -10,7 +10,9 @@ last N steps of the two runs may differ by at most the float32 run's own step-to
 import jax
 import numpy as np
 
-from t5x_lite import models, network, optimizers, partitioning, trainer
+from t5x_lite.model import encoder_decoder, network
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import optimizers, trainer
 
 VOCAB, LENGTH, BATCH, STEPS, LAST = 64, 10, 16, 300, 50
 
@@ -29,7 +31,7 @@ def _train(dtype):
   config = network.T5Config(vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=8, num_heads=4,
                             num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0,
                             feed_forward="gated-gelu", tie_word_embeddings=False, dtype=dtype)
-  t = trainer.Trainer(models.EncoderDecoderModel(config),
+  t = trainer.Trainer(encoder_decoder.EncoderDecoderModel(config),
                       optimizers.adafactor(optimizers.constant_schedule(1e-2)),
                       partitioning.Partitioner())
   rng = np.random.RandomState(0)

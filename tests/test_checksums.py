@@ -1,4 +1,4 @@
-"""t5x_lite.checksums: array checksums equal a numpy reference, on any mesh and layout."""
+"""t5x_lite.checkpointing.checksums: array checksums equal a numpy reference, on any mesh and layout."""
 
 import json
 import os
@@ -11,8 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_lite import checkpoints, checksums, configs, heads, initial_params, network, trainer
-from t5x_lite.run_dir import RunDir
+from t5x_lite.checkpointing import checkpoints, checksums, initial_params
+from t5x_lite.model import heads, network
+from t5x_lite.modes import settings
+from t5x_lite.training import trainer
+from t5x_lite.checkpointing.run_dir import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +67,7 @@ import jax, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, sys.argv[1])
 import test_checksums as t
-from t5x_lite import checksums
+from t5x_lite.checkpointing import checksums
 arrays, out = t._arrays(), []
 for shape, spec in [((8, 1), P("d", None)), ((4, 2), P("d", "m")), ((2, 4), P("m", "d")),
                     ((1, 8), P(None, "m"))]:
@@ -99,7 +102,7 @@ def test_a_head_refuses_an_initial_checkpoint_with_a_flipped_byte_naming_the_arr
       nn.unbox(jax.eval_shape(lambda r: network.Transformer(config).init(
           r, np.ones((1, 4), np.int32), np.ones((1, 4), np.int32)), jax.random.PRNGKey(0)))[
               "params"])
-  manager = checkpoints.CheckpointManager(RunDir(str(tmp_path / "ed")), configs.CheckpointConfig(
+  manager = checkpoints.CheckpointManager(RunDir(str(tmp_path / "ed")), settings.CheckpointConfig(
       period=1, keep=None, async_save=False))
   manager.save(trainer.TrainState(step=jnp.int32(1), params=params, opt_state={}), force=True)
   manager.close()

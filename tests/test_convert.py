@@ -1,4 +1,4 @@
-"""t5x_lite.convert: export to HF transformers, exact round trips, and checkpoint errors."""
+"""t5x_lite.interop.hf_checkpoint: export to HF transformers, exact round trips, and checkpoint errors."""
 
 import dataclasses
 import json
@@ -15,7 +15,8 @@ from etils import epath
 from safetensors.numpy import load_file
 
 import hf_utils
-from t5x_lite import convert, network
+from t5x_lite.interop import hf_checkpoint
+from t5x_lite.model import network
 
 RELU = network.T5Config(vocab_size=96, d_model=32, d_ff=48, d_kv=12, num_heads=3,
                         num_encoder_layers=3, num_decoder_layers=2, dropout_rate=0.0)
@@ -39,7 +40,7 @@ def _init_params(config, seed=0):
                          ids=["relu_tied", "gated_untied_scan"])
 def test_export_loads_in_transformers_with_same_logits(config, tmp_path):
   params = _init_params(config)
-  convert.save_hf_checkpoint(params, config, str(tmp_path))
+  hf_checkpoint.save_hf_checkpoint(params, config, str(tmp_path))
   saved = json.loads((tmp_path / "config.json").read_text())
   assert (saved["decoder_start_token_id"], saved["pad_token_id"], saved["eos_token_id"]) == (0, 0, 1)
   assert saved["feed_forward_proj"] == config.feed_forward
@@ -65,32 +66,32 @@ def test_export_loads_in_transformers_with_same_logits(config, tmp_path):
 def test_import_export_round_trip_is_exact(config, scan, tmp_path):
   hf_utils.hf_model(config).save_pretrained(str(tmp_path))
   original = load_file(str(tmp_path / "model.safetensors"))
-  loaded_config, params = convert.load_hf_checkpoint(str(tmp_path), scan_layers=scan)
-  exported = convert.hf_state_dict_from_params(params, loaded_config)
+  loaded_config, params = hf_checkpoint.load_hf_checkpoint(str(tmp_path), scan_layers=scan)
+  exported = hf_checkpoint.hf_state_dict_from_params(params, loaded_config)
   # Export writes shared.weight once; HF's file may also hold its embed_tokens aliases.
-  expected = {k: v for k, v in original.items() if k not in convert._EMBEDDING_ALIASES}  # pylint: disable=protected-access
+  expected = {k: v for k, v in original.items() if k not in hf_checkpoint._EMBEDDING_ALIASES}  # pylint: disable=protected-access
   assert sorted(exported) == sorted(expected)
   for key, value in expected.items():
     assert exported[key].dtype == value.dtype and exported[key].shape == value.shape, key
     assert np.array_equal(exported[key], value), key  # bitwise: pure transposes / reshapes
   # And the per-layer <-> stacked helpers are inverses.
   if scan:
-    again = convert.stack_layers(convert.unstack_layers(params, loaded_config), loaded_config)
+    again = hf_checkpoint.stack_layers(hf_checkpoint.unstack_layers(params, loaded_config), loaded_config)
     jax.tree_util.tree_map(np.testing.assert_array_equal, again, params)
 
 
 def test_config_from_hf_reads_both_families():
-  relu = convert.config_from_hf(hf_utils.hf_config(RELU).to_dict(), dropout_rate=0.0)
+  relu = hf_checkpoint.config_from_hf(hf_utils.hf_config(RELU).to_dict(), dropout_rate=0.0)
   assert relu == RELU
-  gated = convert.config_from_hf(hf_utils.hf_config(GATED).to_dict(), dropout_rate=0.0)
+  gated = hf_checkpoint.config_from_hf(hf_utils.hf_config(GATED).to_dict(), dropout_rate=0.0)
   assert gated == GATED
   # transformers 5.x re-saves a v1.1 config with tie_word_embeddings forced to true; its
   # scale_decoder_outputs=false still says "untied".
-  resaved = dict(convert.hf_config_dict(GATED), tie_word_embeddings=True,
+  resaved = dict(hf_checkpoint.hf_config_dict(GATED), tie_word_embeddings=True,
                  scale_decoder_outputs=False)
-  assert not convert.config_from_hf(resaved).tie_word_embeddings
+  assert not hf_checkpoint.config_from_hf(resaved).tie_word_embeddings
   with pytest.raises(ValueError, match="gated-silu"):
-    convert.config_from_hf({"feed_forward_proj": "gated-silu"})
+    hf_checkpoint.config_from_hf({"feed_forward_proj": "gated-silu"})
 
 
 def _state_dict(config):
@@ -102,7 +103,7 @@ def test_missing_key_names_key_and_shape():
   key = "decoder.block.2.layer.1.EncDecAttention.o.weight"
   del state[key]
   with pytest.raises(ValueError, match=r"Missing key.*") as error:
-    convert.params_from_hf_state_dict(state, GATED)
+    hf_checkpoint.params_from_hf_state_dict(state, GATED)
   assert key in str(error.value) and "(24, 32)" in str(error.value)
 
 
@@ -110,10 +111,10 @@ def test_unknown_key_is_named():
   state = _state_dict(RELU)
   state["encoder.block.7.layer.0.layer_norm.weight"] = np.ones(32, np.float32)
   with pytest.raises(ValueError, match=r"Unknown key.*encoder\.block\.7\.layer\.0\.layer_norm"):
-    convert.params_from_hf_state_dict(state, RELU)
+    hf_checkpoint.params_from_hf_state_dict(state, RELU)
   # A v1.1 checkpoint read with a relu config: the gated weights are unknown keys.
   with pytest.raises(ValueError, match=r"Unknown key.*wi_0"):
-    convert.params_from_hf_state_dict(_state_dict(GATED), dataclasses.replace(
+    hf_checkpoint.params_from_hf_state_dict(_state_dict(GATED), dataclasses.replace(
         GATED, feed_forward="relu"))
 
 
@@ -122,7 +123,7 @@ def test_wrong_shape_names_key_and_both_shapes():
   key = "encoder.block.1.layer.0.SelfAttention.q.weight"
   state[key] = np.zeros((32, 32), np.float32)  # as if num_heads * d_kv were 32, not 36
   with pytest.raises(ValueError) as error:
-    convert.params_from_hf_state_dict(state, RELU)
+    hf_checkpoint.params_from_hf_state_dict(state, RELU)
   message = str(error.value)
   assert key in message and "expected shape (36, 32)" in message and "found (32, 32)" in message
 
@@ -131,14 +132,14 @@ def test_embedding_alias_must_equal_shared():
   state = _state_dict(RELU)
   state["decoder.embed_tokens.weight"] = state["shared.weight"] + 1.0
   with pytest.raises(ValueError, match="decoder.embed_tokens.weight.*differs"):
-    convert.params_from_hf_state_dict(state, RELU)
+    hf_checkpoint.params_from_hf_state_dict(state, RELU)
 
 
 def test_export_rejects_wrong_shape():
-  params = convert.params_from_hf_state_dict(_state_dict(RELU), RELU)  # no jit compile: fast
+  params = hf_checkpoint.params_from_hf_state_dict(_state_dict(RELU), RELU)  # no jit compile: fast
   params["decoder"]["layers_1"]["mlp"]["wo"]["kernel"] = np.zeros((40, 32), np.float32)
   with pytest.raises(ValueError, match=r"decoder/layers_1/mlp/wo/kernel.*\(48, 32\).*\(40, 32\)"):
-    convert.hf_state_dict_from_params(params, RELU)
+    hf_checkpoint.hf_state_dict_from_params(params, RELU)
 
 
 def test_bin_is_read_with_weights_only(tmp_path):
@@ -147,7 +148,7 @@ def test_bin_is_read_with_weights_only(tmp_path):
   torch.save({"shared.weight": torch.zeros(96, 32), "evil": dataclasses.replace},
              str(tmp_path / "pytorch_model.bin"))
   with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
-    convert.load_hf_checkpoint(str(tmp_path))
+    hf_checkpoint.load_hf_checkpoint(str(tmp_path))
 
 
 def _files(directory):
@@ -157,11 +158,11 @@ def _files(directory):
 
 def test_a_failed_or_killed_re_export_never_mixes_two_exports(tmp_path, monkeypatch):
   out, reference = tmp_path / "hf", tmp_path / "reference"
-  convert.save_hf_checkpoint(convert.params_from_hf_state_dict(_state_dict(RELU), RELU), RELU,
+  hf_checkpoint.save_hf_checkpoint(hf_checkpoint.params_from_hf_state_dict(_state_dict(RELU), RELU), RELU,
                              str(out))
   old = _files(out)
-  new_params = convert.params_from_hf_state_dict(_state_dict(GATED), GATED)
-  convert.save_hf_checkpoint(new_params, GATED, str(reference))
+  new_params = hf_checkpoint.params_from_hf_state_dict(_state_dict(GATED), GATED)
+  hf_checkpoint.save_hf_checkpoint(new_params, GATED, str(reference))
   new = _files(reference)
   assert sorted(old) == sorted(new) == ["config.json", "model.safetensors"] and old != new
 
@@ -181,15 +182,15 @@ def test_a_failed_or_killed_re_export_never_mixes_two_exports(tmp_path, monkeypa
     patch.setattr(path_type, "write_text", failing(path_type.write_text))
     patch.setattr(path_type, "write_bytes", failing(path_type.write_bytes))
     with pytest.raises(OSError, match="No space left"):
-      convert.save_hf_checkpoint(new_params, GATED, str(out))
+      hf_checkpoint.save_hf_checkpoint(new_params, GATED, str(out))
   assert _files(out) == old and sorted(p.name for p in out.iterdir()) == sorted(old)
 
   # SIGKILL once the weights are written, before config.json: still the older export.
-  script = ("import os, signal, sys\nfrom etils import epath\nfrom t5x_lite import convert\n"
-            "config, params = convert.load_hf_checkpoint(sys.argv[1])\n"
+  script = ("import os, signal, sys\nfrom etils import epath\nfrom t5x_lite.interop import hf_checkpoint\n"
+            "config, params = hf_checkpoint.load_hf_checkpoint(sys.argv[1])\n"
             "kind = type(epath.Path(sys.argv[2]))\n"
             "kind.write_text = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
-            "convert.save_hf_checkpoint(params, config, sys.argv[2])\n")
+            "hf_checkpoint.save_hf_checkpoint(params, config, sys.argv[2])\n")
   killed = subprocess.run([sys.executable, "-c", script, str(reference), str(out)],
                           capture_output=True, text=True, check=False)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -210,12 +211,12 @@ def test_a_failed_or_killed_re_export_never_mixes_two_exports(tmp_path, monkeypa
   with monkeypatch.context() as patch:
     patch.setattr(path_type, "replace", replace_once)
     with pytest.raises(OSError, match="killed"):
-      convert.save_hf_checkpoint(new_params, GATED, str(out))
+      hf_checkpoint.save_hf_checkpoint(new_params, GATED, str(out))
   assert _files(out) == {"model.safetensors": new["model.safetensors"]}
   with pytest.raises(FileNotFoundError):
-    convert.load_hf_checkpoint(str(out))
+    hf_checkpoint.load_hf_checkpoint(str(out))
 
   # The next export completes and removes what the killed process staged (this process's
   # own staged config.json, of the export stopped above, is left: it still runs).
-  convert.save_hf_checkpoint(new_params, GATED, str(out))
+  hf_checkpoint.save_hf_checkpoint(new_params, GATED, str(out))
   assert _files(out) == new and staged() == [".config.json.tmp"]

@@ -1,4 +1,4 @@
-"""Tests for t5x_lite/data.py: batches, packing, sharding, determinism, resume, robustness."""
+"""Tests for t5x_lite/data/pipeline.py: batches, packing, sharding, determinism, resume, robustness."""
 
 import collections
 import logging
@@ -9,7 +9,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from t5x_lite import data
+from t5x_lite.data import pipeline
 from t5x_lite.tasks import pretraining
 import runmode_utils
 
@@ -43,8 +43,8 @@ def _batches(**kwargs):
   args = dict(split="train", batch_size=1, shuffle=False, seed=0, pack=False, num_epochs=1)
   args.update(kwargs)
   lengths = args.pop("lengths", {"inputs": 64, "targets": 32})
-  ds = data.get_dataset(TASK, lengths, **args)
-  return list(data.DatasetIterator(ds, 0, 1)), ds
+  ds = pipeline.get_dataset(TASK, lengths, **args)
+  return list(pipeline.DatasetIterator(ds, 0, 1)), ds
 
 
 def _expected(text, length=None):
@@ -110,9 +110,9 @@ def test_shuffle_is_deterministic_given_seed():
 
 def test_iterator_restore_continues_exactly(tmp_path):
   def make():
-    ds = data.get_dataset(TASK, {"inputs": 32, "targets": 16}, batch_size=2, shuffle=True,
+    ds = pipeline.get_dataset(TASK, {"inputs": 32, "targets": 16}, batch_size=2, shuffle=True,
                           seed=3, pack=True, num_epochs=None)
-    return data.DatasetIterator(ds, 0, 1)
+    return pipeline.DatasetIterator(ds, 0, 1)
 
   reference = [next(it) for it in [make()] for _ in range(8)]
   it = make()
@@ -133,7 +133,7 @@ def test_iterator_restore_continues_exactly(tmp_path):
 
 def test_unknown_name_lists_closest():
   with pytest.raises(ValueError, match="closest|Closest") as e:
-    data.get_dataset("test_data_tsk", {"inputs": 8, "targets": 8})
+    pipeline.get_dataset("test_data_tsk", {"inputs": 8, "targets": 8})
   assert TASK in str(e.value)
 
 
@@ -190,14 +190,14 @@ def _tsv_task(tmp_path, name, text, keep=None):
 
 
 def _first_batch(name, batch_size=2, num_epochs=None):
-  ds = data.get_dataset(name, {"inputs": 8, "targets": 8}, batch_size=batch_size, pack=False,
+  ds = pipeline.get_dataset(name, {"inputs": 8, "targets": 8}, batch_size=batch_size, pack=False,
                         shuffle=False, num_epochs=num_epochs)
-  return next(data.DatasetIterator(ds, 0, 1))
+  return next(pipeline.DatasetIterator(ds, 0, 1))
 
 
 def test_a_task_without_a_batch_names_the_task_split_and_file(tmp_path):
   path = _tsv_task(tmp_path, "test_data_empty_tsv", "number\twords\n")
-  with pytest.raises(data.EmptyDatasetError) as error:
+  with pytest.raises(pipeline.EmptyDatasetError) as error:
     _first_batch("test_data_empty_tsv")
   assert str(error.value) == (f"task 'test_data_empty_tsv' split 'train' yielded no examples "
                               f"(file {path} is empty).")
@@ -206,7 +206,7 @@ def test_a_task_without_a_batch_names_the_task_split_and_file(tmp_path):
 def test_a_split_smaller_than_one_batch_names_the_task_split_and_counts(tmp_path):
   # One pass (evaluation's num_epochs=1): 3 examples never fill a batch of 4, which is dropped.
   _tsv_task(tmp_path, "test_data_short_tsv", "number\twords\n1\tone\n2\ttwo\n3\tthree\n")
-  with pytest.raises(data.EmptyDatasetError) as error:
+  with pytest.raises(pipeline.EmptyDatasetError) as error:
     _first_batch("test_data_short_tsv", batch_size=4, num_epochs=1)
   assert str(error.value) == (
       "task 'test_data_short_tsv' split 'train' has only 3 example(s), fewer than one batch of "
@@ -216,7 +216,7 @@ def test_a_split_smaller_than_one_batch_names_the_task_split_and_counts(tmp_path
 def test_a_split_whose_examples_are_all_filtered_names_the_task_and_files(tmp_path):
   path = _tsv_task(tmp_path, "test_data_filtered_tsv", "number\twords\n1\tone\n2\ttwo\n",
                    keep=lambda ex: tf.strings.length(ex["targets"]) > 5)
-  with pytest.raises(data.EmptyDatasetError) as error:
+  with pytest.raises(pipeline.EmptyDatasetError) as error:
     _first_batch("test_data_filtered_tsv", num_epochs=1)
   assert str(error.value) == (
       f"task 'test_data_filtered_tsv' split 'train' yielded no examples (every example of "
@@ -232,7 +232,7 @@ def test_a_split_whose_examples_are_all_filtered_names_the_task_and_files(tmp_pa
       preprocessors=[lambda dataset: dataset.filter(lambda ex: False),
                      seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
       output_features={"inputs": seqio.Feature(TINY), "targets": seqio.Feature(TINY)})
-  with pytest.raises(data.EmptyDatasetError) as error:
+  with pytest.raises(pipeline.EmptyDatasetError) as error:
     _first_batch(name, num_epochs=1)
   assert str(error.value) == (
       f"task '{name}' split 'train' yielded no examples (every example was filtered out by the "

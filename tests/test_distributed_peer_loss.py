@@ -1,6 +1,6 @@
 """A process of a multi-process run is killed: the others stop with one line, not an abort.
 
-t5x_lite/distributed.py: without its watchdog, jax 0.10.2 aborts the survivor (SIGABRT, a C++
+t5x_lite/parallel/distributed.py: without its watchdog, jax 0.10.2 aborts the survivor (SIGABRT, a C++
 stack trace) once the coordination service misses the killed process's heartbeats.
 """
 
@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from t5x_lite import distributed
-from t5x_lite.run_dir import RunDir
+from t5x_lite.parallel import distributed
+from t5x_lite.checkpointing.run_dir import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

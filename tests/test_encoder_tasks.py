@@ -13,7 +13,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import runmode_utils as u
-from t5x_lite import heads, main, network
+from t5x_lite import main
+from t5x_lite.model import heads, network
 from t5x_lite.tasks import encoder_tasks, labels, metrics, vocab
 
 SST2 = [{"sentence": "a charming journey .", "label": 1, "idx": 0},

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import runmode_utils as u
-from t5x_lite import evaluate as eval_lib, infer, main
-from t5x_lite import configs
+from t5x_lite import main
+from t5x_lite.modes import evaluate as eval_lib, infer
+from t5x_lite.modes import settings
 from t5x_lite.tasks import metrics as task_metrics
 
 
@@ -120,7 +121,7 @@ def test_rerun_completes_the_predictions_of_an_eval_stopped_after_a_metrics_row(
 
 
 def test_periodic_infer_eval_during_training(tmp_path, capsys):
-  _, final = u.train_tiny(tmp_path, 6, checkpoint_period=6, evaluation=configs.EvalConfig(
+  _, final = u.train_tiny(tmp_path, 6, checkpoint_period=6, evaluation=settings.EvalConfig(
       period=3, steps=1, infer_eval_mixture_or_task_name=u.TASK, print_examples=2))
   rows = u.read_jsonl(tmp_path / "eval_metrics.jsonl")
   assert [r["step"] for r in rows] == [3, 6]

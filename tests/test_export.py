@@ -12,7 +12,11 @@ import transformers
 
 import fake_bucket
 import runmode_utils as u
-from t5x_lite import checkpoints, convert, export, main, partitioning
+from t5x_lite import main
+from t5x_lite.checkpointing import checkpoints
+from t5x_lite.interop import hf_checkpoint
+from t5x_lite.modes import export
+from t5x_lite.parallel import partitioning
 
 
 def test_export_gives_hf_model_with_the_same_logits(tmp_path):
@@ -56,7 +60,7 @@ def test_export_to_a_bucket_equals_a_local_export(tmp_path, monkeypatch):
   export.export(checkpoint_path=checkpoint, output_dir=f"{bucket}/hf", model=model)
   assert (epath.Path(f"{bucket}/hf/config.json").read_text()
           == (tmp_path / "hf" / "config.json").read_text())
-  local, remote = convert.load_hf_state_dict(str(tmp_path / "hf")), convert.load_hf_state_dict(
+  local, remote = hf_checkpoint.load_hf_state_dict(str(tmp_path / "hf")), hf_checkpoint.load_hf_state_dict(
       f"{bucket}/hf")
   assert sorted(local) == sorted(remote)
   for key, value in local.items():

@@ -1,4 +1,4 @@
-"""Tests for t5x_lite/gin_bindings.py and the vocabulary path checks of tasks/vocab.py: a user's
+"""Tests for t5x_lite/config/gin_bindings.py and the vocabulary path checks of tasks/vocab.py: a user's
 binding that this run never applies, or a vocabulary path that is not a SentencePiece model,
 stops the run at start with one message naming the binding."""
 
@@ -9,9 +9,9 @@ import gin
 import pytest
 import seqio
 
-from t5x_lite import configurables
-from t5x_lite import gin_bindings
-from t5x_lite import gin_utils
+from t5x_lite.config import configurables
+from t5x_lite.config import gin_bindings
+from t5x_lite.config import gin_utils
 from t5x_lite import main as main_lib
 from t5x_lite.tasks import vocab
 import test_docs_commands

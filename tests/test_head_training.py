@@ -14,8 +14,12 @@ import transformers
 
 import head_tasks
 import runmode_utils as u
-from t5x_lite import (checkpoints, configs, convert, evaluate, export, heads, infer,
-                      initial_params, network, optimizers, partitioning, train, trainer)
+from t5x_lite.checkpointing import checkpoints, initial_params
+from t5x_lite.interop import hf_checkpoint
+from t5x_lite.model import heads, network
+from t5x_lite.modes import settings, evaluate, export, infer, train
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import optimizers, trainer
 from tree_utils import tree_max_abs_diff
 
 # runmode_utils' encoder-decoder shape: its checkpoints fit the heads' encoder.
@@ -54,10 +58,10 @@ def spy_initial_params(monkeypatch):
 def run_head(model_dir, model, task, lengths, steps, pack=False, **kwargs):
   return train.train(
       model_dir=str(model_dir), train_steps=steps, model=model,
-      train_dataset=configs.DatasetConfig(task, lengths, batch_size=16, pack=pack),
+      train_dataset=settings.DatasetConfig(task, lengths, batch_size=16, pack=pack),
       optimizer=optimizers.adafactor(optimizers.constant_schedule(1e-2)),
-      checkpoint=configs.CheckpointConfig(period=1000, keep=None),
-      evaluation=configs.EvalConfig(steps=1, infer_eval_mixture_or_task_name=task),
+      checkpoint=settings.CheckpointConfig(period=1000, keep=None),
+      evaluation=settings.EvalConfig(steps=1, infer_eval_mixture_or_task_name=task),
       log_period=steps, progress_bar=False, **kwargs)
 
 
@@ -73,7 +77,7 @@ def test_sequence_head_from_encoder_decoder_checkpoint_learns_and_restores(
   model = heads.SequenceClassificationModel(CONFIG)
   lengths = {"inputs": 16, "targets": 1}
   _, metrics = run_head(tmp_path / "cls", model, head_tasks.YES_NO, lengths, 40,
-                        initial_checkpoint=configs.RestoreConfig(ed_checkpoint))
+                        initial_checkpoint=settings.RestoreConfig(ed_checkpoint))
   # Encoder and embedding by value from the checkpoint, decoder dropped, head fresh.
   expected = jax.device_get(ed_state.params)
   assert sorted(started["params"]) == ["classifier", "encoder", "token_embedder"]
@@ -98,12 +102,12 @@ def test_sequence_head_from_encoder_decoder_checkpoint_learns_and_restores(
 def test_token_head_from_hf_directory_learns_infers_and_exports(tmp_path, monkeypatch):
   ed_params = nn.unbox(jax.jit(lambda r: network.Transformer(CONFIG).init(
       r, np.ones((1, 4), np.int32), np.ones((1, 4), np.int32)))(jax.random.PRNGKey(3))["params"])
-  convert.save_hf_checkpoint(ed_params, CONFIG, str(tmp_path / "hf"))
+  hf_checkpoint.save_hf_checkpoint(ed_params, CONFIG, str(tmp_path / "hf"))
   started = spy_initial_params(monkeypatch)
   model = heads.TokenClassificationModel(CONFIG, num_labels=9)
   lengths = {"inputs": 32, "targets": 32}
   _, metrics = run_head(tmp_path / "tok", model, head_tasks.NAMES, lengths, 40, pack=True,
-                        initial_checkpoint=configs.RestoreConfig(str(tmp_path / "hf")))
+                        initial_checkpoint=settings.RestoreConfig(str(tmp_path / "hf")))
   for name in ("token_embedder", "encoder"):
     assert tree_max_abs_diff(started["params"][name], ed_params[name]) == 0.0
   # Entity F1 of "Alice"/"Bob"... as B-PER among other words; chance is far below.
@@ -147,7 +151,7 @@ def test_encoder_that_does_not_fit_and_optimizer_state_are_refused(tmp_path, enc
                                        "SequenceClassificationModel starts from the "
                                        "token_embedder/encoder parameters"):
     run_head(tmp_path / "cls", heads.SequenceClassificationModel(CONFIG), head_tasks.YES_NO,
-             {"inputs": 16, "targets": 1}, 1, initial_checkpoint=configs.RestoreConfig(
+             {"inputs": 16, "targets": 1}, 1, initial_checkpoint=settings.RestoreConfig(
                  ed_checkpoint, restore_optimizer_state=True))
   narrow = heads.SequenceClassificationModel(dataclasses.replace(CONFIG, d_ff=96))
   params = nn.unbox(jax.jit(lambda r: narrow.init(r, {"encoder_input_tokens": (1, 4)}))(

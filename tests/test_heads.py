@@ -1,4 +1,4 @@
-"""Encoder heads (t5x_lite/heads.py, head_features.py): HF parity, parameter counts, losses
+"""Encoder heads (t5x_lite/model/heads.py, head_features.py): HF parity, parameter counts, losses
 against NumPy / torch references, span decoding, converters and their errors, Adafactor and
 partitioning rules for the label axis."""
 
@@ -13,7 +13,11 @@ import torch
 import transformers
 
 import hf_utils
-from t5x_lite import convert, head_features, heads, network, optimizers, partitioning, trainer
+from t5x_lite.data import head_features
+from t5x_lite.interop import hf_checkpoint
+from t5x_lite.model import heads, network
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import optimizers, trainer
 
 RELU = network.T5Config(vocab_size=96, d_model=32, d_ff=48, d_kv=12, num_heads=3,
                         num_encoder_layers=3, num_decoder_layers=2, dropout_rate=0.0)
@@ -59,7 +63,7 @@ def test_encoder_output_equals_hf_t5_encoder_model(config, tmp_path):
   """Import (a HF encoder-decoder's encoder) and export (T5EncoderModel) on the same weights."""
   hf_utils.hf_model(config).save_pretrained(str(tmp_path / "ed"))
   hf_encoder = transformers.T5EncoderModel.from_pretrained(str(tmp_path / "ed")).eval()
-  loaded_config, encoder_params = convert.load_hf_encoder(str(tmp_path / "ed"),
+  loaded_config, encoder_params = hf_checkpoint.load_hf_encoder(str(tmp_path / "ed"),
                                                           dropout_rate=0.0,
                                                           scan_layers=config.scan_layers)
   assert "decoder" not in encoder_params
@@ -74,7 +78,7 @@ def test_encoder_output_equals_hf_t5_encoder_model(config, tmp_path):
   assert np.abs(ours - expected)[real].max() <= 1e-4
   assert np.abs(expected[real]).mean() > 0.1
 
-  convert.save_hf_encoder(params, loaded_config, str(tmp_path / "enc"))
+  hf_checkpoint.save_hf_encoder(params, loaded_config, str(tmp_path / "enc"))
   exported, info = transformers.T5EncoderModel.from_pretrained(str(tmp_path / "enc"),
                                                                output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -85,7 +89,7 @@ def test_encoder_output_equals_hf_t5_encoder_model(config, tmp_path):
 def test_token_classification_logits_equal_hf_after_export(config, tmp_path):
   model = heads.TokenClassificationModel(config, num_labels=5)
   params = init_params(model)
-  convert.save_hf_token_classifier(params, config, str(tmp_path), label_names="ABCDE")
+  hf_checkpoint.save_hf_token_classifier(params, config, str(tmp_path), label_names="ABCDE")
   hf, info = transformers.T5ForTokenClassification.from_pretrained(str(tmp_path),
                                                                    output_loading_info=True)
   hf.eval()
@@ -110,7 +114,7 @@ def test_token_classification_logits_equal_hf_after_export(config, tmp_path):
   assert float(loss) == pytest.approx(float(out.loss), abs=1e-5)
   assert float(metrics["num_tokens"]) == real.sum()
   # Import gives back the same parameters, bit for bit.
-  loaded_config, loaded = convert.load_hf_token_classifier(str(tmp_path), dropout_rate=0.0)
+  loaded_config, loaded = hf_checkpoint.load_hf_token_classifier(str(tmp_path), dropout_rate=0.0)
   assert loaded_config == config
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
 

@@ -17,8 +17,10 @@ import tensorflow as tf
 
 import fake_bucket
 import runmode_utils as u
-from t5x_lite import checkpoints, decoding, infer
-from t5x_lite import evaluate as eval_lib
+from t5x_lite.checkpointing import checkpoints
+from t5x_lite.model import decoding
+from t5x_lite.modes import infer
+from t5x_lite.modes import evaluate as eval_lib
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,7 @@ def test_each_shard_preprocesses_only_its_share():
 
 
 def _restored(checkpoint, model):
-  from t5x_lite import partitioning  # pylint: disable=g-import-not-at-top
+  from t5x_lite.parallel import partitioning  # pylint: disable=g-import-not-at-top
   return checkpoints.restore_model_params(model, partitioning.Partitioner(), checkpoint)
 
 

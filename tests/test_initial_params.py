@@ -8,7 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite import convert, heads, initial_params, models, network, partitioning
+from t5x_lite.checkpointing import initial_params
+from t5x_lite.interop import hf_checkpoint
+from t5x_lite.model import heads, encoder_decoder, network
+from t5x_lite.parallel import partitioning
 
 
 CONFIG = network.T5Config(vocab_size=128, d_model=16, d_ff=32, d_kv=4, num_heads=2,
@@ -26,9 +29,9 @@ def _params(model, seed):
 
 
 def test_encoder_decoder_and_head_start_from_a_hf_directory(tmp_path):
-  model = models.EncoderDecoderModel(CONFIG)
+  model = encoder_decoder.EncoderDecoderModel(CONFIG)
   saved = jax.device_get(_params(model, seed=1))
-  convert.save_hf_checkpoint(saved, model.config, str(tmp_path / "hf"))
+  hf_checkpoint.save_hf_checkpoint(saved, model.config, str(tmp_path / "hf"))
   fresh = _params(model, seed=2)
   loaded = initial_params.load(model, str(tmp_path / "hf"), fresh)
   # float32 through safetensors and back: every parameter exactly.
@@ -49,10 +52,10 @@ def test_encoder_decoder_and_head_start_from_a_hf_directory(tmp_path):
 
 
 def test_shape_mismatch_and_optimizer_state_are_refused(tmp_path):
-  model = models.EncoderDecoderModel(CONFIG)
-  convert.save_hf_checkpoint(jax.device_get(_params(model, seed=1)), model.config,
+  model = encoder_decoder.EncoderDecoderModel(CONFIG)
+  hf_checkpoint.save_hf_checkpoint(jax.device_get(_params(model, seed=1)), model.config,
                              str(tmp_path / "hf"))
-  wider = models.EncoderDecoderModel(dataclasses.replace(CONFIG, d_ff=24))
+  wider = encoder_decoder.EncoderDecoderModel(dataclasses.replace(CONFIG, d_ff=24))
   with pytest.raises(ValueError, match=r"encoder/layers_0/mlp/wi/kernel: checkpoint "
                                        r"\(16, 32\) vs model \(16, 24\)"):
     initial_params.load(wider, str(tmp_path / "hf"), _params(wider, seed=0))

@@ -27,7 +27,7 @@ def test_wheel_installs_and_finds_gin_files_from_another_directory(tmp_path):
   elsewhere.mkdir()
   env = dict(os.environ, PYTHONPATH=str(site))
   probe = subprocess.run(
-      [sys.executable, "-c", "import t5x_lite.tasks; from t5x_lite import gin_utils; "
+      [sys.executable, "-c", "import t5x_lite.tasks; from t5x_lite.config import gin_utils; "
        "print(t5x_lite.tasks.__file__); print(gin_utils.GIN_DIR)"],
       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300, check=True)
   tasks_file, gin_dir = probe.stdout.split()[-2:]

@@ -6,7 +6,7 @@ import gin
 import pytest
 import seqio
 
-from t5x_lite import configurables
+from t5x_lite.config import configurables
 from t5x_lite.tasks import instructions as ins
 from t5x_lite.tasks import vocab
 

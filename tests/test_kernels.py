@@ -1,4 +1,4 @@
-"""Attention kernels vs the XLA reference (t5x_lite.kernels.reference), on CPU and GPU.
+"""Attention kernels vs the XLA reference (t5x_lite.model.kernels.reference), on CPU and GPU.
 
 On CPU Pallas runs in interpret mode, which is slow, so shapes are small (B=2, H=2, L<=136,
 blocks of 32/64) while still covering ragged lengths, several tiles per row, packing,
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_lite import kernels
-from t5x_lite.kernels import cudnn, flash, reference
+from t5x_lite.model import kernels
+from t5x_lite.model.kernels import cudnn, flash, reference
 
 ON_GPU = jax.default_backend() == "gpu"
 # Tolerances come from the float32 reference's own error. Every result is compared with a
@@ -308,7 +308,7 @@ def test_replicated_per_shard_call_warns_once_with_shapes_mesh_and_fix(caplog):
   (every device runs the whole of it); that is logged once per shapes and mesh."""
   mesh = {"data": 4, "model": 2}
   q, k = (6, 10, 3, 16), (6, 12, 3, 16)
-  with caplog.at_level("WARNING", logger="t5x_lite.kernels"):
+  with caplog.at_level("WARNING", logger="t5x_lite.model.kernels"):
     assert kernels.shard_axes(mesh, (8, 10, 4, 16), (8, 12, 4, 16)) == (("data",), "model")
     assert not caplog.records
     assert kernels.shard_axes(mesh, q, k) == (None, None)
@@ -325,7 +325,7 @@ def test_replicated_per_shard_call_warns_once_with_shapes_mesh_and_fix(caplog):
       "4; the 3 heads are not a multiple of the mesh's 'model' axis (2 devices): make "
       "T5Config.num_heads a multiple of 2 or Partitioner.num_partitions a divisor of 3.")
   caplog.clear()
-  with caplog.at_level("WARNING", logger="t5x_lite.kernels"):
+  with caplog.at_level("WARNING", logger="t5x_lite.model.kernels"):
     assert kernels.shard_axes(mesh, (8, 10, 3, 16), (8, 12, 3, 16)) == (("data",), None)
   assert [r.getMessage().split("whole ", 1)[1] for r in caplog.records] == [
       "set of heads: the 3 heads are not a multiple of the mesh's 'model' axis (2 devices): make "
@@ -406,7 +406,7 @@ def test_tiny_t5_same_loss_and_gradients_with_pallas(monkeypatch):
   """A whole T5 (encoder self, causal decoder self and cross-attention, padded batch) gives
   the same loss and parameter gradients with attention_impl "pallas" as with "xla": as close
   to the same float32 model with float64 attention as the "xla" model is."""
-  from t5x_lite import network  # pylint: disable=g-import-not-at-top
+  from t5x_lite.model import network  # pylint: disable=g-import-not-at-top
 
   def make(impl):
     return network.Transformer(network.T5Config(
@@ -487,7 +487,7 @@ def test_tile_bucket_range_holds_every_bucket_of_the_tile(bidirectional):
 def test_cached_greedy_decoding_same_with_pallas():
   """Decoding steps run the kernel with Lq=1 against the KV cache at a traced query_offset
   (decoding.decode's loop): same tokens and scores as with xla attention."""
-  from t5x_lite import decoding, network  # pylint: disable=g-import-not-at-top
+  from t5x_lite.model import decoding, network  # pylint: disable=g-import-not-at-top
 
   def make(impl):
     return network.Transformer(network.T5Config(

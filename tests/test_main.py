@@ -88,7 +88,7 @@ def test_a_macro_that_nothing_reads_stops_the_run_before_any_work(tmp_path):
 
 
 def test_macro_check_command_line_and_user_files(tmp_path):
-  from t5x_lite import gin_utils  # pylint: disable=g-import-not-at-top
+  from t5x_lite.config import gin_utils  # pylint: disable=g-import-not-at-top
   quickstart = str(gin_utils.GIN_DIR / "recipes" / "quickstart.gin")
   # Read by runs/pretrain.gin (included by the recipe): fine, as is a project file's own
   # macro that this combination leaves unread.
@@ -130,7 +130,7 @@ def clean_gin():
 def test_a_run_mode_demands_only_the_required_macros_it_reads(clean_gin, gin_files, run_mode,
                                                                 bindings, unread):
   import gin  # pylint: disable=g-import-not-at-top
-  from t5x_lite import gin_utils  # pylint: disable=g-import-not-at-top
+  from t5x_lite.config import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.parse(gin_files, bindings, register_builtin_tasks=False, run_mode=run_mode)
   assert gin.config_is_locked()
   # Still required, unset and unread: reading it would stop the call.
@@ -153,7 +153,7 @@ def test_a_run_mode_demands_only_the_required_macros_it_reads(clean_gin, gin_fil
 
 
 def test_a_missing_checkpoint_step_names_the_steps_there(tmp_path):
-  from t5x_lite import checkpoints  # pylint: disable=g-import-not-at-top
+  from t5x_lite.checkpointing import checkpoints  # pylint: disable=g-import-not-at-top
   for step in (1000, 1600):
     (tmp_path / "checkpoints" / str(step) / "state").mkdir(parents=True)
   with pytest.raises(ValueError) as error:
@@ -166,8 +166,8 @@ def test_a_missing_checkpoint_step_names_the_steps_there(tmp_path):
 def test_end_of_run_summary_lists_only_files_that_exist(tmp_path, capsys):
   """No evaluation ran: no eval_metrics.jsonl, no predictions, no loss curve are listed."""
   import types  # pylint: disable=g-import-not-at-top
-  from t5x_lite import train  # pylint: disable=g-import-not-at-top
-  from t5x_lite.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  from t5x_lite.modes import train  # pylint: disable=g-import-not-at-top
+  from t5x_lite.checkpointing.run_dir import RunDir  # pylint: disable=g-import-not-at-top
   run_dir = RunDir(str(tmp_path))
   (tmp_path / "train_metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
   (tmp_path / "config.gin").write_text("")
@@ -246,7 +246,7 @@ _QUICK = ["recipes/quickstart.gin"]
 ])
 def test_settings_that_were_silent_or_cryptic_stop_with_the_binding_to_change(
     clean_gin, bindings, message):
-  from t5x_lite import gin_utils, preflight  # pylint: disable=g-import-not-at-top
+  from t5x_lite.config import gin_utils, preflight  # pylint: disable=g-import-not-at-top
   gin_utils.parse(_QUICK, bindings, register_builtin_tasks=False, run_mode="train")
   with pytest.raises(ValueError) as error:
     preflight.check("train", available_memory=64 * 1024 ** 3)
@@ -256,7 +256,7 @@ def test_settings_that_were_silent_or_cryptic_stop_with_the_binding_to_change(
 def test_a_home_relative_path_is_expanded(clean_gin, tmp_path, monkeypatch):
   """Before: MODEL_DIR = '~/runs/x' in a gin file trained into ./~/runs/x."""
   import gin  # pylint: disable=g-import-not-at-top
-  from t5x_lite import gin_utils, preflight  # pylint: disable=g-import-not-at-top
+  from t5x_lite.config import gin_utils, preflight  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv("HOME", str(tmp_path))
   user = tmp_path / "mine.gin"
   user.write_text("include 'recipes/quickstart.gin'\nMODEL_DIR = '~/runs/x'\n")
@@ -267,7 +267,7 @@ def test_a_home_relative_path_is_expanded(clean_gin, tmp_path, monkeypatch):
 
 def test_an_int_checkpoint_steps_names_the_steps_there(clean_gin, tmp_path):
   """Before: TypeError: 'int' object is not iterable, from evaluate."""
-  from t5x_lite import gin_utils, preflight  # pylint: disable=g-import-not-at-top
+  from t5x_lite.config import gin_utils, preflight  # pylint: disable=g-import-not-at-top
   for step in (1000, 1600):
     (tmp_path / "checkpoints" / str(step) / "state").mkdir(parents=True)
   gin_utils.parse(_QUICK + ["runs/eval.gin"], [
@@ -284,7 +284,8 @@ def test_lengths_whose_planned_training_peak_exceeds_memory_are_refused(clean_gi
   import gin  # pylint: disable=g-import-not-at-top
   """Before: inputs of 65,536 tokens grew the process to 6 GiB with no message."""
   # pylint: disable=g-import-not-at-top
-  from t5x_lite import configurables, gin_utils, memory_planner, preflight
+  from t5x_lite.config import configurables, gin_utils, preflight
+  from t5x_lite.tools import memory_planner
   lengths = {"inputs": 65536, "targets": 32}
   gin_utils.parse(_QUICK, ["MODEL_DIR=r", f"TASK_FEATURE_LENGTHS={lengths}"],
                   register_builtin_tasks=False, run_mode="train")

@@ -6,7 +6,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from t5x_lite import memory_planner, models, network, optimizers, partitioning, trainer
+from t5x_lite.model import encoder_decoder, network
+from t5x_lite.parallel import partitioning
+from t5x_lite.tools import memory_planner
+from t5x_lite.training import optimizers, trainer
 
 
 def small_config(**overrides):
@@ -20,7 +23,7 @@ def small_config(**overrides):
 def test_single_device_bytes_equal_the_real_arrays(scan_layers):
   cfg = small_config(scan_layers=scan_layers)
   plan = memory_planner.plan(cfg, {"data": 1, "model": 1}, 8, 64, 32)
-  boxed = jax.eval_shape(lambda: models.EncoderDecoderModel(cfg).init(
+  boxed = jax.eval_shape(lambda: encoder_decoder.EncoderDecoderModel(cfg).init(
       jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}))
   opt_state = jax.eval_shape(optimizers.adafactor()[0].init, boxed)
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree)
@@ -57,7 +60,7 @@ def test_activation_estimate_is_near_xla_temp_memory_and_shrinks_with_remat_and_
   batch, inputs, targets = 16, 256, 64
   shapes = dict(encoder_input_tokens=(batch, inputs), decoder_input_tokens=(batch, targets),
                 decoder_target_tokens=(batch, targets))
-  t = trainer.Trainer(models.EncoderDecoderModel(cfg), optimizers.adafactor(),
+  t = trainer.Trainer(encoder_decoder.EncoderDecoderModel(cfg), optimizers.adafactor(),
                       partitioning.Partitioner())
   abstract, _ = t.state_shardings(shapes)
   batch_spec = {k: jax.ShapeDtypeStruct(v, jnp.int32) for k, v in shapes.items()}
@@ -105,6 +108,6 @@ def test_fsdp_counts_the_gathered_layer_and_its_gradient():
   assert fsdp.fsdp_gathered == 8 * layer
   assert fsdp.total == (fsdp.params + fsdp.optimizer_state + fsdp.gradients + fsdp.activations
                         + 8 * layer)
-  # XLA's per-chip total for this step on v5e-256 (t5x_lite.aot_compile): 2.44 GiB.
+  # XLA's per-chip total for this step on v5e-256 (t5x_lite.tools.aot_compile): 2.44 GiB.
   assert abs(fsdp.total / (2.44 * 2**30) - 1) < 0.05
   assert memory_planner.plan(xxl, {"data": 32, "model": 8}, 256, 512, 114).fsdp_gathered == 0

@@ -15,8 +15,14 @@ import pytest
 import seqio
 
 import runmode_utils as u
-from t5x_lite import checkpoints, configs, configurables, evaluate, gin_utils, heads, infer
-from t5x_lite import model_interface, models, optimizers, partitioning, train
+from t5x_lite.checkpointing import checkpoints
+from t5x_lite.config import configurables, gin_utils
+from t5x_lite.model import heads
+from t5x_lite.modes import settings, evaluate, infer
+from t5x_lite.model import model_interface, encoder_decoder
+from t5x_lite.modes import train
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import optimizers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,10 +138,10 @@ def test_a_model_kind_defined_here_runs_in_train_eval_infer_and_score(tmp_path, 
   state, _ = train.train(
       model_dir=str(tmp_path / "run"), train_steps=40, model=model,
       # pack=True is turned off by the run mode: the model cannot pack.
-      train_dataset=configs.DatasetConfig(u.TASK, u.LENGTHS, batch_size=16, pack=True),
+      train_dataset=settings.DatasetConfig(u.TASK, u.LENGTHS, batch_size=16, pack=True),
       optimizer=optimizers.adafactor(optimizers.constant_schedule(0.1)),
-      checkpoint=configs.CheckpointConfig(period=1000, keep=None),
-      evaluation=configs.EvalConfig(steps=0), log_period=1000, progress_bar=False)
+      checkpoint=settings.CheckpointConfig(period=1000, keep=None),
+      evaluation=settings.EvalConfig(steps=0), log_period=1000, progress_bar=False)
   assert int(state.step) == 40 and set(state.params) == {"embedding", "output", "positions"}
   assert "BagOfWordsModel keeps one example per row: training unpacked" in caplog.text
 
@@ -176,18 +182,18 @@ def test_a_model_kind_defined_here_runs_in_train_eval_infer_and_score(tmp_path, 
 
 
 # What may appear as isinstance's second argument in library code: no model class or module.
-_MODEL_KIND = re.compile(r"isinstance\([^)]*,\s*\(?[^)]*(Model\b|heads\.|models\.|models_lib)")
+_MODEL_KIND = re.compile(r"isinstance\([^)]*,\s*\(?[^)]*(Model\b|heads\.|encoder_decoder\.|models_lib)")
 
 
 def test_no_library_module_asks_which_kind_of_model_it_holds():
-  package = pathlib.Path(models.__file__).parent
+  package = pathlib.Path(encoder_decoder.__file__).parents[1]
   found = [f"{path.relative_to(package)}:{n}: {line.strip()}"
            for path in sorted(package.rglob("*.py"))
            for n, line in enumerate(path.read_text().splitlines(), 1)
            if _MODEL_KIND.search(line)]
   assert found == []
   assert _MODEL_KIND.search("if isinstance(model, heads.EncoderHeadModel):")
-  assert _MODEL_KIND.search("isinstance(m, (models_lib.EncoderDecoderModel, int))")
+  assert _MODEL_KIND.search("isinstance(m, (encoder_decoder.EncoderDecoderModel, int))")
   assert not _MODEL_KIND.search("isinstance(value, (int, float))")
 
 
@@ -202,7 +208,7 @@ def clean_gin():
     ("glue_sst2_encoder.gin", heads.SequenceClassificationModel),
     ("conll_token_cls.gin", heads.TokenClassificationModel),
     ("squad_qa.gin", heads.QuestionAnsweringModel),
-    ("quickstart.gin", models.EncoderDecoderModel)])
+    ("quickstart.gin", encoder_decoder.EncoderDecoderModel)])
 def test_a_recipe_model_is_the_model_of_every_run_mode(clean_gin, tmp_path, recipe, kind):
   for mode, name in configurables.RUN_MODE_NAMES.items():
     gin.clear_config()

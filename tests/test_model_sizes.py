@@ -1,4 +1,4 @@
-"""gin/models/*.gin and t5x_lite.model_sizes: every model file builds, with HF's parameter count.
+"""gin/models/*.gin and t5x_lite.model.model_sizes: every model file builds, with HF's parameter count.
 
 Counts come from shapes only: t5x_lite via jax.eval_shape, HF transformers via a model built
 on the `meta` device, so XXL costs no memory.
@@ -12,7 +12,8 @@ import gin
 import pytest
 
 import hf_utils
-from t5x_lite import configurables, gin_utils, model_sizes, network
+from t5x_lite.config import configurables, gin_utils
+from t5x_lite.model import model_sizes, network
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 MODEL_FILES = sorted(os.path.relpath(p, GIN_DIR)

@@ -2,7 +2,7 @@
 
 Every case builds a random-weight HF T5ForConditionalGeneration (float32, eval mode), saves
 it with save_pretrained (safetensors) or as a pytorch_model.bin, imports it with
-t5x_lite.convert, and compares logits on padded random batches.
+t5x_lite.interop.hf_checkpoint, and compares logits on padded random batches.
 
 Logits are compared at non-padded decoder positions only: t5x_lite masks attention by
 segment ids, so a padded query attends only to padded keys (its row never becomes empty),
@@ -21,7 +21,8 @@ import torch
 import transformers
 
 import hf_utils
-from t5x_lite import convert, kernels, network
+from t5x_lite.interop import hf_checkpoint
+from t5x_lite.model import kernels, network
 
 # (name, T5Config fields): both families, num_heads * d_kv != d_model, unequal depths, and
 # non-default relative attention settings with sequences longer than max_distance.
@@ -59,7 +60,7 @@ def test_logits_match_hf(shape, fmt, scan, tmp_path):
   assert os.path.exists(tmp_path / ("model.safetensors" if fmt == "safetensors"
                                     else "pytorch_model.bin"))
 
-  loaded_config, params = convert.load_hf_checkpoint(str(tmp_path), dropout_rate=0.0,
+  loaded_config, params = hf_checkpoint.load_hf_checkpoint(str(tmp_path), dropout_rate=0.0,
                                                      scan_layers=scan)
   assert loaded_config == network.T5Config(dropout_rate=0.0, scan_layers=scan, **SHAPES[shape])
   if scan:
@@ -98,7 +99,7 @@ def test_relative_position_bucket_matches_hf(num_buckets, max_distance, bidirect
 def test_remat_and_scan_give_the_same_loss_and_gradients():
   """Activation checkpointing and scan over layers change memory and compile time only."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from t5x_lite import models  # pylint: disable=g-import-not-at-top
+  from t5x_lite.model import encoder_decoder  # pylint: disable=g-import-not-at-top
   base = network.T5Config(vocab_size=64, d_model=32, d_ff=64, d_kv=8, num_heads=4,
                           num_encoder_layers=2, num_decoder_layers=3, dropout_rate=0.0,
                           feed_forward="gated-gelu", tie_word_embeddings=False)
@@ -108,10 +109,10 @@ def test_remat_and_scan_give_the_same_loss_and_gradients():
            "decoder_input_tokens": np.concatenate([np.zeros((2, 1), np.int32), targets[:, :-1]], 1),
            "decoder_target_tokens": targets}
   shapes = {k: v.shape for k, v in batch.items()}
-  params = nn.unbox(models.EncoderDecoderModel(base).init(jax.random.PRNGKey(0), shapes))
+  params = nn.unbox(encoder_decoder.EncoderDecoderModel(base).init(jax.random.PRNGKey(0), shapes))
 
   def loss_and_grads(config, p):
-    return jax.value_and_grad(lambda q: models.EncoderDecoderModel(config).loss_fn(q, batch)[0])(p)
+    return jax.value_and_grad(lambda q: encoder_decoder.EncoderDecoderModel(config).loss_fn(q, batch)[0])(p)
 
   loss, grads = loss_and_grads(base, params)
   for remat in ("full", "dots"):
@@ -120,10 +121,10 @@ def test_remat_and_scan_give_the_same_loss_and_gradients():
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                            other_grads, grads)
   scanned = dataclasses.replace(base, scan_layers=True, remat_policy="full")
-  scan_loss, scan_grads = loss_and_grads(scanned, convert.stack_layers(params, base))
+  scan_loss, scan_grads = loss_and_grads(scanned, hf_checkpoint.stack_layers(params, base))
   np.testing.assert_allclose(scan_loss, loss, rtol=1e-5)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                         convert.unstack_layers(scan_grads, base), grads)
+                         hf_checkpoint.unstack_layers(scan_grads, base), grads)
 
 
 # bfloat16 parity: a v1.0 (ReLU, tied) and a v1.1 (gated-GELU, untied) shape.
@@ -149,7 +150,7 @@ def test_bfloat16_logits_are_as_close_to_float64_as_hf_bfloat16(family, tmp_path
   config = network.T5Config(dropout_rate=0.0, **BF16_SHAPES[family])
   model = hf_utils.hf_model(config)
   model.save_pretrained(str(tmp_path))
-  loaded_config, params = convert.load_hf_checkpoint(str(tmp_path), dropout_rate=0.0)
+  loaded_config, params = hf_checkpoint.load_hf_checkpoint(str(tmp_path), dropout_rate=0.0)
   enc, dec_in, tgt = hf_utils.random_batch(config, batch=4, enc_len=16, dec_len=12)
   real = tgt > 0
   reference = hf_utils.hf_logits(model.double(), enc, dec_in, tgt)[real]

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_lite import models, network, optimizers, partitioning, trainer
+from t5x_lite.model import encoder_decoder, network
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import optimizers, trainer
 
 # (path, shape, logical axes, (rows, cols, batch) by t5x's standard_logical_factor_rules):
 # T5-Efficient-TINY's widths (d_model 256, d_ff 1024, 4 heads of d_kv 64), the vocabulary cut to
@@ -263,7 +265,7 @@ def stack_layers(params):
 
 
 def train_steps(config, params, optimizer, batches):
-  t = trainer.Trainer(models.EncoderDecoderModel(config), optimizer, partitioning.Partitioner())
+  t = trainer.Trainer(encoder_decoder.EncoderDecoderModel(config), optimizer, partitioning.Partitioner())
   state = t.init_state({k: v.shape for k, v in batches[0].items()})
   state = state.replace(params=jax.device_put(
       params, jax.tree_util.tree_map(lambda x: x.sharding, state.params)))
@@ -280,7 +282,7 @@ def test_scanned_and_unscanned_layers_get_the_same_updates():
     batches.append({"encoder_input_tokens": rng.randint(1, 64, (4, 8)).astype(np.int32),
                     "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
                     "decoder_target_tokens": targets})
-  t = trainer.Trainer(models.EncoderDecoderModel(tiny_config()), optimizers.adafactor(),
+  t = trainer.Trainer(encoder_decoder.EncoderDecoderModel(tiny_config()), optimizers.adafactor(),
                       partitioning.Partitioner())
   params = jax.device_get(t.init_state({k: v.shape for k, v in batches[0].items()}).params)
   for stack in ("encoder", "decoder"):  # layers of different scale: per-layer statistics matter

@@ -22,10 +22,15 @@ import orbax.checkpoint as ocp
 import pytest
 import seqio
 
-from t5x_lite import checkpoints, configs, data, export, main, partitioning, storage, summaries
-from t5x_lite import train, trainer
+from t5x_lite import main
+from t5x_lite.checkpointing import checkpoints, storage, summaries
+from t5x_lite.data import pipeline
+from t5x_lite.modes import settings, export
+from t5x_lite.parallel import partitioning
+from t5x_lite.modes import train
+from t5x_lite.training import trainer
 from t5x_lite.tasks import vocab
-from t5x_lite.run_dir import RunDir
+from t5x_lite.checkpointing.run_dir import RunDir
 import reliability_worker as worker
 from tree_utils import tree_max_abs_diff
 
@@ -199,7 +204,7 @@ def assert_all_checkpoints_finite(model_dir):
       assert np.all(np.isfinite(leaf)), step
 
 
-EVERY_STEP = configs.CheckpointConfig(period=1, keep=None)
+EVERY_STEP = settings.CheckpointConfig(period=1, keep=None)
 
 
 def test_nonfinite_step_is_skipped_counted_and_never_saved(tmp_path, monkeypatch, caplog):
@@ -288,7 +293,7 @@ def trained(tmp_path_factory):
   tests copy it before damaging it)."""
   model_dir = tmp_path_factory.mktemp("trained") / "run"
   gin.clear_config()
-  train.train(**worker.tiny_run(model_dir, 6, checkpoint=configs.CheckpointConfig(
+  train.train(**worker.tiny_run(model_dir, 6, checkpoint=settings.CheckpointConfig(
       period=2, keep=None)))
   return model_dir
 
@@ -324,20 +329,20 @@ def resume_pipeline(model_dir):
   args = worker.tiny_run(model_dir, 6)
   t = trainer.Trainer(args["model"], args["optimizer"], partitioning.Partitioner())
   config = args["train_dataset"]
-  dataset = data.get_dataset(config.mixture_or_task_name, config.task_feature_lengths,
+  dataset = pipeline.get_dataset(config.mixture_or_task_name, config.task_feature_lengths,
                              batch_size=config.batch_size, pack=config.pack,
-                             shard_info=data.host_shard_info())
+                             shard_info=pipeline.host_shard_info())
   shapes = {k: tuple(v.shape) for k, v in dataset.element_spec.items()}
   abstract, shardings = t.state_shardings(shapes)
   abstract = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  return data.DatasetIterator(dataset), abstract
+  return pipeline.DatasetIterator(dataset), abstract
 
 
 def restore_latest(model_dir, **checkpoint_config):
   """What a resume does: CheckpointManager.restore with the run's shapes and input pipeline."""
   iterator, abstract = resume_pipeline(model_dir)
-  manager = checkpoints.CheckpointManager(RunDir(model_dir), configs.CheckpointConfig(
+  manager = checkpoints.CheckpointManager(RunDir(model_dir), settings.CheckpointConfig(
       **checkpoint_config))
   try:
     return manager.restore(abstract, iterator), iterator
@@ -451,7 +456,7 @@ def test_flipped_bytes_in_each_kind_of_saved_file_are_found_on_resume(trained, t
     run = tmp_path / kind.replace(" ", "_")
     shutil.copytree(trained, run)
     damage(RunDir(run).checkpoint(6))
-    manager = checkpoints.CheckpointManager(RunDir(run), configs.CheckpointConfig())
+    manager = checkpoints.CheckpointManager(RunDir(run), settings.CheckpointConfig())
     caplog.clear()
     with caplog.at_level(logging.WARNING):
       state = manager.restore(abstract, iterator)
@@ -503,7 +508,7 @@ def test_a_checkpoint_is_refused_under_another_vocabulary(trained, tmp_path, cap
              "get_vocabulary.sentencepiece_model_path to the checkpoint's "
              f"({vocab.default_vocabulary().sentencepiece_model_file}).")
   iterator, abstract = resume_pipeline(run)
-  manager = checkpoints.CheckpointManager(RunDir(run), configs.CheckpointConfig(), other)
+  manager = checkpoints.CheckpointManager(RunDir(run), settings.CheckpointConfig(), other)
   with pytest.raises(checkpoints.VocabularyMismatchError) as raised:
     manager.restore(abstract, iterator)  # a resume: refused, nothing set aside
   manager.close()

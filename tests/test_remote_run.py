@@ -11,7 +11,9 @@ import pytest
 
 import fake_bucket
 import runmode_utils as u
-from t5x_lite import convert, export, evaluate as eval_lib, infer, summaries
+from t5x_lite.checkpointing import summaries
+from t5x_lite.interop import hf_checkpoint
+from t5x_lite.modes import export, evaluate as eval_lib, infer
 
 STEPS = 6
 
@@ -56,7 +58,7 @@ def test_train_resume_eval_infer_export_on_a_bucket(tmp_path, tensorboard_dirs):
     remote_rows = epath.Path(infer.infer(**args, checkpoint_path=checkpoint,
                                          output_dir=f"{bucket}/infer")).read_text()
     export.export(checkpoint_path=checkpoint, output_dir=f"{bucket}/hf", model=u.tiny_model())
-    remote_hf = convert.load_hf_state_dict(f"{bucket}/hf")
+    remote_hf = hf_checkpoint.load_hf_state_dict(f"{bucket}/hf")
     # epath has no recursive glob on gs://, and its walk yields paths without the scheme.
     remote_files = {str((directory / name).relative_to(remote.removeprefix("gs://")))
                     for directory, _, names in epath.Path(remote).walk() for name in names}
@@ -87,7 +89,7 @@ def test_train_resume_eval_infer_export_on_a_bucket(tmp_path, tensorboard_dirs):
   assert remote_rows == local_rows
   export.export(checkpoint_path=local_checkpoint, output_dir=str(tmp_path / "hf"),
                 model=u.tiny_model())
-  local_hf = convert.load_hf_state_dict(str(tmp_path / "hf"))
+  local_hf = hf_checkpoint.load_hf_state_dict(str(tmp_path / "hf"))
   assert sorted(remote_hf) == sorted(local_hf)
   for key, value in local_hf.items():
     np.testing.assert_allclose(remote_hf[key], value, atol=1e-6)

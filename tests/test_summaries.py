@@ -7,7 +7,7 @@ from etils import epath
 import pytest
 
 import fake_bucket
-from t5x_lite import summaries
+from t5x_lite.checkpointing import summaries
 
 
 def _row(step, loss):

@@ -8,7 +8,7 @@ import gin
 import pytest
 import seqio
 
-from t5x_lite import configurables
+from t5x_lite.config import configurables
 from t5x_lite.tasks import superni
 from t5x_lite.tasks import vocab
 import fake_bucket

@@ -1,4 +1,4 @@
-"""tasks/superni_classifier.py, superni.py's task-type rules and t5x_lite/superni_compare.py on
+"""tasks/superni_classifier.py, superni.py's task-type rules and t5x_lite/tools/superni_compare.py on
 a small SuperNI-format directory the test writes: exact pair prompts and labels, per-instance
 choices and exact match from given logits / scores, errors, and both recipes end to end."""
 
@@ -14,7 +14,11 @@ import tensorflow as tf
 
 import fake_bucket
 import runmode_utils as u
-from t5x_lite import evaluation, heads, main, summaries, superni_compare
+from t5x_lite import main
+from t5x_lite.checkpointing import summaries
+from t5x_lite.model import heads
+from t5x_lite.modes import prediction
+from t5x_lite.tools import superni_compare
 from t5x_lite.tasks import metrics as metrics_lib
 from t5x_lite.tasks import superni, superni_classifier, vocab
 
@@ -271,7 +275,7 @@ def test_rank_classification_from_given_scores(clone, names):
 
 def test_generator_run_averages_keep_decoding_and_ranking_apart(clone, names):
   """The generator run evaluates the decoded answers and rank classification of the same
-  instances; its averages (evaluation.flatten_metrics) must not mix the two."""
+  instances; its averages (prediction.flatten_metrics) must not mix the two."""
   decoded_targets = _targets("t_nic_classification_def_test")
   # Decoding answers "yes" everywhere: right for nli-0, 2, 4 (after normalisation), 3 of 12.
   decoded = metrics_lib.superni_metrics(decoded_targets, ["yes"] * len(decoded_targets))
@@ -281,7 +285,7 @@ def test_generator_run_averages_keep_decoding_and_ranking_apart(clone, names):
   ranked = superni_classifier.superni_rank_metrics(
       rank_targets, [len(t["candidate"]) for t in rank_targets])
   assert ranked["rank_exact_match"] == round(100 * 4 / 12, 4)
-  flat = evaluation.flatten_metrics({"t_nic_classification_def_test": decoded,
+  flat = prediction.flatten_metrics({"t_nic_classification_def_test": decoded,
                                      "t_nic_rank_def_test": ranked})
   assert flat["average/exact_match"] == 25.0
   assert flat["average/rank_exact_match"] == round(100 * 4 / 12, 4)

@@ -18,8 +18,12 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from t5x_lite import (configs, convert, heads, initial_params, models, network, optimizers,
-                      partitioning, t5x_checkpoint, train, trainer)
+from t5x_lite.checkpointing import initial_params
+from t5x_lite.interop import hf_checkpoint, t5x_checkpoint
+from t5x_lite.model import heads, encoder_decoder, network
+from t5x_lite.modes import settings, train
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import optimizers, trainer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "t5x_checkpoints")
 NAMES = ("examples_v1_0", "examples_v1_1", "flaxformer_v1_1")
@@ -82,7 +86,7 @@ def one_train_step(config, batch):
   t5x's settings: Adafactor decay_rate 0.8 at constant learning rate 0.01, z-loss 1e-4,
   the loss summed over target tokens (t5x's loss_normalizing_factor None).
   """
-  t = trainer.Trainer(models.EncoderDecoderModel(config, z_loss=1e-4,
+  t = trainer.Trainer(encoder_decoder.EncoderDecoderModel(config, z_loss=1e-4,
                                                  loss_normalizing_factor="NONE"),
                       optimizers.adafactor(optimizers.constant_schedule(0.01), decay_rate=0.8),
                       partitioning.Partitioner())
@@ -93,7 +97,7 @@ def one_train_step(config, batch):
                                               opt_state=opt_state), shardings)
     new, metrics = t.train_step(state, batch)
     params = jax.device_get(new.params)
-    return (convert.unstack_layers(params, config) if config.scan_layers else params), metrics
+    return (hf_checkpoint.unstack_layers(params, config) if config.scan_layers else params), metrics
   return step
 
 
@@ -112,7 +116,7 @@ def test_one_train_step_from_t5x_adafactor_state_equals_t5xs(name, scan):
   after, metrics = train_step(params, opt_state, step)
   assert float(metrics["loss"]) * batch["decoder_loss_weights"].sum() == pytest.approx(
       float(ref["loss"]), rel=1e-5)
-  before = flat(convert.unstack_layers(params, config) if scan else params)
+  before = flat(hf_checkpoint.unstack_layers(params, config) if scan else params)
   moved = 0.0
   for path, value in flat(after).items():
     expected = ref[f"after/{path}"]
@@ -145,7 +149,7 @@ def test_t5x_restores_a_checkpoint_t5x_lite_wrote(tmp_path):
   config, lite_params, opt_state, step = lite_writer().lite_state()
   restored = dict(np.load(os.path.join(FIXTURES, "lite_written_restored.npz")))
   assert int(restored["state/step"]) == step == 7
-  params = flat(convert.unstack_layers(lite_params, config))
+  params = flat(hf_checkpoint.unstack_layers(lite_params, config))
   stats = {}
   is_state = lambda x: isinstance(x, optimizers.ParamState)
   for keys, state in jax.tree_util.tree_flatten_with_path(opt_state.param_states,
@@ -334,11 +338,11 @@ def test_initial_checkpoint_path_takes_a_t5x_checkpoint_for_every_model_kind():
   params, opt_state, step = t5x_checkpoint.load_t5x_checkpoint(
       checkpoint(name), config, with_optimizer_state=True)
   adafactor = optimizers.adafactor(optimizers.constant_schedule(0.01), decay_rate=0.8)
-  model = models.EncoderDecoderModel(config)
+  model = encoder_decoder.EncoderDecoderModel(config)
   initial_params.check_path(checkpoint(name))  # accepted, before any work
   # restore_optimizer_state: t5x's parameters, Adafactor statistics and step (the state that
   # test_one_train_step_from_t5x_adafactor_state_equals_t5xs steps exactly as t5x does).
-  continued = _started_state(model, adafactor, configs.RestoreConfig(
+  continued = _started_state(model, adafactor, settings.RestoreConfig(
       checkpoint(name), restore_optimizer_state=True))
   assert int(continued.step) == step == 2
   for got, expected in ((continued.params, params), (continued.opt_state, opt_state)):
@@ -346,13 +350,13 @@ def test_initial_checkpoint_path_takes_a_t5x_checkpoint_for_every_model_kind():
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
       np.testing.assert_array_equal(a, b)
   # Without it: the parameters, a fresh optimizer at step 0.
-  fresh = _started_state(model, adafactor, configs.RestoreConfig(checkpoint(name)))
+  fresh = _started_state(model, adafactor, settings.RestoreConfig(checkpoint(name)))
   assert int(fresh.step) == 0
   for a, b in zip(jax.tree_util.tree_leaves(fresh.params), jax.tree_util.tree_leaves(params)):
     np.testing.assert_array_equal(a, b)
   # A head takes the encoder and the embedding; its own head stays freshly initialised.
   head = heads.SequenceClassificationModel(config, num_labels=3)
-  started = _started_state(head, adafactor, configs.RestoreConfig(checkpoint(name)))
+  started = _started_state(head, adafactor, settings.RestoreConfig(checkpoint(name)))
   for entry in ("token_embedder", "encoder"):
     for a, b in zip(jax.tree_util.tree_leaves(started.params[entry]),
                     jax.tree_util.tree_leaves(params[entry])):
@@ -361,5 +365,5 @@ def test_initial_checkpoint_path_takes_a_t5x_checkpoint_for_every_model_kind():
   # did not have) cannot take t5x's statistics: one clear error.
   with_momentum = optimizers.adafactor(optimizers.constant_schedule(0.01), momentum=0.9)
   with pytest.raises(ValueError, match="its Adafactor state maps onto t5x_lite's adafactor"):
-    _started_state(model, with_momentum, configs.RestoreConfig(
+    _started_state(model, with_momentum, settings.RestoreConfig(
         checkpoint(name), restore_optimizer_state=True))

@@ -12,13 +12,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from t5x_lite import checkpoints, configs, data, main, models, network, optimizers, partitioning
-from t5x_lite import summaries, train, trainer
+from t5x_lite import main
+from t5x_lite.checkpointing import checkpoints
+from t5x_lite.data import pipeline
+from t5x_lite.model import encoder_decoder, network
+from t5x_lite.modes import settings
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import optimizers
+from t5x_lite.checkpointing import summaries
+from t5x_lite.modes import train
+from t5x_lite.training import trainer
 from tree_utils import tree_max_abs_diff
 
 TASK = "embedded_copy_zeroshot"
 LENGTHS = {"inputs": 32, "targets": 16}
-NO_EVAL = configs.EvalConfig(steps=0)
+NO_EVAL = settings.EvalConfig(steps=0)
 
 
 def tiny_model(**overrides):
@@ -26,14 +34,14 @@ def tiny_model(**overrides):
   cfg = dict(vocab_size=4224, d_model=64, d_ff=128, d_kv=16, num_heads=4, num_encoder_layers=1,
              num_decoder_layers=1, dropout_rate=0.0)
   cfg.update(overrides)
-  return models.EncoderDecoderModel(network.T5Config(**cfg))
+  return encoder_decoder.EncoderDecoderModel(network.T5Config(**cfg))
 
 
 def run(model_dir, steps, **kwargs):
   args = dict(model_dir=str(model_dir), train_steps=steps, model=tiny_model(),
-              train_dataset=configs.DatasetConfig(TASK, LENGTHS, batch_size=8),
+              train_dataset=settings.DatasetConfig(TASK, LENGTHS, batch_size=8),
               optimizer=optimizers.adafactor(optimizers.constant_schedule(1e-2)),
-              checkpoint=configs.CheckpointConfig(period=1000), evaluation=NO_EVAL,
+              checkpoint=settings.CheckpointConfig(period=1000), evaluation=NO_EVAL,
               log_period=1, progress_bar=False)
   args.update(kwargs)
   return train.train(**args)
@@ -51,7 +59,7 @@ def clean_gin():
 
 
 def test_loss_goes_down_and_outputs_are_written(tmp_path):
-  run(tmp_path, 40, evaluation=configs.EvalConfig(steps=2))
+  run(tmp_path, 40, evaluation=settings.EvalConfig(steps=2))
   losses = [row["loss"] for row in history(tmp_path)]
   assert len(losses) == 40
   assert np.mean(losses[-5:]) < losses[0] - 2.0, losses
@@ -66,13 +74,13 @@ def test_loss_goes_down_and_outputs_are_written(tmp_path):
 
 def test_a_starved_input_pipeline_shows_in_the_train_summaries(tmp_path, monkeypatch):
   """Each batch held back 0.3 s on the host: the summaries report that wait per step."""
-  next_batch = data.DatasetIterator.__next__
+  next_batch = pipeline.DatasetIterator.__next__
 
   def slow_next(self):
     time.sleep(0.3)
     return next_batch(self)
 
-  monkeypatch.setattr(data.DatasetIterator, "__next__", slow_next)
+  monkeypatch.setattr(pipeline.DatasetIterator, "__next__", slow_next)
   run(tmp_path, 4, log_period=2)
   rows = history(tmp_path)
   assert [r["step"] for r in rows] == [2, 4]
@@ -123,12 +131,12 @@ def test_constant_loss_normalizing_factor_with_microbatches():
   tokens = int(np.sum(batch["decoder_loss_weights"]))
   factor = 233472.0
   config = tiny_model(dropout_rate=0.1).config
-  params = trainer.Trainer(models.EncoderDecoderModel(config), optimizers.adafactor(),
+  params = trainer.Trainer(encoder_decoder.EncoderDecoderModel(config), optimizers.adafactor(),
                            partitioning.Partitioner()).init_state(
                                {k: v.shape for k, v in batch.items()}).params
 
   def grads(num_microbatches, **model_args):
-    t = trainer.Trainer(models.EncoderDecoderModel(config, **model_args), optimizers.adafactor(),
+    t = trainer.Trainer(encoder_decoder.EncoderDecoderModel(config, **model_args), optimizers.adafactor(),
                         partitioning.Partitioner(), num_microbatches=num_microbatches)
     step = jax.jit(t._grads_and_metrics)  # pylint: disable=protected-access
     return jax.device_get(step(params, batch, jnp.zeros((), jnp.int32))[0])
@@ -212,7 +220,7 @@ def test_learning_rate_after_a_skipped_step_follows_the_step_and_is_logged(tmp_p
   schedule = optimizers.linear_decay_schedule(1e-2, warmup_steps=0, decay_steps=8)
   args = dict(optimizer=optimizers.adafactor(schedule, decay_rate=0.0,
                                              multiply_by_parameter_scale=False),
-              checkpoint=configs.CheckpointConfig(period=1, keep=None))
+              checkpoint=settings.CheckpointConfig(period=1, keep=None))
   run(tmp_path, 3, **args)
   run(tmp_path, 5, **args)
   logged = {r["step"]: r["learning_rate"] for r in history(tmp_path)}
@@ -229,7 +237,7 @@ def test_learning_rate_after_a_skipped_step_follows_the_step_and_is_logged(tmp_p
 @pytest.mark.parametrize("dropout_rate", [0.0, 0.1])
 def test_resume_is_exact_including_data_order(tmp_path, dropout_rate):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  every_3 = configs.CheckpointConfig(period=3)
+  every_3 = settings.CheckpointConfig(period=3)
   model = tiny_model(dropout_rate=dropout_rate)
   final_straight, _ = run(straight, 6, checkpoint=every_3, model=model)
   run(resumed, 3, checkpoint=every_3, model=model)
@@ -251,11 +259,11 @@ def test_finetune_starts_from_checkpoint_and_resume_wins(tmp_path, caplog, monke
     return state
 
   monkeypatch.setattr(train, "restore_or_init", spy)
-  initial = configs.RestoreConfig(str(tmp_path / "base" / "checkpoints" / "3"))
+  initial = settings.RestoreConfig(str(tmp_path / "base" / "checkpoints" / "3"))
   run(tmp_path / "ft", 1, initial_checkpoint=initial)
   assert tree_max_abs_diff(jax.device_get(base.params), started["params"]) == 0.0
   assert started["step"] == 0  # a fresh optimizer and step count
-  latest = configs.RestoreConfig(str(tmp_path / "base" / "checkpoints"))
+  latest = settings.RestoreConfig(str(tmp_path / "base" / "checkpoints"))
   run(tmp_path / "ft", 2, initial_checkpoint=latest)
   with caplog.at_level(logging.INFO):
     state, _ = run(tmp_path / "ft", 3, initial_checkpoint=latest)
@@ -298,20 +306,20 @@ def test_restore_optimizer_state_from_an_initial_checkpoint(tmp_path, monkeypatc
   monkeypatch.setattr(train, "restore_or_init", spy)
   checkpoint = str(tmp_path / "base" / "checkpoints" / "2")
   run(tmp_path / "with_opt", 3,
-      initial_checkpoint=configs.RestoreConfig(checkpoint, restore_optimizer_state=True))
+      initial_checkpoint=settings.RestoreConfig(checkpoint, restore_optimizer_state=True))
   assert int(started["state"].step) == 2
   assert tree_max_abs_diff(started["state"].params, at_step_2.params) == 0.0
   assert tree_max_abs_diff(started["state"].opt_state, at_step_2.opt_state) == 0.0
-  run(tmp_path / "fresh_opt", 1, initial_checkpoint=configs.RestoreConfig(checkpoint))
+  run(tmp_path / "fresh_opt", 1, initial_checkpoint=settings.RestoreConfig(checkpoint))
   assert int(started["state"].step) == 0
   assert tree_max_abs_diff(started["state"].params, at_step_2.params) == 0.0
   assert tree_max_abs_diff(started["state"].opt_state, at_step_2.opt_state) > 0.0
 
 
 def test_keep_best_checkpoint_by_eval_metric(tmp_path):
-  run(tmp_path, 6, checkpoint=configs.CheckpointConfig(
+  run(tmp_path, 6, checkpoint=settings.CheckpointConfig(
           period=2, keep=1, keep_best_metric="loss", keep_best_mode="max"),  # keep the worst
-      evaluation=configs.EvalConfig(period=2, steps=1))
+      evaluation=settings.EvalConfig(period=2, steps=1))
   evals = {row["step"]: row["loss"]
            for row in summaries.read_history(tmp_path / "eval_metrics.jsonl")}
   assert sorted(evals) == [2, 4, 6]
@@ -324,7 +332,7 @@ def test_initial_checkpoint_with_wrong_shapes_names_each_parameter(tmp_path):
   run(tmp_path / "base", 1)
   with pytest.raises(ValueError) as error:
     run(tmp_path / "ft", 1, model=tiny_model(d_ff=96),
-        initial_checkpoint=configs.RestoreConfig(str(tmp_path / "base" / "checkpoints" / "1")))
+        initial_checkpoint=settings.RestoreConfig(str(tmp_path / "base" / "checkpoints" / "1")))
   message = str(error.value)
   assert "encoder/layers_0/mlp/wi/kernel: checkpoint (64, 128) vs model (64, 96)" in message
   assert "decoder/layers_0/mlp/wo/kernel: checkpoint (128, 64) vs model (96, 64)" in message

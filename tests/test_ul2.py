@@ -11,7 +11,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from t5x_lite import configurables, gin_utils
+from t5x_lite.config import configurables, gin_utils
 from t5x_lite.tasks import ul2
 from span_utils import fill_sentinels
 

@@ -11,7 +11,9 @@ import gin
 import pytest
 import seqio
 
-from t5x_lite import configurables, gin_utils, tasks, vocab_identity
+from t5x_lite import tasks
+from t5x_lite.checkpointing import vocab_identity
+from t5x_lite.config import configurables, gin_utils
 from t5x_lite.tasks import vocab
 
 TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
@@ -105,13 +107,14 @@ def test_the_gin_binding_switches_the_tasks_and_the_model_embedding_size():
 def test_a_task_vocabulary_that_does_not_fit_the_model_fails_at_start(tmp_path):
   """The model's embedding size and the task's vocabulary disagree: an error before training,
   naming both sizes and the binding to change."""
-  from t5x_lite import configs, models, network, train  # pylint: disable=g-import-not-at-top
-  model = models.EncoderDecoderModel(network.T5Config(
+  from t5x_lite.model import encoder_decoder, network  # pylint: disable=g-import-not-at-top
+  from t5x_lite.modes import settings, train
+  model = encoder_decoder.EncoderDecoderModel(network.T5Config(
       vocab_size=32128, d_model=16, d_ff=16, d_kv=4, num_heads=2, num_encoder_layers=1,
       num_decoder_layers=1))
   with pytest.raises(ValueError) as error:
     train.train(model_dir=str(tmp_path), train_steps=1, model=model,
-                train_dataset=configs.DatasetConfig("embedded_copy_zeroshot",
+                train_dataset=settings.DatasetConfig("embedded_copy_zeroshot",
                                                     {"inputs": 8, "targets": 8}, batch_size=2))
   message = str(error.value)
   assert "'embedded_copy_zeroshot'" in message and "4100 ids (padded: 4224)" in message

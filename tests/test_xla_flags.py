@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from t5x_lite import main, tf_devices, xla_flags
+from t5x_lite import main
+from t5x_lite.runtime import tf_devices, xla_flags
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
@@ -27,14 +28,14 @@ f = lambda a, b: jnp.sum(jnp.exp(a @ b) * a, axis=-1)
 # Imports the library as a user's script does, then compiles plain and with compiler_options.
 _IMPORT_SNIPPET = """
 import json, os, sys
-import t5x_lite, t5x_lite.trainer, t5x_lite.data, t5x_lite.tasks, t5x_lite.xla_flags
+import t5x_lite, t5x_lite.training.trainer, t5x_lite.data.pipeline, t5x_lite.tasks, t5x_lite.runtime.xla_flags
 from tensorflow.python.eager import context
 out = {"XLA_FLAGS": os.environ.get("XLA_FLAGS"),
        # None until something probes TF's devices (tf.config.set_visible_devices does).
        "tf_devices_probed": context.context()._physical_devices is not None}
 """ + _FUNCTION + """
 out["plain"] = jax.jit(f).lower(x, x).compile().as_text()
-options = t5x_lite.xla_flags.compiler_options()
+options = t5x_lite.runtime.xla_flags.compiler_options()
 out["with_options"] = jax.jit(f, compiler_options=options).lower(x, x).compile().as_text()
 print(json.dumps(out))
 """
@@ -114,7 +115,7 @@ def test_the_entry_point_sets_the_flag_and_xla_compiles_with_it(monkeypatch):
   jax.devices()
   # JAX started in this test process: the flag is set but XLA's already fixed, and it says so.
   with pytest.warns(UserWarning, match=re.escape(
-      "JAX started before t5x_lite.xla_flags.apply_defaults() ran, so XLA runs without "
+      "JAX started before t5x_lite.runtime.xla_flags.apply_defaults() ran, so XLA runs without "
       f"['{YNN_FLAG}=individual_dot']")):
     main.set_up_process(verbose=True)
   assert os.environ["XLA_FLAGS"] == f"{YNN_FLAG}=individual_dot"

@@ -1,0 +1,1 @@
+"""MODEL_DIR: its layout, storage checks and lock, checkpoints and their checksums, summaries, initial parameters."""

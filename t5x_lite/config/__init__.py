@@ -1,0 +1,1 @@
+"""Gin at the edge: the configurables, the parse, unread-binding and preflight checks."""

@@ -1,0 +1,1 @@
+"""Other formats: HF transformers directories and google-research/t5x checkpoints."""

@@ -1,0 +1,463 @@
+"""The infer and score run modes: predictions / target log-likelihoods to resumable JSONL.
+
+Each job writes OUTPUT_DIR/<kind>-<shard_id:05d>-of-<num_shards:05d>.jsonl (kind: predictions
+or scores), one JSON object per example:
+  infer:  {"index", "task", "inputs", "targets", "prediction", "score"}
+  score:  {"index", "task", "inputs", "targets", "score"}
+"task" and "index" name an example: its task (a mixture's tasks in name order) and its
+position in that task's source split (unshuffled). Shard k of n takes the source examples
+with index % n == k, so n jobs (machines) split the work disjointly and completely, and
+each job reads only its share: the source split is sharded before preprocessing, so the
+other shards' examples are never preprocessed or tokenized. Preprocessors therefore run
+on one source example at a time (per-example maps and filters behave as in seqio; a
+preprocessor that joins documents, like span corruption's, sees one document at a time).
+A filtered-out example has no row; one that a preprocessor splits has several rows with
+the same index. Texts are the task's pretokenized fields, predictions are detokenized
+with the task's targets vocabulary (up to EOS, as seqio.Evaluator decodes them). "score"
+is the summed log-probability of the prediction (infer; divided by the length penalty for
+beam search) or of the targets (score, for rank classification). Sampling draws each row
+from its own key, a function of (DecodingSettings.seed, task, index) alone
+(prediction.example_keys): an example gets the same sample in every shard, batch position
+and resume, and in the eval run mode.
+
+Resuming: rows are written in chunks of `chunk_batches` batches, each chunk a file of its
+own under `<file>.parts/`, then `<file>.state.json` (rows written and the last example,
+replaced atomically) records it. A restarted job overwrites any chunk a killed one wrote
+after the last record and continues after the last recorded example. At the end the
+chunks are joined into the JSONL file, every row once, in order, the state records
+"done" and a rerun returns at once. Before resuming and before joining, every part is
+checked (each line parses, the row count is the recorded one); a damaged part is written
+again from the position recorded before it. An unknown split is refused at start. Every
+file goes through epath, so OUTPUT_DIR may be a bucket (gs://...) as well as a local
+directory.
+"""
+
+import io
+import itertools
+import json
+import logging
+import os
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+
+from etils import epath
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from t5x_lite.checkpointing import checkpoints
+from t5x_lite.modes import settings
+from t5x_lite.data import pipeline
+from t5x_lite.modes import prediction
+from t5x_lite.model import model_interface
+from t5x_lite.parallel import partitioning
+from t5x_lite.checkpointing import run_dir as run_dir_lib
+
+log = logging.getLogger(__name__)
+
+# Where a stream of rows starts: (task number in name order, source index, rows of that
+# index already written). Rows of one source example can span two chunks.
+Position = Tuple[int, int, int]
+
+
+def _write_atomically(path: epath.Path, text: str) -> None:
+  """Writes `path` whole: a crash leaves the old file or the new one, never half of one."""
+  tmp = path.parent / f"{path.name}.tmp"
+  with tmp.open("w") as f:
+    f.write(text)
+    try:  # Local files: on disk before the rename (object stores write whole objects).
+      f.flush()
+      os.fsync(f.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+      pass
+  tmp.replace(path)
+
+
+def _commit_state(path: epath.Path, state: Mapping) -> None:
+  _write_atomically(path, json.dumps(state))
+
+
+def _damaged_state(path: epath.Path, why: str) -> ValueError:
+  return ValueError(f"{path} is damaged ({why}): delete it and the .parts directory beside it "
+                    "to write this output again from the start.")
+
+
+def _read_state(path: epath.Path) -> dict:
+  """The state file's content, checked: a damaged file is named, never a bare KeyError."""
+  try:
+    saved = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise _damaged_state(path, f"not JSON: {e}") from None
+  if not isinstance(saved, dict):
+    raise _damaged_state(path, f"a JSON {type(saved).__name__}, not an object")
+  if "rows" in saved and "position" not in saved:
+    raise ValueError(f"{path} is in an older format (one appended file): finish that job with "
+                     "the version that started it, or delete the file and its .state.json to "
+                     "start again.")
+  position = saved.get("position")
+  checks = {"rows": isinstance(saved.get("rows"), int) and saved["rows"] >= 0,
+            "chunks": isinstance(saved.get("chunks"), int) and saved["chunks"] >= 0,
+            "done": isinstance(saved.get("done"), bool),
+            "config": isinstance(saved.get("config"), dict),
+            "position": position is None or (isinstance(position, list) and len(position) == 3
+                                             and all(isinstance(x, int) for x in position))}
+  # Per-chunk records (absent in files written before they were kept).
+  for key in ("chunk_rows", "chunk_positions"):
+    if key in saved:
+      checks[key] = (isinstance(saved[key], list)
+                     and len(saved[key]) == saved.get("chunks"))
+  bad = [k for k, ok in checks.items() if not ok]
+  if bad:
+    raise _damaged_state(path, f"missing or invalid {bad}")
+  return saved
+
+
+class ResumableJsonl:
+  """A JSONL file written chunk by chunk, each chunk recorded in a state file.
+
+  The state file records the rows and the stream position after each chunk, so a part file
+  found damaged (a line that does not parse, a row count that is not the recorded one) is
+  redone from the position before it (`verify`).
+
+  Args:
+    path: the JSONL file (any epath: local or gs://...).
+    run_config: what the rows depend on (task, split, checkpoint, shard, ...); resuming
+      with a different config is refused, as its rows would not continue the file's.
+  """
+
+  def __init__(self, path: str, run_config: Mapping):
+    self.path = epath.Path(path)
+    self.state_path = self.path.parent / f"{self.path.name}.state.json"
+    self.parts = self.path.parent / f"{self.path.name}.parts"
+    self.state = {"rows": 0, "chunks": 0, "position": None, "done": False,
+                  "config": dict(run_config), "chunk_rows": [], "chunk_positions": []}
+    if self.state_path.exists():
+      saved = _read_state(self.state_path)
+      if saved["config"] != self.state["config"]:
+        changed = sorted(k for k in set(saved["config"]) | set(run_config)
+                         if saved["config"].get(k) != run_config.get(k))
+        raise ValueError(f"{path} was started with different settings ({changed}: "
+                         f"{[saved['config'].get(k) for k in changed]} then, "
+                         f"{[run_config.get(k) for k in changed]} now). Use another OUTPUT_DIR "
+                         "or delete the file, its .state.json and its .parts directory.")
+      self.state = saved
+    elif self.path.exists():
+      raise ValueError(f"{path} exists without {self.state_path}: refusing to overwrite it.")
+    self.parts.mkdir(parents=True, exist_ok=True)
+
+  @property
+  def rows(self) -> int:
+    return self.state["rows"]
+
+  @property
+  def done(self) -> bool:
+    return self.state["done"]
+
+  @property
+  def position(self) -> Optional[Position]:
+    """Where the next row's stream starts (None: at the beginning)."""
+    return tuple(self.state["position"]) if self.state["position"] else None
+
+  def _part(self, number: int) -> epath.Path:
+    return self.parts / f"{number:06d}.jsonl"
+
+  def append(self, rows: List[Mapping], position: Position) -> None:
+    """Writes `rows` as the next chunk; `position` is where the stream after them starts."""
+    _write_atomically(self._part(self.state["chunks"]), "".join(
+        json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    self.state.update(rows=self.state["rows"] + len(rows), chunks=self.state["chunks"] + 1,
+                      position=list(position))
+    if "chunk_rows" in self.state:
+      self.state["chunk_rows"] = self.state["chunk_rows"] + [len(rows)]
+      self.state["chunk_positions"] = self.state["chunk_positions"] + [list(position)]
+    _commit_state(self.state_path, self.state)
+
+  def _damage(self, number: int, expected_rows: Optional[int]) -> Optional[str]:
+    """Why part `number` cannot be joined, or None when it is sound."""
+    part = self._part(number)
+    if not part.exists():
+      return "missing"
+    try:
+      lines = part.read_text().splitlines()
+    except UnicodeDecodeError:
+      return "not UTF-8 text"
+    for line_number, line in enumerate(lines, 1):
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        return f"line {line_number} is not JSON"
+      if not isinstance(row, dict) or "index" not in row:
+        return f"line {line_number} is not a row"
+    if expected_rows is not None and len(lines) != expected_rows:
+      return f"{len(lines)} rows, {expected_rows} recorded"
+    return None
+
+  def verify(self) -> bool:
+    """Checks every recorded part; rewinds the state to before the first damaged one.
+
+    Returns:
+      True if a part was damaged (the stream must continue from `position` again).
+    """
+    counts = self.state.get("chunk_rows")
+    for number in range(self.state["chunks"]):
+      why = self._damage(number, counts[number] if counts is not None else None)
+      if why is None:
+        continue
+      if counts is None:  # No per-chunk record: all that is known is the start.
+        number, rows, position = 0, 0, None
+      else:
+        rows = sum(counts[:number])
+        position = self.state["chunk_positions"][number - 1] if number else None
+        self.state.update(chunk_rows=counts[:number],
+                          chunk_positions=self.state["chunk_positions"][:number])
+      log.warning("%s is damaged (%s): writing it again from row %d.", self._part(number), why,
+                  rows)
+      self.state.update(rows=rows, chunks=number, position=position)
+      _commit_state(self.state_path, self.state)
+      return True
+    if counts is None and sum(len(self._part(i).read_text().splitlines())
+                              for i in range(self.state["chunks"])) != self.state["rows"]:
+      log.warning("The parts of %s do not hold the %d recorded rows: writing them again.",
+                  self.path, self.state["rows"])
+      self.state.update(rows=0, chunks=0, position=None)
+      _commit_state(self.state_path, self.state)
+      return True
+    return False
+
+  def finish(self) -> None:
+    """Joins the recorded chunks into the JSONL file and records that it is complete."""
+    _write_atomically(self.path, "".join(self._part(i).read_text()
+                                         for i in range(self.state["chunks"])))
+    self.state["done"] = True
+    _commit_state(self.state_path, self.state)
+    self.parts.rmtree()
+
+
+def task_names(mixture_or_task_name: str, model=None) -> List[str]:
+  """The tasks of a task or mixture, sorted by name (the fixed example order).
+
+  Args:
+    model: if given, every task's vocabulary is checked against the model's embedding.
+  """
+  provider = pipeline.check_task(mixture_or_task_name, model)
+  return sorted(t.name for t in seqio.get_subtasks(provider))
+
+
+def _task_rows(task: seqio.Task, split: str, task_feature_lengths: Mapping[str, int],
+               converter: seqio.FeatureConverter, shard_id: int, num_shards: int,
+               max_examples: Optional[int], first_index: int) -> tf.data.Dataset:
+  """(source index, preprocessed example, model features) of this shard's examples of `task`.
+
+  The source is sharded (and resumed at `first_index`) before any preprocessing, so the
+  examples of other shards are read from the source but never preprocessed or tokenized.
+  """
+  source = task.source.get_dataset(split=split, shuffle=False)
+  if max_examples is not None:
+    source = source.take(max_examples)
+  source = source.enumerate().shard(num_shards, shard_id)
+  if first_index:
+    source = source.filter(lambda index, _: index >= first_index)
+
+  def preprocess(index, example):
+    # seqio's own chain (Task.get_dataset) on this one example; no trimming: the converter
+    # truncates by training's rule.
+    one = tf.data.Dataset.from_tensors(example)
+    one = task.preprocess_postcache(task.preprocess_precache(one), task_feature_lengths)
+    return one.map(lambda ex: (index, ex))
+
+  def convert(index, example):
+    one = tf.data.Dataset.from_tensors(example)  # Already computed: zipping costs no rework.
+    return tf.data.Dataset.zip((one, converter(one, dict(task_feature_lengths)))).map(
+        lambda ex, features: (index, ex, features))
+
+  return source.flat_map(preprocess).flat_map(convert)
+
+
+def examples(mixture_or_task_name: str, split: str, task_feature_lengths: Mapping[str, int],
+             shard_id: int = 0, num_shards: int = 1, max_examples: Optional[int] = None,
+             feature_converter: Optional[seqio.FeatureConverter] = None,
+             start: Optional[Position] = None) -> Iterator[Dict]:
+  """This shard's examples in the fixed order (see the module docstring).
+
+  Yields {"index", "task", "inputs", "targets", "features", "position"}: "features" as
+  `feature_converter` (the model's, unpacked; default EncDecFeatureConverter(pack=False))
+  makes them, truncated by training's rule (pipeline.TruncatingFeatureConverter); "position"
+  is where the stream after this example starts (to resume there with `start`).
+
+  Args:
+    max_examples: only each task's first N source examples (before sharding); None: all.
+    start: a `position` yielded by an earlier stream: continue right after that example.
+  """
+  task_number, first_index, skip_rows = start or (0, 0, 0)
+  names = task_names(mixture_or_task_name)
+  for number in range(task_number, len(names)):
+    task = seqio.get_mixture_or_task(names[number])
+    if split not in task.splits:
+      continue
+    converter = pipeline.TruncatingFeatureConverter(
+        feature_converter or seqio.EncDecFeatureConverter(pack=False),
+        pipeline.TruncationStats(task_feature_lengths), task.output_features)
+    if number != task_number:
+      first_index, skip_rows = 0, 0
+    rows = _task_rows(task, split, task_feature_lengths, converter, shard_id, num_shards,
+                      max_examples, first_index)
+    vocabulary = task.output_features["targets"].vocabulary
+    last_index, rows_of_index = first_index, skip_rows
+    for index, ex, features in rows.skip(skip_rows).as_numpy_iterator():
+      index = int(index)
+      rows_of_index = rows_of_index + 1 if index == last_index else 1
+      last_index = index
+      text = lambda key: prediction.as_text(
+          ex[f"{key}_pretokenized"] if f"{key}_pretokenized" in ex else vocabulary.decode(
+              ex[key].tolist()))
+      yield {"index": index, "task": task.name, "inputs": text("inputs"),
+             "targets": text("targets"), "features": features,
+             "position": (number, index, rows_of_index)}
+
+
+def _shared(writer: Optional[ResumableJsonl], redo: bool = False) -> Tuple[int, bool, bool,
+                                                                            Position]:
+  """(rows written, done, redo, position) as process 0's writer has them, on every process.
+
+  Only process 0 writes; every process must skip the same examples and stop together.
+  """
+  values = [writer.rows, writer.done, redo, *(writer.position or (0, 0, 0))] if writer else [
+      0, False, False, 0, 0, 0]
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    values = [int(x) for x in multihost_utils.broadcast_one_to_all(np.array(values, np.int64))]
+  rows, done, redo, *position = values
+  return int(rows), bool(done), bool(redo), tuple(int(x) for x in position)
+
+
+def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_feature_lengths,
+         batch_size, split, model, partitioner, shard_id, num_shards, chunk_batches,
+         max_examples, max_chunks) -> str:
+  """Shared loop of infer and score: restore, skip what is written, append chunk by chunk."""
+  settings.check_int("infer.num_shards", num_shards, gin="NUM_SHARDS")
+  settings.check_int("infer.shard_id", shard_id, minimum=0, gin="SHARD_ID")
+  if shard_id >= num_shards:
+    raise ValueError(f"SHARD_ID={shard_id} must be less than NUM_SHARDS={num_shards} (shards "
+                     "are numbered 0 ... NUM_SHARDS - 1).")
+  settings.check_int("infer.batch_size", batch_size, gin="BATCH_SIZE")
+  settings.check_int("infer.chunk_batches", chunk_batches)
+  # Settings a typo breaks fail here, before the checkpoint is read.
+  task_names(mixture_or_task_name, model)
+  prediction.check_split(mixture_or_task_name, split)
+  pipeline.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
+  partitioner = partitioner or partitioning.Partitioner()
+  path = run_dir_lib.join(output_dir, f"{kind}-{shard_id:05d}-of-{num_shards:05d}.jsonl")
+  run_config = {"checkpoint_path": run_dir_lib.absolute(checkpoint_path),
+                "mixture_or_task_name": mixture_or_task_name, "split": split,
+                "task_feature_lengths": dict(task_feature_lengths), "batch_size": batch_size,
+                "max_examples": max_examples, "decoding": repr(model.decoding)}
+  writer = ResumableJsonl(path, run_config) if jax.process_index() == 0 else None
+  if writer and not writer.done:
+    writer.verify()  # A damaged part of an earlier run is redone.
+  done_rows, done, _, position = _shared(writer)
+  if done:
+    log.info("%s is complete (%d rows); nothing to do.", path, done_rows)
+    return path
+  params = checkpoints.restore_model_params(  # Refused if trained with another vocabulary.
+      model, partitioner, checkpoint_path, checkpoints.task_vocabulary(mixture_or_task_name))
+  predict, score = prediction.make_predict_fn(model), prediction.make_score_fn(model)
+  seed = prediction.sampling_seed(model)
+  chunks = 0
+  while True:  # Until every part is written and sound.
+    stream = examples(mixture_or_task_name, split, task_feature_lengths, shard_id, num_shards,
+                      max_examples, model.feature_converter(pack=False), position)
+    while True:
+      rows = []
+      for _ in range(chunk_batches):
+        batch = list(itertools.islice(stream, batch_size))
+        if not batch:
+          break
+        features = {k: np.stack([ex["features"][k] for ex in batch])
+                    for k in batch[0]["features"]}
+        if kind == "predictions":
+          # Each row samples from its own example's key (rows of one source example: the
+          # row number within it tells them apart).
+          features[prediction.KEYS] = prediction.example_keys(
+              seed, [ex["task"] for ex in batch], [ex["index"] for ex in batch],
+              [ex["position"][2] - 1 for ex in batch])
+          tokens, scores = prediction.run_batches(lambda b: predict(params, b), features,
+                                                  batch_size, partitioner)
+        else:
+          tokens, scores = None, prediction.run_batches(lambda b: score(params, b), features,
+                                                        batch_size, partitioner)
+        for j, ex in enumerate(batch):
+          row = {k: ex[k] for k in ("index", "task", "inputs", "targets")}
+          if tokens is not None:
+            vocabulary = seqio.get_mixture_or_task(
+                ex["task"]).output_features["targets"].vocabulary
+            row["prediction"] = vocabulary.decode(tokens[j].tolist())
+          row["score"] = float(scores[j])
+          rows.append(row)
+        position = batch[-1]["position"]
+      if not rows:
+        break
+      if writer:
+        writer.append(rows, position)
+      chunks += 1
+      done_rows += len(rows)
+      log.info("%s: %d rows written.", path, done_rows)
+      if max_chunks is not None and chunks >= max_chunks:
+        log.info("Stopping after max_chunks=%d; rerun to continue.", max_chunks)
+        return path
+    # Parts are checked before they are joined: a damaged one is written again.
+    done_rows, _, redo, position = _shared(writer, writer.verify() if writer else False)
+    if not redo:
+      break
+  if writer:
+    writer.finish()
+  log.info("Done: %s (%d rows).", path, done_rows)
+  return path
+
+
+def infer(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], batch_size: int,
+          model: model_interface.Model, split: str = "validation",
+          partitioner: Optional[partitioning.Partitioner] = None, shard_id: int = 0,
+          num_shards: int = 1, chunk_batches: int = 8, max_examples: Optional[int] = None,
+          max_chunks: Optional[int] = None) -> str:
+  """Writes each example's prediction (gin DecodingSettings) and its score to resumable JSONL.
+
+  See the module docstring for the file format, sharding and resuming.
+
+  Args (gin; gin/runs/infer.gin binds the macros in capitals):
+    checkpoint_path: CHECKPOINT_PATH — MODEL_DIR/checkpoints/<step> (or a checkpoints dir).
+    output_dir: OUTPUT_DIR — where the JSONL, its .state.json and .parts go (local or gs://...).
+    mixture_or_task_name: MIXTURE_OR_TASK_NAME — a registered task or mixture.
+    task_feature_lengths: TASK_FEATURE_LENGTHS — longer inputs/targets are truncated.
+    batch_size: BATCH_SIZE — global batch (all processes of this job together).
+    split: SPLIT — the split to read ("validation", "test", ...).
+    model: MODEL — the model the checkpoint was trained with (a model_interface.Model from
+      the model gin file or recipe).
+    partitioner: mesh and rules; default partitioning.Partitioner().
+    shard_id, num_shards: SHARD_ID / NUM_SHARDS — this job does the source examples with
+      index % num_shards == shard_id of each task and writes its own file.
+    chunk_batches: write a chunk (a part file + the state file) every this many batches.
+    max_examples: only each task's first N source examples (before sharding); None: all.
+    max_chunks: stop after this many chunks in this run (a rerun continues); None: all.
+
+  Returns:
+    The path of the JSONL file.
+  """
+  return _run("predictions", **locals())
+
+
+def score(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], batch_size: int,
+          model: model_interface.Model, split: str = "validation",
+          partitioner: Optional[partitioning.Partitioner] = None, shard_id: int = 0,
+          num_shards: int = 1, chunk_batches: int = 8, max_examples: Optional[int] = None,
+          max_chunks: Optional[int] = None) -> str:
+  """Writes each example's target log-likelihood (summed over target tokens) to resumable
+  JSONL: rank classification scores. See the module docstring for format and resuming.
+
+  Args: as `infer` (gin/runs/score.gin binds the same macros); no decoding settings apply.
+
+  Returns:
+    The path of the JSONL file.
+  """
+  return _run("scores", **locals())

@@ -1,0 +1,1 @@
+"""Process-wide set-up the entry point does: XLA flags, TensorFlow's devices, third-party logs."""
