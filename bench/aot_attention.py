@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from t5x_lite.tools import aot_compile
 from t5x_lite.model.kernels import reference
+from t5x_lite.tools import aot_compile
 
 
 def main():

@@ -25,13 +25,13 @@ xla_flags.apply_defaults()  # before JAX starts, as the entry point does
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from t5x_lite import settings
 from t5x_lite.checkpointing import checkpoints, checksums
-from t5x_lite.model import encoder_decoder, network
-from t5x_lite.modes import settings
-from t5x_lite.training import optimizers
-from t5x_lite.parallel import partitioning
-from t5x_lite.training import trainer as trainer_lib
 from t5x_lite.checkpointing.run_dir import RunDir
+from t5x_lite.model import encoder_decoder, network
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import optimizers
+from t5x_lite.training import trainer as trainer_lib
 
 SIZES = {
     # The reliability tests' model.

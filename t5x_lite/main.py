@@ -26,8 +26,8 @@ import tempfile
 import traceback
 from typing import Optional, Sequence
 
-from t5x_lite.parallel import distributed
 from t5x_lite.config import gin_utils
+from t5x_lite.parallel import distributed
 from t5x_lite.runtime import logs
 from t5x_lite.runtime import xla_flags
 
@@ -141,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None):
       return None
     # Paths, dtypes, types, checkpoint steps and training memory: before any data or model.
     preflight.check(args.run_mode)
-    return configurables.RUN_MODES[args.run_mode]()
+    return configurables.call_run_mode(args.run_mode)
   except (RuntimeError, TypeError, ValueError) as e:
     if "Required bindings" in str(e) or "gin" in type(e).__module__:
       raise ValueError(gin_utils.explain_call_error(e)) from e

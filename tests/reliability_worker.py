@@ -34,15 +34,15 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite import main as t5x_main
+from t5x_lite import settings
 from t5x_lite.checkpointing import checkpoints
-from t5x_lite.model import encoder_decoder, network
-from t5x_lite.modes import settings
-from t5x_lite.training import optimizers
 from t5x_lite.checkpointing import summaries
-from t5x_lite.training import preemption
+from t5x_lite.model import encoder_decoder, network
 from t5x_lite.modes import train
-from t5x_lite.training import trainer
 from t5x_lite.tasks import vocab
+from t5x_lite.training import optimizers
+from t5x_lite.training import preemption
+from t5x_lite.training import trainer
 
 TASK = "reliability_test_copy"
 LENGTHS = {"inputs": 16, "targets": 16}

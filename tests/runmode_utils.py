@@ -8,15 +8,16 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5x_lite import settings
 from t5x_lite import tasks  # noqa: F401
-from t5x_lite.tasks import metrics as task_metrics
-from t5x_lite.tasks import vocab
 from t5x_lite.data import pipeline
 from t5x_lite.model import encoder_decoder, network
-from t5x_lite.modes import settings, prediction, infer
-from t5x_lite.parallel import partitioning
-from t5x_lite.training import optimizers
+from t5x_lite.modes import prediction, infer
 from t5x_lite.modes import train
+from t5x_lite.parallel import partitioning
+from t5x_lite.tasks import metrics as task_metrics
+from t5x_lite.tasks import vocab
+from t5x_lite.training import optimizers
 
 TASK = "runmode_test_yes_no"
 LENGTHS = {"inputs": 16, "targets": 4}

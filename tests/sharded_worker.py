@@ -61,12 +61,12 @@ def run_mesh(out_dir, mesh):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from t5x_lite import settings
   from t5x_lite.checkpointing import checkpoints  # pylint: disable=g-import-not-at-top
+  from t5x_lite.checkpointing.run_dir import RunDir  # pylint: disable=g-import-not-at-top
   from t5x_lite.model import encoder_decoder
-  from t5x_lite.modes import settings
   from t5x_lite.parallel import partitioning
   from t5x_lite.training import optimizers, trainer
-  from t5x_lite.checkpointing.run_dir import RunDir  # pylint: disable=g-import-not-at-top
   checkpoint_manager = lambda: checkpoints.CheckpointManager(RunDir(out_dir),
                                                              settings.CheckpointConfig())
 
@@ -124,11 +124,11 @@ def save_initial_checkpoint(out_dir):
   (checkpoints/0): random weights decode varied tokens, all that layout tests need."""
   import runmode_utils as u  # pylint: disable=g-import-not-at-top  (tests/ is sys.path[0])
   # pylint: disable=g-import-not-at-top
+  from t5x_lite import settings
   from t5x_lite.checkpointing import checkpoints
-  from t5x_lite.modes import settings
+  from t5x_lite.checkpointing.run_dir import RunDir
   from t5x_lite.parallel import partitioning
   from t5x_lite.training import optimizers, trainer
-  from t5x_lite.checkpointing.run_dir import RunDir
   # pylint: enable=g-import-not-at-top
   t = trainer.Trainer(u.tiny_model(), optimizers.adafactor(), partitioning.Partitioner())
   state = t.init_state({"encoder_input_tokens": (8, u.LENGTHS["inputs"]),

@@ -8,7 +8,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from t5x_lite.model import encoder_decoder, network
 from t5x_lite.parallel import partitioning
-from t5x_lite.tools import aot_compile, memory_planner
+from t5x_lite.tools import aot_compile
+from t5x_lite.training import memory_planner
 from t5x_lite.training import optimizers
 from t5x_lite.training import trainer as trainer_lib
 

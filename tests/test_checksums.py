@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_lite.checkpointing import checkpoints, checksums, initial_params
-from t5x_lite.model import heads, network
-from t5x_lite.modes import settings
-from t5x_lite.training import trainer
+from t5x_lite import settings
+from t5x_lite.checkpointing import checkpoints, checksums
 from t5x_lite.checkpointing.run_dir import RunDir
+from t5x_lite.interop import initial_params
+from t5x_lite.model import heads, network
+from t5x_lite.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from t5x_lite.parallel import distributed
 from t5x_lite.checkpointing.run_dir import RunDir
+from t5x_lite.parallel import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

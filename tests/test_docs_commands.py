@@ -18,10 +18,10 @@ import gin
 import pytest
 import seqio
 
+from t5x_lite import main as main_lib
 from t5x_lite.config import configurables
 from t5x_lite.config import gin_utils
-from t5x_lite import main as main_lib
-from t5x_lite.tools import memory_planner
+from t5x_lite.tools import plan_memory
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEMO_DIR = "experiments/demo"
@@ -225,12 +225,12 @@ def test_demo_commands_read_the_demo_model_and_kept_steps():
 def test_memory_planner_command_gives_the_readme_table(capsys):
   readme = (ROOT / "README.md").read_text(encoding="utf-8")
   command = next(line for _, line in _logical_lines(readme)
-                 if line.startswith("python -m t5x_lite.tools.memory_planner "))
+                 if line.startswith("python -m t5x_lite.tools.plan_memory "))
   argv = shlex.split(command)[3:]
   mesh = next(a for a in argv if a.startswith("--mesh=")).split("=")[1].replace("x", "×")
   row = next(line for line in readme.splitlines() if f", {mesh} (data × model) |" in line)
   expected = [cell.strip() for cell in row.split("|")[2:-1]]
-  memory_planner.main(argv)
+  plan_memory.main(argv)
   printed = dict(re.findall(r"^\| ([^|]+?) \| ([\d.]+) \|$", capsys.readouterr().out, re.M))
   assert [f"{printed[k]} GiB" for k in ("parameters", "optimizer state (Adafactor)",
                                         "gradients", "activations (estimate)", "total")] == (

@@ -11,8 +11,8 @@ import pytest
 
 import runmode_utils as u
 from t5x_lite import main
+from t5x_lite import settings
 from t5x_lite.modes import evaluate as eval_lib, infer
-from t5x_lite.modes import settings
 from t5x_lite.tasks import metrics as task_metrics
 
 

@@ -9,10 +9,10 @@ import gin
 import pytest
 import seqio
 
+from t5x_lite import main as main_lib
 from t5x_lite.config import configurables
 from t5x_lite.config import gin_bindings
 from t5x_lite.config import gin_utils
-from t5x_lite import main as main_lib
 from t5x_lite.tasks import vocab
 import test_docs_commands
 

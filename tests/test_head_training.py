@@ -14,10 +14,12 @@ import transformers
 
 import head_tasks
 import runmode_utils as u
-from t5x_lite.checkpointing import checkpoints, initial_params
+from t5x_lite import settings
+from t5x_lite.checkpointing import checkpoints
 from t5x_lite.interop import hf_checkpoint
+from t5x_lite.interop import initial_params
 from t5x_lite.model import heads, network
-from t5x_lite.modes import settings, evaluate, export, infer, train
+from t5x_lite.modes import evaluate, export, infer, train
 from t5x_lite.parallel import partitioning
 from t5x_lite.training import optimizers, trainer
 from tree_utils import tree_max_abs_diff

@@ -19,8 +19,8 @@ import fake_bucket
 import runmode_utils as u
 from t5x_lite.checkpointing import checkpoints
 from t5x_lite.model import decoding
-from t5x_lite.modes import infer
 from t5x_lite.modes import evaluate as eval_lib
+from t5x_lite.modes import infer
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite.checkpointing import initial_params
 from t5x_lite.interop import hf_checkpoint
+from t5x_lite.interop import initial_params
 from t5x_lite.model import heads, encoder_decoder, network
 from t5x_lite.parallel import partitioning
 

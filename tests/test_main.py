@@ -166,8 +166,8 @@ def test_a_missing_checkpoint_step_names_the_steps_there(tmp_path):
 def test_end_of_run_summary_lists_only_files_that_exist(tmp_path, capsys):
   """No evaluation ran: no eval_metrics.jsonl, no predictions, no loss curve are listed."""
   import types  # pylint: disable=g-import-not-at-top
-  from t5x_lite.modes import train  # pylint: disable=g-import-not-at-top
   from t5x_lite.checkpointing.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  from t5x_lite.modes import train  # pylint: disable=g-import-not-at-top
   run_dir = RunDir(str(tmp_path))
   (tmp_path / "train_metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
   (tmp_path / "config.gin").write_text("")
@@ -285,7 +285,7 @@ def test_lengths_whose_planned_training_peak_exceeds_memory_are_refused(clean_gi
   """Before: inputs of 65,536 tokens grew the process to 6 GiB with no message."""
   # pylint: disable=g-import-not-at-top
   from t5x_lite.config import configurables, gin_utils, preflight
-  from t5x_lite.tools import memory_planner
+  from t5x_lite.training import memory_planner
   lengths = {"inputs": 65536, "targets": 32}
   gin_utils.parse(_QUICK, ["MODEL_DIR=r", f"TASK_FEATURE_LENGTHS={lengths}"],
                   register_builtin_tasks=False, run_mode="train")

@@ -8,7 +8,8 @@ import pytest
 
 from t5x_lite.model import encoder_decoder, network
 from t5x_lite.parallel import partitioning
-from t5x_lite.tools import memory_planner
+from t5x_lite.tools import plan_memory
+from t5x_lite.training import memory_planner
 from t5x_lite.training import optimizers, trainer
 
 
@@ -85,8 +86,8 @@ def test_activation_estimate_is_near_xla_temp_memory_and_shrinks_with_remat_and_
 
 def test_command_line_reads_the_model_gin_file(capsys):
   try:
-    memory_planner.main(["--gin_file=models/t5_1_1/small.gin", "--mesh=2x4", "--batch=8",
-                         "--gin.T5Config.vocab_size=32128", "--gin.T5Config.dtype=bfloat16"])
+    plan_memory.main(["--gin_file=models/t5_1_1/small.gin", "--mesh=2x4", "--batch=8",
+                      "--gin.T5Config.vocab_size=32128", "--gin.T5Config.dtype=bfloat16"])
   finally:
     gin.clear_config()
   out = capsys.readouterr().out

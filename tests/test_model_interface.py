@@ -15,11 +15,12 @@ import pytest
 import seqio
 
 import runmode_utils as u
+from t5x_lite import settings
 from t5x_lite.checkpointing import checkpoints
 from t5x_lite.config import configurables, gin_utils
 from t5x_lite.model import heads
-from t5x_lite.modes import settings, evaluate, infer
 from t5x_lite.model import model_interface, encoder_decoder
+from t5x_lite.modes import evaluate, infer
 from t5x_lite.modes import train
 from t5x_lite.parallel import partitioning
 from t5x_lite.training import optimizers

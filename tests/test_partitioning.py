@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from t5x_lite.parallel import partitioning
-from t5x_lite.tools import memory_planner
+from t5x_lite.training import memory_planner
 
 WORKER = os.path.join(os.path.dirname(__file__), "sharded_worker.py")
 MESHES = ["1x1", "8x1", "4x2+ckpt", "2x4+restore", "1x8", "4x2+fsdp", "1x1+restore",

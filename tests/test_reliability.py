@@ -23,14 +23,15 @@ import pytest
 import seqio
 
 from t5x_lite import main
+from t5x_lite import settings
 from t5x_lite.checkpointing import checkpoints, storage, summaries
-from t5x_lite.data import pipeline
-from t5x_lite.modes import settings, export
-from t5x_lite.parallel import partitioning
-from t5x_lite.modes import train
-from t5x_lite.training import trainer
-from t5x_lite.tasks import vocab
 from t5x_lite.checkpointing.run_dir import RunDir
+from t5x_lite.data import pipeline
+from t5x_lite.modes import export
+from t5x_lite.modes import train
+from t5x_lite.parallel import partitioning
+from t5x_lite.tasks import vocab
+from t5x_lite.training import trainer
 import reliability_worker as worker
 from tree_utils import tree_max_abs_diff
 

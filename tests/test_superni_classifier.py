@@ -18,9 +18,9 @@ from t5x_lite import main
 from t5x_lite.checkpointing import summaries
 from t5x_lite.model import heads
 from t5x_lite.modes import prediction
-from t5x_lite.tools import superni_compare
 from t5x_lite.tasks import metrics as metrics_lib
 from t5x_lite.tasks import superni, superni_classifier, vocab
+from t5x_lite.tools import superni_compare
 
 DEFINITION = "Does the premise entail the hypothesis? Answer Yes or No"
 NLI = {

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from t5x_lite.checkpointing import initial_params
+from t5x_lite import settings
 from t5x_lite.interop import hf_checkpoint, t5x_checkpoint
+from t5x_lite.interop import initial_params
 from t5x_lite.model import heads, encoder_decoder, network
-from t5x_lite.modes import settings, train
+from t5x_lite.modes import train
 from t5x_lite.parallel import partitioning
 from t5x_lite.training import optimizers, trainer
 

@@ -13,14 +13,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from t5x_lite import main
+from t5x_lite import settings
 from t5x_lite.checkpointing import checkpoints
+from t5x_lite.checkpointing import summaries
 from t5x_lite.data import pipeline
 from t5x_lite.model import encoder_decoder, network
-from t5x_lite.modes import settings
+from t5x_lite.modes import train
 from t5x_lite.parallel import partitioning
 from t5x_lite.training import optimizers
-from t5x_lite.checkpointing import summaries
-from t5x_lite.modes import train
 from t5x_lite.training import trainer
 from tree_utils import tree_max_abs_diff
 
@@ -59,12 +59,13 @@ def clean_gin():
 
 
 def test_loss_goes_down_and_outputs_are_written(tmp_path):
-  run(tmp_path, 40, evaluation=settings.EvalConfig(steps=2))
+  run(tmp_path, 40, evaluation=settings.EvalConfig(steps=2), run_config=lambda: "A = 1\n")
   losses = [row["loss"] for row in history(tmp_path)]
   assert len(losses) == 40
   assert np.mean(losses[-5:]) < losses[0] - 2.0, losses
   for name in ("config.gin", "loss.png", "eval_metrics.jsonl", "checkpoints/40/state"):
     assert os.path.exists(tmp_path / name), name
+  assert (tmp_path / "config.gin").read_text() == "A = 1\n"  # what run_config returned
   assert os.listdir(tmp_path / "train")  # TensorBoard event file
   row = history(tmp_path)[-1]
   assert set(row) >= {"loss", "accuracy", "z_loss", "learning_rate", "tokens_per_second",

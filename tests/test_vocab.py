@@ -107,8 +107,9 @@ def test_the_gin_binding_switches_the_tasks_and_the_model_embedding_size():
 def test_a_task_vocabulary_that_does_not_fit_the_model_fails_at_start(tmp_path):
   """The model's embedding size and the task's vocabulary disagree: an error before training,
   naming both sizes and the binding to change."""
+  from t5x_lite import settings
   from t5x_lite.model import encoder_decoder, network  # pylint: disable=g-import-not-at-top
-  from t5x_lite.modes import settings, train
+  from t5x_lite.modes import train
   model = encoder_decoder.EncoderDecoderModel(network.T5Config(
       vocab_size=32128, d_model=16, d_ff=16, d_kv=4, num_heads=2, num_encoder_layers=1,
       num_decoder_layers=1))

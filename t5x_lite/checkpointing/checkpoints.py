@@ -40,12 +40,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from t5x_lite import settings
 from t5x_lite.checkpointing import checksums
-from t5x_lite.modes import settings
 from t5x_lite.checkpointing import run_dir as run_dir_lib
 from t5x_lite.checkpointing import storage
 from t5x_lite.checkpointing import vocab_identity
-from t5x_lite.training.train_state import TrainState
+from t5x_lite.checkpointing.train_state import TrainState
 
 log = logging.getLogger(__name__)
 

@@ -11,22 +11,22 @@ wrapper here, or an `@Name()` reference in a gin file, applies the bindings. The
 
 import gin
 
-from t5x_lite.modes import settings
+from t5x_lite import settings
+from t5x_lite import tasks
+from t5x_lite.model import encoder_decoder
+from t5x_lite.model import heads
+from t5x_lite.model import model_sizes
+from t5x_lite.model import network
 from t5x_lite.modes import evaluate as evaluate_lib
 from t5x_lite.modes import export as export_lib
-from t5x_lite.model import heads
 from t5x_lite.modes import infer as infer_lib
-from t5x_lite.model import model_sizes
-from t5x_lite.model import encoder_decoder
-from t5x_lite.model import network
-from t5x_lite.training import optimizers
-from t5x_lite.parallel import partitioning
-from t5x_lite import tasks
 from t5x_lite.modes import train as train_lib
+from t5x_lite.parallel import partitioning
 from t5x_lite.tasks import instructions
 from t5x_lite.tasks import superni
 from t5x_lite.tasks import superni_classifier
 from t5x_lite.tasks import vocab
+from t5x_lite.training import optimizers
 
 # The model and how it decodes.
 T5Config = gin.external_configurable(network.T5Config)
@@ -72,6 +72,13 @@ _RUN_MODE_FNS = {"train": train_lib.train, "eval": evaluate_lib.evaluate,
                  "infer": infer_lib.infer, "score": infer_lib.score, "export": export_lib.export}
 RUN_MODES = {mode: gin.external_configurable(fn, name=RUN_MODE_NAMES[mode])
              for mode, fn in _RUN_MODE_FNS.items()}
+
+
+def call_run_mode(mode: str):
+  """Runs a run mode with its gin bindings; training writes gin's operative config."""
+  if mode == "train":
+    return RUN_MODES[mode](run_config=gin.operative_config_str)
+  return RUN_MODES[mode]()
 
 
 def builtin_task_settings():

@@ -514,9 +514,3 @@ def explain_call_error(error: Exception) -> str:
             "gin files' headers list the required macros (e.g. --gin.MODEL_DIR=experiments/x).")
   return _explain(error)
 
-
-def write_operative_config(path: str):
-  """Writes every gin binding this run used (MODEL_DIR/config.gin) to `path`."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(gin.operative_config_str())

@@ -32,8 +32,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 @dataclasses.dataclass
 class Binding:
   """One parameter binding a run mode reads, its value resolved through macros."""
-  scoped_selector: str   # "train/t5x_lite.modes.settings.DatasetConfig"
-  selector: str          # "t5x_lite.modes.settings.DatasetConfig"
+  scoped_selector: str   # "train/t5x_lite.settings.DatasetConfig"
+  selector: str          # "t5x_lite.settings.DatasetConfig"
   param: str             # "batch_size"
   value: Any             # the value after macros (references left as they are)
   macro: Optional[str]   # the first macro it came through ("BATCH_SIZE"), or None
@@ -210,7 +210,7 @@ def check_training_memory(found: List[Binding], available: int) -> None:
   backward pass, which grow with TASK_FEATURE_LENGTHS and BATCH_SIZE.
   """
   from t5x_lite.config import configurables  # pylint: disable=g-import-not-at-top
-  from t5x_lite.tools import memory_planner  # pylint: disable=g-import-not-at-top
+  from t5x_lite.training import memory_planner  # pylint: disable=g-import-not-at-top
   by_name = {(b.scoped_selector, b.param): b for b in found}
   lengths = next((b for (s, p), b in by_name.items()
                   if s.startswith("train/") and s.endswith("DatasetConfig")

@@ -38,8 +38,8 @@ import flax.linen as nn
 from flax import traverse_util
 import numpy as np
 
-from t5x_lite.model import network
 from t5x_lite.checkpointing import storage
+from t5x_lite.model import network
 
 # Keys HF itself ignores on load: old checkpoints carry a never-used relative bias table in
 # the first decoder block's cross-attention.

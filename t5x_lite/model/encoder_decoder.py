@@ -12,7 +12,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from t5x_lite.modes import settings
+from t5x_lite import settings
 from t5x_lite.model import decoding
 from t5x_lite.model import network
 
@@ -122,7 +122,7 @@ class EncoderDecoderModel:
   # vocabulary against config.vocab_size).
   token_features = ("inputs", "targets")
   can_pack = True
-  # All parameters from INITIAL_CHECKPOINT_PATH (t5x_lite.checkpointing.initial_params).
+  # All parameters from INITIAL_CHECKPOINT_PATH (t5x_lite.interop.initial_params).
   initial_checkpoint_params = None
   hf_export_format = "T5ForConditionalGeneration"
   examples_heading = "Generated examples (greedy unless DecodingSettings says otherwise):"

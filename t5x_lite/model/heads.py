@@ -13,7 +13,7 @@ count), normalizer, loss_weights, score_batch, predict_batch(_with_aux),
 feature_converter(pack) — the seqio converter that makes their batches
 (t5x_lite/data/head_features.py) — and initial_checkpoint_params = (token_embedder, encoder):
 a head starts from an encoder-decoder checkpoint (orbax or HF directory, read by
-t5x_lite.checkpointing.initial_params) with the encoder loaded, the decoder dropped and the head fresh.
+t5x_lite.interop.initial_params) with the encoder loaded, the decoder dropped and the head fresh.
 Predictions are ids of the task's targets vocabulary (t5x_lite.tasks.labels:
 class c is id c + 1) or answer tokens, which seqio decodes as it decodes generated text.
 
@@ -164,7 +164,7 @@ class EncoderHeadModel:
   token_features = ("inputs",)
   # One label (or answer) per example: a row holds one example.
   can_pack = False
-  # INITIAL_CHECKPOINT_PATH gives the encoder (t5x_lite.checkpointing.initial_params): a T5 checkpoint's
+  # INITIAL_CHECKPOINT_PATH gives the encoder (t5x_lite.interop.initial_params): a T5 checkpoint's
   # decoder is dropped, the head starts fresh.
   initial_checkpoint_params = ENCODER_PARAMS
   # HF transformers has no T5 encoder with a pooled classifier or a span head.

@@ -34,7 +34,7 @@ class Model(Protocol):
     can_pack: whether `feature_converter(pack=True)` works; a model that cannot pack is
       trained unpacked (the run mode logs it) instead of failing.
     initial_checkpoint_params: the top-level parameter entries taken from
-      INITIAL_CHECKPOINT_PATH (t5x_lite.checkpointing.initial_params); None: all of them (and the
+      INITIAL_CHECKPOINT_PATH (t5x_lite.interop.initial_params); None: all of them (and the
       optimizer state may come too). The entries not named keep their fresh initialisation.
     hf_export_format: the HF transformers class the export run mode writes
       ("T5ForConditionalGeneration", "T5ForTokenClassification"), or None where HF has none.

@@ -18,11 +18,11 @@ from typing import List, Mapping, Optional, Sequence, Union
 from etils import epath
 
 from t5x_lite.checkpointing import checkpoints as checkpoints_lib
-from t5x_lite.modes import prediction
-from t5x_lite.model import model_interface
-from t5x_lite.parallel import partitioning
 from t5x_lite.checkpointing.run_dir import RunDir
 from t5x_lite.checkpointing.summaries import SummaryWriter, read_history
+from t5x_lite.model import model_interface
+from t5x_lite.modes import prediction
+from t5x_lite.parallel import partitioning
 
 log = logging.getLogger(__name__)
 

@@ -45,13 +45,13 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5x_lite import settings
 from t5x_lite.checkpointing import checkpoints
-from t5x_lite.modes import settings
-from t5x_lite.data import pipeline
-from t5x_lite.modes import prediction
-from t5x_lite.model import model_interface
-from t5x_lite.parallel import partitioning
 from t5x_lite.checkpointing import run_dir as run_dir_lib
+from t5x_lite.data import pipeline
+from t5x_lite.model import model_interface
+from t5x_lite.modes import prediction
+from t5x_lite.parallel import partitioning
 
 log = logging.getLogger(__name__)
 

@@ -3,28 +3,27 @@
 import dataclasses
 import logging
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from etils import epath
 import jax
 import numpy as np
 import tqdm
 
+from t5x_lite import settings
 from t5x_lite.checkpointing import checkpoints as checkpoints_lib
-from t5x_lite.modes import settings
-from t5x_lite.data import pipeline
-from t5x_lite.modes import prediction as evaluation_lib
-from t5x_lite.config import gin_utils
-from t5x_lite.checkpointing import initial_params
-from t5x_lite.model import model_interface
-from t5x_lite.training import optimizers
-from t5x_lite.parallel import partitioning
-from t5x_lite.training import preemption
 from t5x_lite.checkpointing import storage
-from t5x_lite.interop import t5x_checkpoint
-from t5x_lite.training import trainer as trainer_lib
 from t5x_lite.checkpointing.run_dir import RunDir
 from t5x_lite.checkpointing.summaries import SummaryWriter, read_history
+from t5x_lite.data import pipeline
+from t5x_lite.interop import initial_params
+from t5x_lite.interop import t5x_checkpoint
+from t5x_lite.model import model_interface
+from t5x_lite.modes import prediction as evaluation_lib
+from t5x_lite.parallel import partitioning
+from t5x_lite.training import optimizers
+from t5x_lite.training import preemption
+from t5x_lite.training import trainer as trainer_lib
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def restore_or_init(trainer: trainer_lib.Trainer, abstract, input_shapes, manage
 
   Resuming wins over INITIAL_CHECKPOINT_PATH: a preempted finetune must continue, not restart.
   INITIAL_CHECKPOINT_PATH (an orbax or t5x checkpoint, or a HF directory) gives the model's
-  `initial_checkpoint_params` (t5x_lite.checkpointing.initial_params): all parameters, or some entries (an
+  `initial_checkpoint_params` (t5x_lite.interop.initial_params): all parameters, or some entries (an
   encoder head takes the encoder: decoder dropped, head fresh), with a fresh optimizer state
   unless RestoreConfig.restore_optimizer_state (full orbax states only).
   A damaged latest step is skipped for the newest readable one (CheckpointManager.restore).
@@ -256,7 +255,8 @@ def train(*, model_dir: str, train_steps: int, model: model_interface.Model,
           initial_checkpoint: Optional[settings.RestoreConfig] = None,
           evaluation: settings.EvalConfig = settings.EvalConfig(), log_period: int = 10,
           progress_bar: bool = True, nonfinite_policy: str = "skip",
-          max_consecutive_nonfinite: int = 10, force_lock: bool = False):
+          max_consecutive_nonfinite: int = 10, force_lock: bool = False,
+          run_config: Optional[Callable[[], str]] = None):
   """Trains `model` on a seqio task/mixture; resumable, with checkpoints and summaries.
 
   Args (gin; the run files gin/runs/*.gin bind the macros in capitals):
@@ -281,6 +281,8 @@ def train(*, model_dir: str, train_steps: int, model: model_interface.Model,
     max_consecutive_nonfinite: with "skip", stop after this many non-finite steps in a row.
     force_lock: take MODEL_DIR's lock even if another process seems to hold it (a lock
       left by a process that is gone; see t5x_lite.checkpointing.storage).
+    run_config: returns the run's configuration as text, written to MODEL_DIR/config.gin once
+      the model is built (the entry point passes gin's operative config); None: not written.
 
   SIGTERM / SIGINT finish the current step, save it and return (t5x_lite.training.preemption).
 
@@ -292,7 +294,7 @@ def train(*, model_dir: str, train_steps: int, model: model_interface.Model,
                   max_consecutive_nonfinite, train_dataset, evaluation, partitioner, model)
   run_dir = RunDir(model_dir)
   if initial_checkpoint and not run_dir.checkpoint_steps():
-    # Fails fast if wrong: an orbax checkpoint or a HF directory (t5x_lite.checkpointing.initial_params).
+    # Fails fast if wrong: an orbax checkpoint or a HF directory (t5x_lite.interop.initial_params).
     initial_params.check_path(initial_checkpoint.path)
   lock = _take_lock(run_dir, force_lock)
   try:
@@ -301,7 +303,7 @@ def train(*, model_dir: str, train_steps: int, model: model_interface.Model,
                     train_dataset=train_dataset, optimizer=optimizer, partitioner=partitioner,
                     num_microbatches=num_microbatches, seed=seed, checkpoint=checkpoint,
                     initial_checkpoint=initial_checkpoint, evaluation=evaluation,
-                    log_period=log_period, progress_bar=progress_bar,
+                    log_period=log_period, progress_bar=progress_bar, run_config=run_config,
                     watch=_NonFiniteWatch(nonfinite_policy, max_consecutive_nonfinite))
   finally:
     if lock is not None:
@@ -405,7 +407,7 @@ def _loop(state, *, train_steps, trainer, iterator, manager, lock, stop_request,
 
 def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dataset, optimizer,
            partitioner, num_microbatches, seed, checkpoint, initial_checkpoint, evaluation,
-           log_period, progress_bar, watch):
+           log_period, progress_bar, run_config, watch):
   """train() once the settings are checked and MODEL_DIR is this process's."""
   trainer = trainer_lib.Trainer(model, optimizer or optimizers.adafactor(), partitioner,
                                 num_microbatches=num_microbatches, seed=seed)
@@ -440,7 +442,8 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
     state = restore_or_init(trainer, abstract, input_shapes, manager, iterator,
                             initial_checkpoint)
     start = int(jax.device_get(state.step))
-    gin_utils.write_operative_config(run_dir.config_gin)
+    if run_config is not None:
+      epath.Path(run_dir.config_gin).write_text(run_config())
     train_writer = SummaryWriter(run_dir.root, "train")
     eval_writer = SummaryWriter(run_dir.root, "eval")
     writers = [train_writer, eval_writer]

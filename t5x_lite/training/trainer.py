@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5x_lite.checkpointing.train_state import TrainState
 from t5x_lite.model import model_interface
 from t5x_lite.parallel import partitioning
-from t5x_lite.training.train_state import TrainState
 
 
 def _all_finite(tree) -> jax.Array:

@@ -29,9 +29,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from t5x_lite.checkpointing import checkpoints
+from t5x_lite.checkpointing import train_state
 from t5x_lite.interop import hf_checkpoint
 from t5x_lite.interop import t5x_checkpoint
-from t5x_lite.training import train_state
 
 # What hf_checkpoint.load_hf_encoder gives: the entries of a T5 encoder.
 _HF_ENCODER_PARAMS = ("token_embedder", "encoder")

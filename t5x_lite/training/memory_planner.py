@@ -5,12 +5,9 @@ jax.eval_shape): parameters and Adafactor state are exact for the sharding rules
 activations are an estimate of what the backward pass keeps alive (documented per term
 below), for the xla or pallas attention and the remat policy.
 
-  python -m t5x_lite.tools.memory_planner --gin_file=models/t5_1_1/xxl.gin --mesh=32x8 \
-      --batch=256 --inputs=512 --targets=114 --gin.T5Config.dtype=bfloat16 \
-      --gin.T5Config.vocab_size=32128   # T5's vocabulary (the default one gives 4224)
+From the command line: `python -m t5x_lite.tools.plan_memory` (t5x_lite/tools/plan_memory.py).
 """
 
-import argparse
 import dataclasses
 import math
 from typing import Mapping, Optional, Sequence
@@ -168,27 +165,3 @@ def plan(config: network.T5Config, mesh_shape: Mapping[str, int], batch_size: in
   return MemoryPlan(params=params, optimizer_state=opt, gradients=params, activations=acts,
                     num_params=num, fsdp_gathered=gathered)
 
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--gin_file", action="append", default=[])
-  parser.add_argument("--mesh", default="1x1", help="DATAxMODEL, e.g. 32x8")
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--inputs", type=int, default=512)
-  parser.add_argument("--targets", type=int, default=114)
-  parser.add_argument("--fsdp", action="store_true")
-  parser.add_argument("--microbatches", type=int, default=1)
-  args, rest = parser.parse_known_args(argv)
-  from t5x_lite.config import configurables, gin_utils  # pylint: disable=g-import-not-at-top
-  gin_utils.parse(args.gin_file, [r[len("--gin."):] for r in rest if r.startswith("--gin.")])
-  data, model = (int(x) for x in args.mesh.split("x"))
-  result = plan(configurables.T5Config(), {"data": data, "model": model}, args.batch, args.inputs,
-                args.targets, fsdp=args.fsdp, num_microbatches=args.microbatches)
-  print(f"{result.num_params / 1e9:.2f}B parameters on a {data}x{model} mesh, batch "
-        f"{args.batch}, lengths {args.inputs}/{args.targets}:")
-  print(result.table())
-
-
-if __name__ == "__main__":
-  main()
