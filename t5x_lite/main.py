@@ -102,7 +102,8 @@ def initialize_distributed(args):
   """jax.distributed.initialize from flags (or auto-detected) before any other JAX call."""
   if args.coordinator_address or args.multiprocess:
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                           args.heartbeat_timeout_seconds, run_mode=args.run_mode)
+                           args.heartbeat_timeout_seconds, run_mode=args.run_mode,
+                           model_dir=gin_utils.model_dir_macro)
 
 
 def list_tasks(pattern: str) -> str:

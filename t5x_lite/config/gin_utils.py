@@ -514,3 +514,11 @@ def explain_call_error(error: Exception) -> str:
             "gin files' headers list the required macros (e.g. --gin.MODEL_DIR=experiments/x).")
   return _explain(error)
 
+
+def model_dir_macro() -> Optional[str]:
+  """The MODEL_DIR macro of the parsed gin config, or None (no config, or no such macro)."""
+  try:
+    model_dir = gin.query_parameter("%MODEL_DIR")
+  except (ValueError, KeyError):
+    return None
+  return model_dir if isinstance(model_dir, str) else None

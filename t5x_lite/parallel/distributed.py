@@ -45,16 +45,6 @@ KEY_PREFIX = "t5x_lite/heartbeat/"
 DONE = "done"
 
 
-def _gin_model_dir() -> Optional[str]:
-  """The MODEL_DIR macro of the parsed gin config, or None."""
-  try:
-    import gin  # pylint: disable=g-import-not-at-top
-    model_dir = gin.query_parameter("%MODEL_DIR")
-  except Exception:  # pylint: disable=broad-except  (no gin config, or no such macro)
-    return None
-  return model_dir if isinstance(model_dir, str) else None
-
-
 def resume_hint(run_mode: str, model_dir: Optional[str]) -> str:
   """What rerunning the same command does: the step training resumes from, for train.
 
@@ -256,7 +246,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                process_id: Optional[int] = None,
                heartbeat_timeout_seconds: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
                run_mode: str = "train",
-               model_dir: Callable[[], Optional[str]] = _gin_model_dir) -> None:
+               model_dir: Callable[[], Optional[str]] = lambda: None) -> None:
   """jax.distributed.initialize (auto-detection where arguments are None) and the watchdog.
 
   Must run before any other JAX call.
@@ -268,7 +258,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     heartbeat_timeout_seconds: another process that sends no heartbeat for this long stops
       this one (exit status EXIT_PEER_LOST) with a line naming it and the step to resume from.
     run_mode: the run mode, for that line.
-    model_dir: returns MODEL_DIR when a process is lost (the gin macro by default).
+    model_dir: returns MODEL_DIR when a process is lost (the entry point reads gin's macro).
   """
   global _watchdog
   import jax  # pylint: disable=g-import-not-at-top
