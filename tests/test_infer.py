@@ -1,6 +1,7 @@
 """infer / score run modes: resumable chunked JSONL (a killed run resumes with no duplicate or
 missing row), disjoint and complete sharding, and scores equal to independently computed
-target log-likelihoods; predict_batch equals decoding.decode."""
+target log-likelihoods; predict_batch equals decoding.decode; a file of inputs (INFER_INPUT_FILE)
+and predict() give the registered task's predictions."""
 
 import contextlib
 import json
@@ -21,6 +22,7 @@ from t5x_lite.checkpointing import checkpoints
 from t5x_lite.model import decoding
 from t5x_lite.modes import evaluate as eval_lib
 from t5x_lite.modes import infer
+from t5x_lite.tasks import vocab
 
 
 @pytest.fixture(scope="module")
@@ -338,3 +340,78 @@ def test_damaged_parts_are_written_again(checkpoint, tmp_path, monkeypatch, capl
   assert warnings == [
       f"{parts / '000000.jsonl'} is damaged (line 2 is not JSON): writing it again from row 0.",
       f"{parts / '000001.jsonl'} is damaged (3 rows, 4 recorded): writing it again from row 4."]
+
+
+def test_input_file_and_predict_give_the_tasks_predictions(checkpoint, tmp_path):
+  """Texts in a file (the infer run mode from the command line) and in a list (predict) get
+  exactly the predictions the same examples get through the registered task."""
+  from t5x_lite import main  # pylint: disable=g-import-not-at-top
+  from t5x_lite.modes import predict  # pylint: disable=g-import-not-at-top
+  by_task = u.read_jsonl(run("infer", checkpoint, tmp_path / "task", max_examples=6))
+  texts = [r["inputs"] for r in by_task]
+  assert len(set(r["prediction"] for r in by_task)) > 1  # not one answer for every input
+  lines = [texts[0], "", *texts[1:]]  # a blank line is no input
+  (tmp_path / "inputs.txt").write_text("\n".join(lines) + "\n")
+  path = main.main(["--run_mode=infer", "--gin_file=models/t5_1_0.gin", *u.TINY_GIN,
+                    "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH={checkpoint}",
+                    f"--gin.INFER_INPUT_FILE={tmp_path / 'inputs.txt'}", "--gin.BATCH_SIZE=4",
+                    f"--gin.OUTPUT_DIR={tmp_path / 'file'}",
+                    f"--gin.TASK_FEATURE_LENGTHS={json.dumps(u.LENGTHS)}"])
+  by_file = u.read_jsonl(path)
+  assert [{k: r[k] for k in ("index", "inputs", "prediction")} for r in by_file] == [
+      {"index": i, "inputs": r["inputs"], "prediction": r["prediction"]}
+      for i, r in enumerate(by_task)]
+  assert [sorted(r) for r in by_file] == [["index", "inputs", "prediction", "score"]] * 6
+  np.testing.assert_allclose([r["score"] for r in by_file], [r["score"] for r in by_task],
+                             atol=1e-5)
+  # The .tsv and .jsonl forms hold the same inputs.
+  (tmp_path / "inputs.tsv").write_text("id\tinputs\n" + "".join(
+      f"{i}\t{t}\n" for i, t in enumerate(texts)))
+  (tmp_path / "inputs.jsonl").write_text("".join(
+      json.dumps({"inputs": t, "id": i}) + "\n" for i, t in enumerate(texts)))
+  (tmp_path / "plain.tsv").write_text("".join(f"{t}\tx\n" for t in texts))
+  for name in ("inputs.tsv", "inputs.jsonl", "plain.tsv"):
+    assert infer.read_inputs(str(tmp_path / name)) == texts, name
+  # predict(): the same predictions in batches of 4 (one full, one padded).
+  predictor = predict.load(checkpoint, model=u.tiny_model(), input_length=u.LENGTHS["inputs"],
+                           target_length=u.LENGTHS["targets"], batch_size=4)
+  assert predictor(texts) == [r["prediction"] for r in by_task]
+  assert predictor(texts[4:5]) == [by_task[4]["prediction"]] and predictor([]) == []
+  # From the checkpoint exported as a HF directory, its config.json giving the model.
+  from t5x_lite.modes import export  # pylint: disable=g-import-not-at-top
+  hf_dir = export.export(checkpoint_path=checkpoint, output_dir=str(tmp_path / "hf"),
+                         model=u.tiny_model())
+  assert predict.predict(texts, hf_dir, input_length=u.LENGTHS["inputs"],
+                         target_length=u.LENGTHS["targets"], batch_size=4) == [
+                             r["prediction"] for r in by_task]
+
+
+@pytest.mark.parametrize("name, content, error", [
+    ("missing.txt", None, r"^INFER_INPUT_FILE='.*missing\.txt' does not exist"),
+    ("in.tsv", "id\tinputs\n1\tsay yes\n2\n", r"^.*in\.tsv:3: no 'inputs' column \(column 2 of "
+     r"the header\): the line has 1 tab-separated fields\.$"),
+    ("in.jsonl", '{"inputs": "a"}\n\n{"input": "b"}\n', r"^.*in\.jsonl:3: no \"inputs\" text "
+     r"field \(write each line as \{\"inputs\": \"\.\.\.\"\}\)\.$"),
+    ("in.jsonl", '{"inputs": "a"}\n{"inputs": \n', r"^.*in\.jsonl:2: not JSON "),
+    ("in.csv", "a,b\n", r"^INFER_INPUT_FILE='.*in\.csv': name a \.txt"),
+])
+def test_bad_input_files_are_refused_with_file_and_line(name, content, error, tmp_path):
+  if content is not None:
+    (tmp_path / name).write_text(content)
+  with pytest.raises((ValueError, FileNotFoundError), match=error):
+    infer.infer(checkpoint_path=str(tmp_path / "never_read"), output_dir=str(tmp_path / "out"),
+                task_feature_lengths=u.LENGTHS, batch_size=4, model=u.tiny_model(),
+                input_file=str(tmp_path / name), vocabulary=vocab.default_vocabulary())
+  assert not (tmp_path / "out").exists()  # refused before anything is read or written
+
+
+def test_infer_needs_one_source_of_examples(tmp_path):
+  args = dict(checkpoint_path=str(tmp_path / "never_read"), output_dir=str(tmp_path),
+              task_feature_lengths=u.LENGTHS, batch_size=4, model=u.tiny_model())
+  with pytest.raises(ValueError, match=r"^Nothing to predict: set MIXTURE_OR_TASK_NAME"):
+    infer.infer(**args)
+  (tmp_path / "in.txt").write_text("say yes\n")
+  with pytest.raises(ValueError, match=r"INFER_INPUT_FILE='.*in\.txt' and MIXTURE_OR_TASK_NAME="
+                     r"'runmode_test_yes_no' are both set: set one"):
+    infer.infer(**args, mixture_or_task_name=u.TASK, input_file=str(tmp_path / "in.txt"),
+                vocabulary=vocab.default_vocabulary())

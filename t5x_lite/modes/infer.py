@@ -30,6 +30,12 @@ checked (each line parses, the row count is the recorded one); a damaged part is
 again from the position recorded before it. An unknown split is refused at start. Every
 file goes through epath, so OUTPUT_DIR may be a bucket (gs://...) as well as a local
 directory.
+
+Texts without a task: `infer(input_file=...)` (gin INFER_INPUT_FILE) reads a .txt, .tsv or
+.jsonl file of inputs (`read_inputs`) and predicts them as the examples of one unregistered
+task (`text_task`: tokenized with the run's vocabulary, EOS appended, as a registered task of
+that vocabulary does), with rows {"index", "inputs", "prediction", "score"}; sharding and
+resuming work as above. t5x_lite.modes.predict does the same for a list of strings in Python.
 """
 
 import io
@@ -37,7 +43,7 @@ import itertools
 import json
 import logging
 import os
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from etils import epath
 import jax
@@ -52,8 +58,16 @@ from t5x_lite.data import pipeline
 from t5x_lite.model import model_interface
 from t5x_lite.modes import prediction
 from t5x_lite.parallel import partitioning
+from t5x_lite.tasks import vocab
 
 log = logging.getLogger(__name__)
+
+# What a row of a task's example says of it (besides its prediction or score).
+ROW_FIELDS = ("index", "task", "inputs", "targets")
+# The (unregistered) task of texts given directly (INFER_INPUT_FILE, t5x_lite.modes.predict):
+# its name goes into each text's sampling key, so a text samples alike in both.
+TEXT_TASK = "text_inputs"
+TEXT_SPLIT = "inputs"
 
 # Where a stream of rows starts: (task number in name order, source index, rows of that
 # index already written). Rows of one source example can span two chunks.
@@ -243,6 +257,78 @@ def task_names(mixture_or_task_name: str, model=None) -> List[str]:
   return sorted(t.name for t in seqio.get_subtasks(provider))
 
 
+def read_inputs(path: str) -> List[str]:
+  """The inputs of a file: one per line (.txt), the `inputs` column of a TSV whose header
+  names it or else its first column (.tsv), the "inputs" field of each object (.jsonl).
+
+  Blank lines are skipped; an input's index is its position among the inputs.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: another suffix, text that is not UTF-8, or a line without the input
+      (named as path:line).
+  """
+  file = epath.Path(path)
+  if not file.is_file():
+    raise FileNotFoundError(f"INFER_INPUT_FILE={path!r} does not exist: set it to a .txt (one "
+                            "input per line), .tsv or .jsonl file of inputs.")
+  suffix = file.suffix.lower()
+  if suffix not in (".txt", ".tsv", ".jsonl"):
+    raise ValueError(f"INFER_INPUT_FILE={path!r}: name a .txt (one input per line), .tsv "
+                     "(an 'inputs' column or the first) or .jsonl (an \"inputs\" field) file.")
+  try:
+    text = prediction.as_text(file.read_bytes(), errors="strict")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+  # Only "\n" ends a line (str.splitlines would also split at characters inside a text).
+  lines = [(number, line.rstrip("\r")) for number, line in enumerate(text.split("\n"), 1)
+           if line.strip()]
+  if suffix == ".txt":
+    return [line for _, line in lines]
+  if suffix == ".tsv":
+    header = lines[0][1].split("\t") if lines else []
+    column = header.index("inputs") if "inputs" in header else 0
+    inputs = []
+    for number, line in lines[1:] if "inputs" in header else lines:
+      fields = line.split("\t")
+      if column >= len(fields):
+        raise ValueError(f"{path}:{number}: no 'inputs' column (column {column + 1} of the "
+                         f"header): the line has {len(fields)} tab-separated fields.")
+      inputs.append(fields[column])
+    return inputs
+  inputs = []
+  for number, line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{number}: not JSON ({e.msg}).") from None
+    if not isinstance(row, dict) or not isinstance(row.get("inputs"), str):
+      raise ValueError(f"{path}:{number}: no \"inputs\" text field (write each line as "
+                       "{\"inputs\": \"...\"}).")
+    inputs.append(row["inputs"])
+  return inputs
+
+
+def text_task(texts: Sequence[str], vocabulary: seqio.Vocabulary) -> seqio.Task:
+  """An unregistered seqio.Task (TEXT_TASK, split TEXT_SPLIT) over `texts`, with empty targets.
+
+  Its features are those of a registered text-to-text task of `vocabulary` (tokenized, EOS
+  appended), so a text gets the tokens, and the prediction, it gets through such a task.
+  """
+  texts = [str(t) for t in texts]
+
+  def source(split, shuffle_files=False, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({
+        "inputs": tf.constant(texts, tf.string, shape=[len(texts)]),
+        "targets": tf.constant([""] * len(texts), tf.string, shape=[len(texts)])})
+
+  return seqio.Task(
+      TEXT_TASK, source=seqio.FunctionDataSource(source, splits=(TEXT_SPLIT,)),
+      output_features={k: seqio.Feature(vocabulary, add_eos=True) for k in ("inputs", "targets")},
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim])
+
+
 def _task_rows(task: seqio.Task, split: str, task_feature_lengths: Mapping[str, int],
                converter: seqio.FeatureConverter, shard_id: int, num_shards: int,
                max_examples: Optional[int], first_index: int) -> tf.data.Dataset:
@@ -288,10 +374,19 @@ def examples(mixture_or_task_name: str, split: str, task_feature_lengths: Mappin
     max_examples: only each task's first N source examples (before sharding); None: all.
     start: a `position` yielded by an earlier stream: continue right after that example.
   """
+  tasks = [seqio.get_mixture_or_task(name) for name in task_names(mixture_or_task_name)]
+  return examples_of(tasks, split, task_feature_lengths, shard_id, num_shards, max_examples,
+                     feature_converter, start)
+
+
+def examples_of(tasks: Sequence[seqio.Task], split: str, task_feature_lengths: Mapping[str, int],
+                shard_id: int = 0, num_shards: int = 1, max_examples: Optional[int] = None,
+                feature_converter: Optional[seqio.FeatureConverter] = None,
+                start: Optional[Position] = None) -> Iterator[Dict]:
+  """`examples` of seqio.Task objects (registered or not, e.g. `text_task`), in this order."""
   task_number, first_index, skip_rows = start or (0, 0, 0)
-  names = task_names(mixture_or_task_name)
-  for number in range(task_number, len(names)):
-    task = seqio.get_mixture_or_task(names[number])
+  for number in range(task_number, len(tasks)):
+    task = tasks[number]
     if split not in task.splits:
       continue
     converter = pipeline.TruncatingFeatureConverter(
@@ -330,27 +425,56 @@ def _shared(writer: Optional[ResumableJsonl], redo: bool = False) -> Tuple[int, 
   return int(rows), bool(done), bool(redo), tuple(int(x) for x in position)
 
 
-def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_feature_lengths,
-         batch_size, split, model, partitioner, shard_id, num_shards, chunk_batches,
-         max_examples, max_chunks) -> str:
-  """Shared loop of infer and score: restore, skip what is written, append chunk by chunk."""
-  settings.check_int("infer.num_shards", num_shards, gin="NUM_SHARDS")
-  settings.check_int("infer.shard_id", shard_id, minimum=0, gin="SHARD_ID")
-  if shard_id >= num_shards:
-    raise ValueError(f"SHARD_ID={shard_id} must be less than NUM_SHARDS={num_shards} (shards "
-                     "are numbered 0 ... NUM_SHARDS - 1).")
-  settings.check_int("infer.batch_size", batch_size, gin="BATCH_SIZE")
-  settings.check_int("infer.chunk_batches", chunk_batches)
-  # Settings a typo breaks fail here, before the checkpoint is read.
-  task_names(mixture_or_task_name, model)
-  prediction.check_split(mixture_or_task_name, split)
-  pipeline.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
-  partitioner = partitioner or partitioning.Partitioner()
-  path = run_dir_lib.join(output_dir, f"{kind}-{shard_id:05d}-of-{num_shards:05d}.jsonl")
-  run_config = {"checkpoint_path": run_dir_lib.absolute(checkpoint_path),
-                "mixture_or_task_name": mixture_or_task_name, "split": split,
-                "task_feature_lengths": dict(task_feature_lengths), "batch_size": batch_size,
-                "max_examples": max_examples, "decoding": repr(model.decoding)}
+def _stacked(batch: Sequence[Mapping]) -> Dict[str, np.ndarray]:
+  """The model features of a list of `examples` as one host batch {feature: [n, ...]}."""
+  return {k: np.stack([ex["features"][k] for ex in batch]) for k in batch[0]["features"]}
+
+
+def prediction_rows(batch: Sequence[Mapping], params, model: model_interface.Model,
+                    vocabularies: Mapping[str, seqio.Vocabulary], batch_size: int,
+                    partitioner: partitioning.Partitioner,
+                    fields: Sequence[str] = ROW_FIELDS) -> List[dict]:
+  """The rows of up to `batch_size` `examples`: `fields`, "prediction" and "score".
+
+  Each row samples from its own example's key (prediction.example_keys of its task, index
+  and row number within its source example), so a row's prediction depends on its example
+  alone. Predictions are detokenized with `vocabularies[task]` (up to EOS).
+  """
+  features = _stacked(batch)
+  features[prediction.KEYS] = prediction.example_keys(
+      prediction.sampling_seed(model), [ex["task"] for ex in batch],
+      [ex["index"] for ex in batch], [ex["position"][2] - 1 for ex in batch])
+  predict = prediction.make_predict_fn(model)
+  tokens, scores = prediction.run_batches(lambda b: predict(params, b), features, batch_size,
+                                          partitioner)
+  return [{**{k: ex[k] for k in fields},
+           "prediction": vocabularies[ex["task"]].decode(tokens[j].tolist()),
+           "score": float(scores[j])} for j, ex in enumerate(batch)]
+
+
+def _score_rows(batch: Sequence[Mapping], params, score_fn, batch_size: int,
+                partitioner: partitioning.Partitioner) -> List[dict]:
+  """The rows of up to `batch_size` `examples`: ROW_FIELDS and the targets' "score"."""
+  scores = prediction.run_batches(lambda b: score_fn(params, b), _stacked(batch), batch_size,
+                                  partitioner)
+  return [{**{k: ex[k] for k in ROW_FIELDS}, "score": float(scores[j])}
+          for j, ex in enumerate(batch)]
+
+
+def _write_resumably(path: str, run_config: Mapping, stream_from: Callable[[Optional[Position]],
+                                                                            Iterator[Dict]],
+                     start: Callable[[], Callable[[List[Dict]], List[dict]]], *,
+                     batch_size: int, chunk_batches: int, max_chunks: Optional[int]) -> str:
+  """The loop of infer and score: skip what is written, append rows chunk by chunk, join.
+
+  Args:
+    path: the JSONL file (ResumableJsonl; only process 0 writes it).
+    run_config: what the rows depend on; resuming with another config is refused.
+    stream_from: position -> this shard's examples after it (None: from the start).
+    start: called once there is something to write (it restores the checkpoint); returns
+      the function from a list of up to `batch_size` examples to their rows.
+    max_chunks: stop after this many chunks in this run (a rerun continues); None: all.
+  """
   writer = ResumableJsonl(path, run_config) if jax.process_index() == 0 else None
   if writer and not writer.done:
     writer.verify()  # A damaged part of an earlier run is redone.
@@ -358,41 +482,17 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
   if done:
     log.info("%s is complete (%d rows); nothing to do.", path, done_rows)
     return path
-  params = checkpoints.restore_model_params(  # Refused if trained with another vocabulary.
-      model, partitioner, checkpoint_path, checkpoints.task_vocabulary(mixture_or_task_name))
-  predict, score = prediction.make_predict_fn(model), prediction.make_score_fn(model)
-  seed = prediction.sampling_seed(model)
+  rows_of = start()
   chunks = 0
   while True:  # Until every part is written and sound.
-    stream = examples(mixture_or_task_name, split, task_feature_lengths, shard_id, num_shards,
-                      max_examples, model.feature_converter(pack=False), position)
+    stream = stream_from(position)
     while True:
       rows = []
       for _ in range(chunk_batches):
         batch = list(itertools.islice(stream, batch_size))
         if not batch:
           break
-        features = {k: np.stack([ex["features"][k] for ex in batch])
-                    for k in batch[0]["features"]}
-        if kind == "predictions":
-          # Each row samples from its own example's key (rows of one source example: the
-          # row number within it tells them apart).
-          features[prediction.KEYS] = prediction.example_keys(
-              seed, [ex["task"] for ex in batch], [ex["index"] for ex in batch],
-              [ex["position"][2] - 1 for ex in batch])
-          tokens, scores = prediction.run_batches(lambda b: predict(params, b), features,
-                                                  batch_size, partitioner)
-        else:
-          tokens, scores = None, prediction.run_batches(lambda b: score(params, b), features,
-                                                        batch_size, partitioner)
-        for j, ex in enumerate(batch):
-          row = {k: ex[k] for k in ("index", "task", "inputs", "targets")}
-          if tokens is not None:
-            vocabulary = seqio.get_mixture_or_task(
-                ex["task"]).output_features["targets"].vocabulary
-            row["prediction"] = vocabulary.decode(tokens[j].tolist())
-          row["score"] = float(scores[j])
-          rows.append(row)
+        rows += rows_of(batch)
         position = batch[-1]["position"]
       if not rows:
         break
@@ -414,9 +514,61 @@ def _run(kind: str, *, checkpoint_path, output_dir, mixture_or_task_name, task_f
   return path
 
 
-def infer(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
-          task_feature_lengths: Mapping[str, int], batch_size: int,
-          model: model_interface.Model, split: str = "validation",
+def _check_job(shard_id: int, num_shards: int, batch_size: int, chunk_batches: int) -> None:
+  settings.check_int("infer.num_shards", num_shards, gin="NUM_SHARDS")
+  settings.check_int("infer.shard_id", shard_id, minimum=0, gin="SHARD_ID")
+  if shard_id >= num_shards:
+    raise ValueError(f"SHARD_ID={shard_id} must be less than NUM_SHARDS={num_shards} (shards "
+                     "are numbered 0 ... NUM_SHARDS - 1).")
+  settings.check_int("infer.batch_size", batch_size, gin="BATCH_SIZE")
+  settings.check_int("infer.chunk_batches", chunk_batches)
+
+
+def _check_task(mixture_or_task_name: str, split: str, task_feature_lengths: Mapping[str, int],
+                model) -> None:
+  """Settings a typo breaks fail here, before the checkpoint is read."""
+  task_names(mixture_or_task_name, model)
+  prediction.check_split(mixture_or_task_name, split)
+  pipeline.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
+
+
+def _output_path(output_dir: str, kind: str, shard_id: int, num_shards: int) -> str:
+  return run_dir_lib.join(output_dir, f"{kind}-{shard_id:05d}-of-{num_shards:05d}.jsonl")
+
+
+def _run_config(checkpoint_path, source: Mapping, task_feature_lengths, batch_size,
+                max_examples, model) -> dict:
+  return {"checkpoint_path": run_dir_lib.absolute(checkpoint_path), **source,
+          "task_feature_lengths": dict(task_feature_lengths), "batch_size": batch_size,
+          "max_examples": max_examples, "decoding": repr(model.decoding)}
+
+
+def _text_file_task(input_file: str, vocabulary, mixture_or_task_name, model,
+                    task_feature_lengths) -> seqio.Task:
+  """`text_task` over INFER_INPUT_FILE's inputs, its settings checked."""
+  if mixture_or_task_name:
+    raise ValueError(f"INFER_INPUT_FILE={input_file!r} and MIXTURE_OR_TASK_NAME="
+                     f"{mixture_or_task_name!r} are both set: set one (the file's inputs, or "
+                     "the task's examples).")
+  if "targets" not in model.token_features:
+    raise ValueError(f"INFER_INPUT_FILE: a {type(model).__name__} predicts a task's labels, "
+                     "not text: name its task (MIXTURE_OR_TASK_NAME) instead.")
+  if vocabulary is None:
+    raise ValueError("INFER_INPUT_FILE needs the vocabulary to tokenize with: bind "
+                     "infer.vocabulary = @get_vocabulary() (gin/runs/infer.gin does).")
+  padded = vocab.padded_vocab_size(vocabulary)
+  if padded != model.config.vocab_size:
+    raise ValueError(f"The vocabulary has {vocabulary.vocab_size} ids (padded: {padded}), the "
+                     f"model T5Config.vocab_size={model.config.vocab_size}: bind "
+                     "get_vocabulary.sentencepiece_model_path to the model's vocabulary.")
+  pipeline.check_feature_lengths(input_file, task_feature_lengths)
+  return text_task(read_inputs(input_file), vocabulary)
+
+
+def infer(*, checkpoint_path: str, output_dir: str, task_feature_lengths: Mapping[str, int],
+          batch_size: int, model: model_interface.Model,
+          mixture_or_task_name: Optional[str] = None, input_file: Optional[str] = None,
+          vocabulary: Optional[seqio.Vocabulary] = None, split: str = "validation",
           partitioner: Optional[partitioning.Partitioner] = None, shard_id: int = 0,
           num_shards: int = 1, chunk_batches: int = 8, max_examples: Optional[int] = None,
           max_chunks: Optional[int] = None) -> str:
@@ -427,12 +579,17 @@ def infer(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
   Args (gin; gin/runs/infer.gin binds the macros in capitals):
     checkpoint_path: CHECKPOINT_PATH — MODEL_DIR/checkpoints/<step> (or a checkpoints dir).
     output_dir: OUTPUT_DIR — where the JSONL, its .state.json and .parts go (local or gs://...).
-    mixture_or_task_name: MIXTURE_OR_TASK_NAME — a registered task or mixture.
     task_feature_lengths: TASK_FEATURE_LENGTHS — longer inputs/targets are truncated.
     batch_size: BATCH_SIZE — global batch (all processes of this job together).
-    split: SPLIT — the split to read ("validation", "test", ...).
     model: MODEL — the model the checkpoint was trained with (a model_interface.Model from
       the model gin file or recipe).
+    mixture_or_task_name: MIXTURE_OR_TASK_NAME — a registered task or mixture; or
+    input_file: INFER_INPUT_FILE — a file of inputs instead of a task (`read_inputs`: .txt,
+      .tsv or .jsonl); its rows are {"index", "inputs", "prediction", "score"}.
+    vocabulary: what INFER_INPUT_FILE's inputs are tokenized and predictions detokenized
+      with (gin/runs/infer.gin: @get_vocabulary(), the vocabulary the model files size the
+      embedding from); a task's examples use the task's own.
+    split: SPLIT — the split to read ("validation", "test", ...); not used with input_file.
     partitioner: mesh and rules; default partitioning.Partitioner().
     shard_id, num_shards: SHARD_ID / NUM_SHARDS — this job does the source examples with
       index % num_shards == shard_id of each task and writes its own file.
@@ -443,7 +600,38 @@ def infer(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
   Returns:
     The path of the JSONL file.
   """
-  return _run("predictions", **locals())
+  _check_job(shard_id, num_shards, batch_size, chunk_batches)
+  if input_file:
+    tasks = [_text_file_task(input_file, vocabulary, mixture_or_task_name, model,
+                             task_feature_lengths)]
+    split, fields = TEXT_SPLIT, ("index", "inputs")
+    source = {"input_file": run_dir_lib.absolute(input_file)}
+    vocabulary_check = vocabulary
+  elif mixture_or_task_name:
+    _check_task(mixture_or_task_name, split, task_feature_lengths, model)
+    tasks = [seqio.get_mixture_or_task(n) for n in task_names(mixture_or_task_name)]
+    fields = ROW_FIELDS
+    source = {"mixture_or_task_name": mixture_or_task_name, "split": split}
+    vocabulary_check = checkpoints.task_vocabulary(mixture_or_task_name)
+  else:
+    raise ValueError("Nothing to predict: set MIXTURE_OR_TASK_NAME (a registered task or "
+                     "mixture) or INFER_INPUT_FILE (a .txt, .tsv or .jsonl file of inputs).")
+  partitioner = partitioner or partitioning.Partitioner()
+  vocabularies = {t.name: t.output_features["targets"].vocabulary for t in tasks}
+
+  def start():
+    params = checkpoints.restore_model_params(  # Refused if trained with another vocabulary.
+        model, partitioner, checkpoint_path, vocabulary_check)
+    return lambda batch: prediction_rows(batch, params, model, vocabularies, batch_size,
+                                         partitioner, fields)
+
+  return _write_resumably(
+      _output_path(output_dir, "predictions", shard_id, num_shards),
+      _run_config(checkpoint_path, source, task_feature_lengths, batch_size, max_examples,
+                  model),
+      lambda position: examples_of(tasks, split, task_feature_lengths, shard_id, num_shards,
+                                   max_examples, model.feature_converter(pack=False), position),
+      start, batch_size=batch_size, chunk_batches=chunk_batches, max_chunks=max_chunks)
 
 
 def score(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
@@ -460,4 +648,22 @@ def score(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
   Returns:
     The path of the JSONL file.
   """
-  return _run("scores", **locals())
+  _check_job(shard_id, num_shards, batch_size, chunk_batches)
+  _check_task(mixture_or_task_name, split, task_feature_lengths, model)
+  partitioner = partitioner or partitioning.Partitioner()
+
+  def start():
+    params = checkpoints.restore_model_params(  # Refused if trained with another vocabulary.
+        model, partitioner, checkpoint_path, checkpoints.task_vocabulary(mixture_or_task_name))
+    score_fn = prediction.make_score_fn(model)
+    return lambda batch: _score_rows(batch, params, score_fn, batch_size, partitioner)
+
+  return _write_resumably(
+      _output_path(output_dir, "scores", shard_id, num_shards),
+      _run_config(checkpoint_path, {"mixture_or_task_name": mixture_or_task_name,
+                                    "split": split}, task_feature_lengths, batch_size,
+                  max_examples, model),
+      lambda position: examples(mixture_or_task_name, split, task_feature_lengths, shard_id,
+                                num_shards, max_examples, model.feature_converter(pack=False),
+                                position),
+      start, batch_size=batch_size, chunk_batches=chunk_batches, max_chunks=max_chunks)

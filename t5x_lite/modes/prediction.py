@@ -129,8 +129,13 @@ def make_score_fn(model: model_interface.Model):
   return jax.jit(model.score_batch)
 
 
-def as_text(value) -> str:
-  return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+def as_text(value, errors: str = "replace") -> str:
+  """`value` as text: bytes (tf.string values, file contents) decoded as UTF-8, others str().
+
+  Args:
+    errors: what undecodable bytes become ("replace": U+FFFD; "strict": UnicodeDecodeError).
+  """
+  return value.decode("utf-8", errors=errors) if isinstance(value, bytes) else str(value)
 
 
 def flatten_metrics(all_metrics: Mapping[str, Mapping[str, object]]) -> dict:
