@@ -722,7 +722,7 @@ def test_bad_settings_give_one_short_message_before_any_expensive_work(trained, 
   def expensive(*args, **kwargs):
     raise AssertionError("expensive start-up work ran before the settings were checked")
 
-  for target in (data, "get_dataset"), (trainer.Trainer, "init_state"), (
+  for target in (pipeline, "get_dataset"), (trainer.Trainer, "init_state"), (
       ocp.PyTreeCheckpointer, "restore"):
     monkeypatch.setattr(*target, expensive)
   problems = []

@@ -40,7 +40,8 @@ def tensorboard_dirs(tmp_path, monkeypatch):
 
 
 def train(model_dir, steps):
-  return u.train_tiny(model_dir, steps, checkpoint_period=3)
+  # run_config: config.gin is written to the bucket like every other file of the run.
+  return u.train_tiny(model_dir, steps, checkpoint_period=3, run_config=lambda: "A = 1\n")
 
 
 def test_train_resume_eval_infer_export_on_a_bucket(tmp_path, tensorboard_dirs):
