@@ -1,4 +1,4 @@
-"""Decoding (t5x_lite.model.decoding) against HF transformers' generate and against itself.
+"""Decoding (t5x_lite.model.decoding, beam_search) against HF transformers' generate and itself.
 
 Tiny random float32 HF T5 models of both families (relu + tied, gated-gelu + untied),
 converted with t5x_lite.interop.hf_checkpoint. Random T5 weights at HF's init repeat one token forever,
@@ -18,7 +18,7 @@ import torch
 import transformers
 
 from t5x_lite.interop import hf_checkpoint
-from t5x_lite.model import decoding, network
+from t5x_lite.model import beam_search, decoding, network
 import hf_utils  # tests/hf_utils.py (pytest puts tests/ on sys.path)
 
 VOCAB, ENC_LEN, MAX_LEN = 128, 12, 16
@@ -186,7 +186,7 @@ def test_beam_search_scan_layers_and_t5x_penalty():
   # t5x's algorithm finishes only on EOS; slots no EOS sequence filled score about -1e7.
   filled = flat_scores > -1e6
   assert filled.sum() >= 12 and np.all((flat[filled] == 1).any(axis=1)), flat_scores
-  np.testing.assert_allclose(flat_scores[~filled], decoding.T5X_NEG_INF, rtol=1e-5)
+  np.testing.assert_allclose(flat_scores[~filled], beam_search.T5X_NEG_INF, rtol=1e-5)
   log_probs, lengths = _teacher_forced_log_probs(config, params, x, flat)
   np.testing.assert_allclose(flat_scores[filled] * ((5.0 + lengths[filled]) / 6.0) ** 0.6,
                              log_probs.sum(axis=1)[filled], rtol=1e-5, atol=1e-4)
@@ -279,7 +279,7 @@ F32_EPS = float(np.finfo(np.float32).eps)
 
 
 def _table_beam_search(table, num_beams, **kwargs):
-  """decoding.beam_search on the table (the cache is the step index): tokens, scores (numpy)."""
+  """beam_search.beam_search on the table (the cache is the step index): tokens, scores (numpy)."""
   batch, steps = table.shape[:2]
   lookup = jnp.asarray(table, jnp.float32)
   rows = jnp.arange(batch * num_beams) // num_beams
@@ -287,7 +287,7 @@ def _table_beam_search(table, num_beams, **kwargs):
   def step(tokens, i):
     return lookup[rows, i, tokens[:, 0]], i + 1
 
-  tokens, scores = jax.jit(lambda: decoding.beam_search(
+  tokens, scores = jax.jit(lambda: beam_search.beam_search(
       step, jnp.int32(0), lambda cache, _: cache, batch, num_beams, max_decode_length=steps,
       **kwargs))()
   return np.asarray(tokens), np.asarray(scores)
