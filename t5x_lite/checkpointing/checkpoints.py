@@ -261,4 +261,3 @@ class CheckpointManager:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices("t5x_lite_set_aside_damaged_checkpoints")
     self.manager.reload()
-

@@ -92,7 +92,6 @@ def check_finite(params, source: str) -> None:
                           f"{len(bad)} parameter(s), e.g. {examples}: it cannot be used.")
 
 
-
 # ---- the record -------------------------------------------------------------------------------
 
 RECORD_KEY = "t5x_lite"  # the key in orbax's custom_metadata
@@ -278,4 +277,3 @@ def describe_error(error: BaseException) -> str:
     return str(error)
   text = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
   return f"{type(error).__name__}: {text[:300]}"
-

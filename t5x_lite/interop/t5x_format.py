@@ -208,7 +208,6 @@ def read_t5x_checkpoint(path, with_optimizer_state: bool = True):
   return target, param_states, step
 
 
-
 def read_target_shapes(path) -> dict:
   """{t5x parameter path: shape} of a t5x checkpoint, from its msgpack alone (no array read)."""
   directory = checkpoint_dir(path)
@@ -244,7 +243,6 @@ def _spec(name: str, array: np.ndarray, gcs: bool) -> dict:
   else:
     spec["kvstore"] = {"driver": "file", "path": name + "/"}
   return spec
-
 
 
 def write_t5x_checkpoint(final: epath.Path, leaves: Mapping[Tuple[str, ...], Tuple[Any, bool]],

@@ -135,8 +135,6 @@ def greedy_or_sample(tokens_to_logits: TokensToLogits, cache: Cache, num_sequenc
   return tokens, scores
 
 
-
-
 # ----------------------------------------------------------------------------------------------
 # Model glue: t5x_lite.model.network.Transformer with its 'cache' collection.
 
