@@ -22,6 +22,7 @@ from t5x_lite.checkpointing import checkpoints
 from t5x_lite.model import decoding
 from t5x_lite.modes import evaluate as eval_lib
 from t5x_lite.modes import infer
+from t5x_lite.modes import text_inputs
 from t5x_lite.tasks import vocab
 
 
@@ -371,7 +372,7 @@ def test_input_file_and_predict_give_the_tasks_predictions(checkpoint, tmp_path)
       json.dumps({"inputs": t, "id": i}) + "\n" for i, t in enumerate(texts)))
   (tmp_path / "plain.tsv").write_text("".join(f"{t}\tx\n" for t in texts))
   for name in ("inputs.tsv", "inputs.jsonl", "plain.tsv"):
-    assert infer.read_inputs(str(tmp_path / name)) == texts, name
+    assert text_inputs.read_inputs(str(tmp_path / name)) == texts, name
   # predict(): the same predictions in batches of 4 (one full, one padded).
   predictor = predict.load(checkpoint, model=u.tiny_model(), input_length=u.LENGTHS["inputs"],
                            target_length=u.LENGTHS["targets"], batch_size=4)

@@ -32,10 +32,11 @@ file goes through epath, so OUTPUT_DIR may be a bucket (gs://...) as well as a l
 directory.
 
 Texts without a task: `infer(input_file=...)` (gin INFER_INPUT_FILE) reads a .txt, .tsv or
-.jsonl file of inputs (`read_inputs`) and predicts them as the examples of one unregistered
-task (`text_task`: tokenized with the run's vocabulary, EOS appended, as a registered task of
-that vocabulary does), with rows {"index", "inputs", "prediction", "score"}; sharding and
-resuming work as above. t5x_lite.modes.predict does the same for a list of strings in Python.
+.jsonl file of inputs and predicts them as the examples of one unregistered task
+(t5x_lite.modes.text_inputs: tokenized with the run's vocabulary, EOS appended, as a
+registered task of that vocabulary does), with rows {"index", "inputs", "prediction",
+"score"}; sharding and resuming work as above. t5x_lite.modes.predict does the same for a
+list of strings in Python.
 """
 
 import io
@@ -57,6 +58,7 @@ from t5x_lite.checkpointing import run_dir as run_dir_lib
 from t5x_lite.data import pipeline
 from t5x_lite.model import model_interface
 from t5x_lite.modes import prediction
+from t5x_lite.modes import text_inputs
 from t5x_lite.parallel import partitioning
 from t5x_lite.tasks import vocab
 
@@ -64,10 +66,6 @@ log = logging.getLogger(__name__)
 
 # What a row of a task's example says of it (besides its prediction or score).
 ROW_FIELDS = ("index", "task", "inputs", "targets")
-# The (unregistered) task of texts given directly (INFER_INPUT_FILE, t5x_lite.modes.predict):
-# its name goes into each text's sampling key, so a text samples alike in both.
-TEXT_TASK = "text_inputs"
-TEXT_SPLIT = "inputs"
 
 # Where a stream of rows starts: (task number in name order, source index, rows of that
 # index already written). Rows of one source example can span two chunks.
@@ -257,78 +255,6 @@ def task_names(mixture_or_task_name: str, model=None) -> List[str]:
   return sorted(t.name for t in seqio.get_subtasks(provider))
 
 
-def read_inputs(path: str) -> List[str]:
-  """The inputs of a file: one per line (.txt), the `inputs` column of a TSV whose header
-  names it or else its first column (.tsv), the "inputs" field of each object (.jsonl).
-
-  Blank lines are skipped; an input's index is its position among the inputs.
-
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: another suffix, text that is not UTF-8, or a line without the input
-      (named as path:line).
-  """
-  file = epath.Path(path)
-  if not file.is_file():
-    raise FileNotFoundError(f"INFER_INPUT_FILE={path!r} does not exist: set it to a .txt (one "
-                            "input per line), .tsv or .jsonl file of inputs.")
-  suffix = file.suffix.lower()
-  if suffix not in (".txt", ".tsv", ".jsonl"):
-    raise ValueError(f"INFER_INPUT_FILE={path!r}: name a .txt (one input per line), .tsv "
-                     "(an 'inputs' column or the first) or .jsonl (an \"inputs\" field) file.")
-  try:
-    text = prediction.as_text(file.read_bytes(), errors="strict")
-  except UnicodeDecodeError as e:
-    raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
-  # Only "\n" ends a line (str.splitlines would also split at characters inside a text).
-  lines = [(number, line.rstrip("\r")) for number, line in enumerate(text.split("\n"), 1)
-           if line.strip()]
-  if suffix == ".txt":
-    return [line for _, line in lines]
-  if suffix == ".tsv":
-    header = lines[0][1].split("\t") if lines else []
-    column = header.index("inputs") if "inputs" in header else 0
-    inputs = []
-    for number, line in lines[1:] if "inputs" in header else lines:
-      fields = line.split("\t")
-      if column >= len(fields):
-        raise ValueError(f"{path}:{number}: no 'inputs' column (column {column + 1} of the "
-                         f"header): the line has {len(fields)} tab-separated fields.")
-      inputs.append(fields[column])
-    return inputs
-  inputs = []
-  for number, line in lines:
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{number}: not JSON ({e.msg}).") from None
-    if not isinstance(row, dict) or not isinstance(row.get("inputs"), str):
-      raise ValueError(f"{path}:{number}: no \"inputs\" text field (write each line as "
-                       "{\"inputs\": \"...\"}).")
-    inputs.append(row["inputs"])
-  return inputs
-
-
-def text_task(texts: Sequence[str], vocabulary: seqio.Vocabulary) -> seqio.Task:
-  """An unregistered seqio.Task (TEXT_TASK, split TEXT_SPLIT) over `texts`, with empty targets.
-
-  Its features are those of a registered text-to-text task of `vocabulary` (tokenized, EOS
-  appended), so a text gets the tokens, and the prediction, it gets through such a task.
-  """
-  texts = [str(t) for t in texts]
-
-  def source(split, shuffle_files=False, seed=None):
-    del split, shuffle_files, seed
-    return tf.data.Dataset.from_tensor_slices({
-        "inputs": tf.constant(texts, tf.string, shape=[len(texts)]),
-        "targets": tf.constant([""] * len(texts), tf.string, shape=[len(texts)])})
-
-  return seqio.Task(
-      TEXT_TASK, source=seqio.FunctionDataSource(source, splits=(TEXT_SPLIT,)),
-      output_features={k: seqio.Feature(vocabulary, add_eos=True) for k in ("inputs", "targets")},
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim])
-
-
 def _task_rows(task: seqio.Task, split: str, task_feature_lengths: Mapping[str, int],
                converter: seqio.FeatureConverter, shard_id: int, num_shards: int,
                max_examples: Optional[int], first_index: int) -> tf.data.Dataset:
@@ -383,7 +309,7 @@ def examples_of(tasks: Sequence[seqio.Task], split: str, task_feature_lengths: M
                 shard_id: int = 0, num_shards: int = 1, max_examples: Optional[int] = None,
                 feature_converter: Optional[seqio.FeatureConverter] = None,
                 start: Optional[Position] = None) -> Iterator[Dict]:
-  """`examples` of seqio.Task objects (registered or not, e.g. `text_task`), in this order."""
+  """`examples` of seqio.Task objects (registered or not: text_inputs.text_task), in order."""
   task_number, first_index, skip_rows = start or (0, 0, 0)
   for number in range(task_number, len(tasks)):
     task = tasks[number]
@@ -545,7 +471,7 @@ def _run_config(checkpoint_path, source: Mapping, task_feature_lengths, batch_si
 
 def _text_file_task(input_file: str, vocabulary, mixture_or_task_name, model,
                     task_feature_lengths) -> seqio.Task:
-  """`text_task` over INFER_INPUT_FILE's inputs, its settings checked."""
+  """text_inputs.text_task over INFER_INPUT_FILE's inputs, its settings checked."""
   if mixture_or_task_name:
     raise ValueError(f"INFER_INPUT_FILE={input_file!r} and MIXTURE_OR_TASK_NAME="
                      f"{mixture_or_task_name!r} are both set: set one (the file's inputs, or "
@@ -562,7 +488,7 @@ def _text_file_task(input_file: str, vocabulary, mixture_or_task_name, model,
                      f"model T5Config.vocab_size={model.config.vocab_size}: bind "
                      "get_vocabulary.sentencepiece_model_path to the model's vocabulary.")
   pipeline.check_feature_lengths(input_file, task_feature_lengths)
-  return text_task(read_inputs(input_file), vocabulary)
+  return text_inputs.text_task(text_inputs.read_inputs(input_file), vocabulary)
 
 
 def infer(*, checkpoint_path: str, output_dir: str, task_feature_lengths: Mapping[str, int],
@@ -584,8 +510,8 @@ def infer(*, checkpoint_path: str, output_dir: str, task_feature_lengths: Mappin
     model: MODEL — the model the checkpoint was trained with (a model_interface.Model from
       the model gin file or recipe).
     mixture_or_task_name: MIXTURE_OR_TASK_NAME — a registered task or mixture; or
-    input_file: INFER_INPUT_FILE — a file of inputs instead of a task (`read_inputs`: .txt,
-      .tsv or .jsonl); its rows are {"index", "inputs", "prediction", "score"}.
+    input_file: INFER_INPUT_FILE — a file of inputs instead of a task (.txt, .tsv or .jsonl:
+      text_inputs.read_inputs); its rows are {"index", "inputs", "prediction", "score"}.
     vocabulary: what INFER_INPUT_FILE's inputs are tokenized and predictions detokenized
       with (gin/runs/infer.gin: @get_vocabulary(), the vocabulary the model files size the
       embedding from); a task's examples use the task's own.
@@ -604,7 +530,7 @@ def infer(*, checkpoint_path: str, output_dir: str, task_feature_lengths: Mappin
   if input_file:
     tasks = [_text_file_task(input_file, vocabulary, mixture_or_task_name, model,
                              task_feature_lengths)]
-    split, fields = TEXT_SPLIT, ("index", "inputs")
+    split, fields = text_inputs.TEXT_SPLIT, ("index", "inputs")
     source = {"input_file": run_dir_lib.absolute(input_file)}
     vocabulary_check = vocabulary
   elif mixture_or_task_name:

@@ -6,7 +6,7 @@
 
 `load` reads an orbax step directory (MODEL_DIR/checkpoints/<step>), a t5x checkpoint or a
 local HF transformers T5 directory (t5x_lite.interop.initial_params). A text goes through the
-infer run mode's path (infer.text_task, infer.prediction_rows): tokenized with the vocabulary,
+infer run mode's path (text_inputs.text_task, infer.prediction_rows): tokenized with the vocabulary,
 EOS appended, truncated to `input_length`, decoded with the model's DecodingSettings; its
 prediction is the one infer writes for the same text in an INFER_INPUT_FILE, sampling
 included (the same per-text key).
@@ -27,6 +27,7 @@ from t5x_lite.interop import t5x_checkpoint
 from t5x_lite.model import encoder_decoder
 from t5x_lite.model import model_interface
 from t5x_lite.modes import infer
+from t5x_lite.modes import text_inputs
 from t5x_lite.parallel import partitioning
 from t5x_lite.tasks import vocab
 
@@ -68,8 +69,8 @@ class Predictor:
     """The prediction of each text, in order ([] for no texts)."""
     if isinstance(texts, (str, bytes)):
       raise TypeError(f"Predictor takes a list of strings, not one string: [{texts!r}].")
-    task = infer.text_task(texts, self.vocabulary)
-    stream = infer.examples_of([task], infer.TEXT_SPLIT, self.lengths,
+    task = text_inputs.text_task(texts, self.vocabulary)
+    stream = infer.examples_of([task], text_inputs.TEXT_SPLIT, self.lengths,
                                feature_converter=self.model.feature_converter(pack=False))
     predictions, batch = [], []
     for example in stream:
@@ -82,8 +83,9 @@ class Predictor:
     return predictions
 
   def _predict(self, batch) -> List[str]:
-    rows = infer.prediction_rows(batch, self.params, self.model, {infer.TEXT_TASK: self.vocabulary},
-                                 self.batch_size, self.partitioner, fields=())
+    rows = infer.prediction_rows(batch, self.params, self.model,
+                                 {text_inputs.TEXT_TASK: self.vocabulary}, self.batch_size,
+                                 self.partitioner, fields=())
     return [row["prediction"] for row in rows]
 
 
