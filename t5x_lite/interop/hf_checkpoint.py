@@ -9,6 +9,9 @@ T5ForConditionalGeneration, T5EncoderModel and T5ForTokenClassification director
 `save_hf_encoder` writes a T5EncoderModel, and `save_hf_token_classifier` /
 `load_hf_token_classifier` a T5ForTokenClassification (keys under `transformer.`, plus
 `classifier.weight` [num_labels, d_model] and `classifier.bias`).
+Each writer takes the run's seqio SentencePiece vocabulary too (`vocabulary=`): the directory
+then holds the tokenizer as HF T5 repositories do (`spiece.model`, `tokenizer_config.json`,
+`special_tokens_map.json`; hf_tokenizer.py), so `AutoTokenizer.from_pretrained` loads it.
 Nothing here touches the network (no hub access).
 
 `params` is the t5x_lite parameter tree without the outer "params" collection key
@@ -31,7 +34,7 @@ import io
 import json
 import os
 import uuid
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from etils import epath
 import flax.linen as nn
@@ -39,6 +42,7 @@ from flax import traverse_util
 import numpy as np
 
 from t5x_lite.checkpointing import storage
+from t5x_lite.interop import hf_tokenizer
 from t5x_lite.model import network
 
 # Keys HF itself ignores on load: old checkpoints carry a never-used relative bias table in
@@ -317,43 +321,60 @@ def hf_state_dict_from_params(params: Mapping[str, Any], config: network.T5Confi
 
 
 def save_hf_checkpoint(params: Mapping[str, Any], config: network.T5Config,
-                       directory: str) -> None:
+                       directory: str, vocabulary=None) -> None:
   """Writes config.json + model.safetensors that transformers' T5 loads (from_pretrained).
 
   `directory` may be local or remote (gs://...): files are written through etils.epath.
+  vocabulary: the seqio.SentencePieceVocabulary the model was trained with: its tokenizer
+  files are written too (hf_tokenizer.py). None: no tokenizer (an older export's is removed).
   """
-  _write_hf(directory, hf_config_dict(config), hf_state_dict_from_params(params, config))
+  _write_hf(directory, hf_config_dict(config), hf_state_dict_from_params(params, config),
+            _tokenizer_files(vocabulary))
+
+
+def _tokenizer_files(vocabulary) -> dict:
+  return {} if vocabulary is None else hf_tokenizer.hf_tokenizer_files(vocabulary)
 
 
 _STAGED = ".tmp-"  # .<name>.tmp-<pid>-<id>: a file of an export not yet in place
 
 
-def _write_hf(directory: str, hf_config: Mapping[str, Any], state: Mapping[str, Any]) -> None:
-  """config.json + model.safetensors, local or remote (etils.epath), never a mix of two exports.
+def _write_hf(directory: str, hf_config: Mapping[str, Any], state: Mapping[str, Any],
+              files: Optional[Mapping[str, bytes]] = None) -> None:
+  """config.json + model.safetensors (+ `files`: the tokenizer's), local or remote
+  (etils.epath), never a mix of two exports.
 
-  Both files are written under temporary names beside their final ones first (the long part:
+  Every file is written under a temporary name beside its final one first (the long part:
   a process killed there leaves an older export in `directory` whole). Then the old
-  config.json is removed, the weights renamed into place, and config.json last: transformers
+  config.json is removed, and the older export's tokenizer files this one does not write;
+  the weights and tokenizer files are renamed into place, and config.json last: transformers
   and t5x_lite open config.json first, so in the instant between those renames the directory
-  does not load at all rather than pairing one export's config with another's weights.
-  Temporary files a killed export left are removed by the next one.
+  does not load at all rather than pairing one export's config with another's weights or
+  tokenizer. Temporary files a killed export left are removed by the next one.
   """
   from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
+  files = dict(files or {})
   directory = epath.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  names = ("model.safetensors", "config.json")
-  _remove_stale_staged(directory, names)
+  names = ("model.safetensors", *files, "config.json")
+  _remove_stale_staged(directory, ("model.safetensors", *hf_tokenizer.TOKENIZER_FILES,
+                                   "config.json"))
   suffix = f"{_STAGED}{os.getpid()}-{uuid.uuid4().hex[:8]}"
   staged = {name: directory / f".{name}{suffix}" for name in names}
   try:
     # format=pt: transformers refuses safetensors files without it.
     staged["model.safetensors"].write_bytes(save(dict(state), metadata={"format": "pt"}))
+    for name, data in files.items():
+      staged[name].write_bytes(data)
     staged["config.json"].write_text(json.dumps(hf_config, indent=2, sort_keys=True))
   except BaseException:
     for path in staged.values():
       path.unlink(missing_ok=True)
     raise
   (directory / "config.json").unlink(missing_ok=True)
+  for name in hf_tokenizer.TOKENIZER_FILES + hf_tokenizer.OTHER_TOKENIZER_FILES:
+    if name not in files:
+      (directory / name).unlink(missing_ok=True)
   for name in names:  # config.json last
     staged[name].replace(directory / name)
 
@@ -485,22 +506,28 @@ def _encoder_only_config(config: network.T5Config, architecture: str) -> dict:
               use_cache=False)
 
 
+def save_hf_encoder(params: Mapping[str, Any], config: network.T5Config, directory: str,
+                    vocabulary=None) -> None:
+  """Writes the encoder of params (any head is left out) as a HF T5EncoderModel directory.
 
-
-def save_hf_encoder(params: Mapping[str, Any], config: network.T5Config, directory: str) -> None:
-  """Writes the encoder of params (any head is left out) as a HF T5EncoderModel directory."""
+  vocabulary: the model's seqio.SentencePieceVocabulary: its tokenizer is written beside
+  (hf_tokenizer.py); None: none.
+  """
   params = _plain(params)
   state = hf_state_dict_from_params({k: params[k] for k in ("token_embedder", "encoder")},
                                     config, encoder_only=True)
-  _write_hf(directory, _encoder_only_config(config, "T5EncoderModel"), state)
+  _write_hf(directory, _encoder_only_config(config, "T5EncoderModel"), state,
+            _tokenizer_files(vocabulary))
 
 
 def save_hf_token_classifier(params: Mapping[str, Any], config: network.T5Config,
-                             directory: str, label_names=None) -> None:
+                             directory: str, label_names=None, vocabulary=None) -> None:
   """Writes a TokenClassificationModel's params as a HF T5ForTokenClassification directory.
 
   Args:
     label_names: the classes' names for config.json's id2label (default LABEL_i).
+    vocabulary: the model's (inputs') seqio.SentencePieceVocabulary: its tokenizer is written
+      beside (hf_tokenizer.py); None: none.
   """
   params = _plain(params)
   encoder = {k: params[k] for k in ("token_embedder", "encoder")}
@@ -516,4 +543,4 @@ def save_hf_token_classifier(params: Mapping[str, Any], config: network.T5Config
   hf_config = dict(_encoder_only_config(config, "T5ForTokenClassification"),
                    classifier_dropout=0.0, id2label={str(i): n for i, n in enumerate(names)},
                    label2id={name: i for i, name in enumerate(names)})
-  _write_hf(directory, hf_config, state)
+  _write_hf(directory, hf_config, state, _tokenizer_files(vocabulary))
