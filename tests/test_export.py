@@ -7,6 +7,7 @@ from etils import epath
 import gin
 import jax
 import numpy as np
+import pytest
 import seqio
 import torch
 import transformers
@@ -17,6 +18,7 @@ import runmode_utils as u
 from t5x_lite import main
 from t5x_lite.checkpointing import checkpoints
 from t5x_lite.interop import hf_checkpoint
+from t5x_lite.interop import hf_tokenizer
 from t5x_lite.model import encoder_decoder, network
 from t5x_lite.modes import export
 from t5x_lite.parallel import partitioning
@@ -124,3 +126,40 @@ def test_finetune_from_hf_then_export_loads_whole_in_transformers(tmp_path):
   until_eos = lambda row: list(row[:list(row).index(1) + 1] if 1 in row else row)
   assert [until_eos(r) for r in theirs] == [until_eos(r) for r in ours]
   assert len(set(ours.ravel()) - {0, 1}) >= 3, ours  # not one token everywhere
+
+
+def test_tokenizer_files_replace_an_older_exports_and_go_with_the_heads(tmp_path):
+  """A stale tokenizer.json (HF reads it before spiece.model) goes; a re-export without a
+  vocabulary leaves no tokenizer of the older one; the token classifier's directory loads
+  with AutoTokenizer too."""
+  config = network.T5Config(vocab_size=128, d_model=16, d_ff=32, d_kv=4, num_heads=2,
+                            num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
+  params = hf_checkpoint.params_from_hf_state_dict(
+      hf_utils.hf_model(config).state_dict(), config)
+  vocabulary = seqio.SentencePieceVocabulary(SPM, extra_ids=5)
+  out = tmp_path / "hf"
+  out.mkdir()
+  (out / "tokenizer.json").write_text("{}")  # another tokenizer, e.g. from save_pretrained
+  hf_checkpoint.save_hf_checkpoint(params, config, str(out), vocabulary=vocabulary)
+  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors",
+                                     "special_tokens_map.json", "spiece.model",
+                                     "tokenizer_config.json"]
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+  assert tokenizer("hello world")["input_ids"] == list(vocabulary.encode("hello world")) + [1]
+  assert tokenizer.convert_tokens_to_ids(["<extra_id_0>", "<extra_id_4>"]) == [30, 26]
+  hf_checkpoint.save_hf_checkpoint(params, config, str(out))
+  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+
+  classifier = {"token_embedder": params["token_embedder"], "encoder": params["encoder"],
+                "classifier": {"kernel": np.ones((16, 3), np.float32),
+                               "bias": np.zeros(3, np.float32)}}
+  hf_checkpoint.save_hf_token_classifier(classifier, config, str(tmp_path / "tc"),
+                                         vocabulary=vocabulary)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tc"))
+  assert tokenizer("a test")["input_ids"] == list(vocabulary.encode("a test")) + [1]
+
+
+def test_sentinels_numbered_upwards_are_refused():
+  vocabulary = seqio.SentencePieceVocabulary(SPM, extra_ids=3, reverse_extra_ids=False)
+  with pytest.raises(ValueError, match="reverse_extra_ids=True"):
+    hf_tokenizer.hf_tokenizer_files(vocabulary)
