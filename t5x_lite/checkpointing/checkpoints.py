@@ -1,4 +1,4 @@
-"""Orbax checkpoints: atomic steps, restore of the newest readable step, dtype cast, resharding.
+"""A run's orbax checkpoints: atomic steps with the data position, resume past damaged steps.
 
 Layout (t5x_lite.checkpointing.run_dir): MODEL_DIR/checkpoints/<step>/ holds the two items of
 one orbax composite checkpoint: `state` (the TrainState as an orbax PyTree) and `dataset`
