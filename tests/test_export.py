@@ -22,6 +22,7 @@ from t5x_lite.interop import hf_tokenizer
 from t5x_lite.model import encoder_decoder, network
 from t5x_lite.modes import export
 from t5x_lite.parallel import partitioning
+from t5x_lite.tasks import vocab
 
 
 def test_export_gives_hf_model_with_the_same_logits(tmp_path):
@@ -54,6 +55,10 @@ def test_export_gives_hf_model_with_the_same_logits(tmp_path):
   assert sum(p.numel() for p in hf.parameters()) == sum(
       x.size for x in jax.tree_util.tree_leaves(params))
   np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
+  # The run's vocabulary (gin's get_vocabulary: the default one) is the export's tokenizer.
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  text = "say yes 5012, <extra_id_0> def main():"
+  assert tokenizer(text)["input_ids"] == list(vocab.default_vocabulary().encode(text)) + [1]
 
 
 def test_export_to_a_bucket_equals_a_local_export(tmp_path, monkeypatch):
