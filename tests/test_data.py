@@ -3,6 +3,7 @@
 import collections
 import logging
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -219,24 +220,72 @@ def test_a_split_whose_examples_are_all_filtered_names_the_task_and_files(tmp_pa
   with pytest.raises(pipeline.EmptyDatasetError) as error:
     _first_batch("test_data_filtered_tsv", num_epochs=1)
   assert str(error.value) == (
-      f"task 'test_data_filtered_tsv' split 'train' yielded no examples (every example of "
-      f"{path} was filtered out by the preprocessors of task 'test_data_filtered_tsv').")
-  # A task not read from files has no file to name: the preprocessors are blamed.
-  name = "test_data_filtered_function"
+      "task 'test_data_filtered_tsv' split 'train' yielded no examples (its source has 2 "
+      "examples but none after its preprocessors: preprocessor 2 of 4 (<lambda>) removes "
+      "every one).")
+
+
+def _keep_nothing(dataset):
+  return dataset.filter(lambda ex: False)
+
+
+def _filtered_task(name):
+  """A task over the N examples of TASK whose second preprocessor drops every one."""
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
       name, source=seqio.FunctionDataSource(
           lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
               {"inputs": INPUTS, "targets": TARGETS}), splits=["train"]),
-      preprocessors=[lambda dataset: dataset.filter(lambda ex: False),
-                     seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      preprocessors=[pretraining.sanitize_text, _keep_nothing, seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos],
       output_features={"inputs": seqio.Feature(TINY), "targets": seqio.Feature(TINY)})
-  with pytest.raises(pipeline.EmptyDatasetError) as error:
-    _first_batch(name, num_epochs=1)
-  assert str(error.value) == (
-      f"task '{name}' split 'train' yielded no examples (every example was filtered out by the "
-      "task's preprocessors).")
+
+
+def _error_within(seconds, fn):
+  """The exception `fn()` raises, failing the test if it has not returned after `seconds`."""
+  outcome = {}
+
+  def run():
+    try:
+      fn()
+    except Exception as e:  # pylint: disable=broad-except
+      outcome["error"] = e
+
+  thread = threading.Thread(target=run, daemon=True)  # a hung read cannot be interrupted
+  thread.start()
+  thread.join(seconds)
+  assert not thread.is_alive(), f"still reading after {seconds} s"
+  return outcome.get("error")
+
+
+def test_training_data_that_preprocessing_empties_stops_before_the_first_batch():
+  # Training repeats the split forever (num_epochs=None); seqio repeats it before the
+  # preprocessors, so an epoch they empty used to be read again and again without end.
+  _filtered_task("test_data_filtered_function")
+  error = _error_within(60, lambda: _first_batch("test_data_filtered_function"))
+  assert isinstance(error, pipeline.EmptyDatasetError), error
+  assert str(error) == (
+      f"task 'test_data_filtered_function' split 'train' yielded no examples (its source has "
+      f"{N} examples but none after its preprocessors: preprocessor 2 of 4 (_keep_nothing) "
+      "removes every one).")
+
+
+def test_a_mixture_names_each_of_its_empty_tasks(tmp_path):
+  _filtered_task("test_data_filtered_function")
+  path = _tsv_task(tmp_path, "test_data_empty_tsv", "number\twords\n")
+  name = "test_data_mixture_with_empty_tasks"
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(
+      name, [(TASK, 1.0), ("test_data_filtered_function", 1.0), ("test_data_empty_tsv", 1.0)])
+  error = _error_within(60, lambda: _first_batch(name))
+  assert isinstance(error, pipeline.EmptyDatasetError), error
+  assert str(error) == (
+      f"mixture '{name}' split 'train' yielded no examples from 2 of its tasks (task "
+      f"'test_data_empty_tsv': file {path} is empty; task 'test_data_filtered_function': its "
+      f"source has {N} examples but none after its preprocessors: preprocessor 2 of 4 "
+      "(_keep_nothing) removes every one): fix them or remove them from the mixture.")
 
 
 

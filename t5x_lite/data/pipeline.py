@@ -288,9 +288,17 @@ def get_dataset(mixture_or_task_name: str,
 
   Raises:
     ValueError: unknown name (the message lists the closest registered names).
+    EmptyDatasetError: with num_epochs=None, a task gives no example of `split` after its
+      preprocessors (`check_not_empty`).
   """
   provider = check_task(mixture_or_task_name)
   check_feature_lengths(mixture_or_task_name, task_feature_lengths)
+  if num_epochs is None:
+    # seqio repeats a task's examples before its (post-cache) preprocessors: if they remove
+    # every one, the endless repeat never yields. A finite pass ends instead, and
+    # DatasetIterator names the cause when it gives no batch.
+    check_not_empty(mixture_or_task_name, split, task_feature_lengths, shard_info=shard_info,
+                    seed=seed, use_cached=use_cached)
   stats = truncation_stats or TruncationStats(task_feature_lengths)
   converter = TruncatingFeatureConverter(
       feature_converter or seqio.EncDecFeatureConverter(pack=pack), stats,
@@ -317,7 +325,8 @@ def get_dataset(mixture_or_task_name: str,
   options.deterministic = True
   ds = ds.with_options(options)
   ds.truncation_stats = stats
-  ds.source = _Source(mixture_or_task_name, split, batch_size)
+  ds.source = _Source(mixture_or_task_name, split, batch_size, task_feature_lengths, seed,
+                      shard_info, use_cached)
   return ds
 
 
@@ -325,11 +334,68 @@ class EmptyDatasetError(ValueError):
   """A task or mixture split that yields no batch at all (nothing to train or evaluate on)."""
 
 
+def check_not_empty(mixture_or_task_name: str, split: str,
+                    task_feature_lengths: Optional[Mapping[str, int]] = None,
+                    shard_info: Optional[seqio.ShardInfo] = None, seed: Optional[int] = 0,
+                    use_cached: bool = False) -> None:
+  """Raises EmptyDatasetError if a task gives no example of `split` after its preprocessors.
+
+  Reads each task (of a mixture: each task that has `split`) through its preprocessors up
+  to the first example that comes out, as seqio.get_dataset would (this shard, this seed),
+  once. A split with examples costs one preprocessed example per task; an empty one costs a
+  pass over its source, and on failure a few more to name the cause (the file that is empty,
+  or the preprocessor that removes every example).
+
+  Args:
+    mixture_or_task_name: a registered task or mixture.
+    split: the split to read.
+    task_feature_lengths: the `sequence_length` preprocessors such as span corruption need.
+    shard_info: this host's shard (what it will read); None: the whole split.
+    seed: seed of the preprocessors' random ops.
+    use_cached: read the task's offline cache, as the dataset will.
+
+  Raises:
+    EmptyDatasetError: one line naming the task or mixture, the split, and per empty task
+      why (a mixture lists every empty task).
+  """
+  empty = _empty_tasks(mixture_or_task_name, split, task_feature_lengths, shard_info, seed,
+                       use_cached)
+  if empty:
+    source = _Source(mixture_or_task_name, split, 0, task_feature_lengths, seed, shard_info,
+                     use_cached)
+    raise EmptyDatasetError(source.explain_empty(0, empty))
+
+
+def _empty_tasks(name, split, task_feature_lengths, shard_info, seed,
+                 use_cached) -> Sequence[seqio.Task]:
+  """The tasks of `name` that give no example of `split` after their preprocessors."""
+  empty = []
+  for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
+    if split not in task.splits:
+      continue  # A mixture skips it; seqio itself names a task without the split.
+    ds = task.get_dataset(task_feature_lengths, split=split, use_cached=use_cached,
+                          shuffle=False, seed=seed, shard_info=shard_info, num_epochs=1,
+                          trim_output_features=False, try_in_mem_cache=False)
+    if not _yields(ds):
+      empty.append(task)
+  return empty
+
+
+def _yields(dataset: tf.data.Dataset) -> bool:
+  """Whether `dataset` has a first element (reads up to it, no further)."""
+  return any(True for _ in dataset.take(1))
+
+
 class _Source:
   """What a dataset was read from, to name it when reading fails (`DatasetIterator`)."""
 
-  def __init__(self, name: str, split: str, batch_size: int):
+  def __init__(self, name: str, split: str, batch_size: int,
+               task_feature_lengths: Optional[Mapping[str, int]] = None,
+               seed: Optional[int] = 0, shard_info: Optional[seqio.ShardInfo] = None,
+               use_cached: bool = False):
     self.name, self.split, self.batch_size = name, split, batch_size
+    self.lengths, self.seed = task_feature_lengths, seed
+    self.shard_info, self.use_cached = shard_info, use_cached
 
   def _files(self):
     """[(task name, [file, ...], header lines skipped)] of the file-backed tasks."""
@@ -349,25 +415,67 @@ class _Source:
     with tf.io.gfile.GFile(path, "rb") as f:
       return sum(1 for _ in f)
 
-  def explain_empty(self, examples: int) -> str:
-    """One line: why `self.split` of `self.name` gave no batch (`examples` it did give)."""
-    where = f"task {self.name!r} split {self.split!r}"
+  def explain_empty(self, examples: int, tasks: Optional[Sequence[seqio.Task]] = None) -> str:
+    """One line: why `self.split` of `self.name` gave no batch (`examples` it did give).
+
+    Args:
+      examples: examples the split gave (fewer than one batch) or 0.
+      tasks: the tasks that gave none (`check_not_empty`); None: found here by reading one
+        example of each task.
+    """
+    provider = seqio.get_mixture_or_task(self.name)
+    kind = "mixture" if isinstance(provider, seqio.Mixture) else "task"
+    where = f"{kind} {self.name!r} split {self.split!r}"
     if examples:
       return (f"{where} has only {examples} example(s), fewer than one batch of "
               f"{self.batch_size} (BATCH_SIZE): add examples or lower BATCH_SIZE.")
-    reasons = []
-    for task, files, header in self._files():
-      empty = [f for f in files if self._lines(f) <= header]
+    if tasks is None:
+      tasks = _empty_tasks(self.name, self.split, self.lengths, self.shard_info, self.seed,
+                           self.use_cached)
+    if not tasks:  # Each task gives examples when read alone: the converter dropped them.
+      return f"{where} yielded no examples from its feature converter."
+    reasons = {task.name: self._why_empty(task) for task in tasks}
+    if kind == "task":
+      return f"{where} yielded no examples ({reasons[self.name]})."
+    listed = "; ".join(f"task {name!r}: {reason}" for name, reason in reasons.items())
+    return (f"{where} yielded no examples from {len(reasons)} of its tasks ({listed}): fix "
+            "them or remove them from the mixture.")
+
+  def _why_empty(self, task: seqio.Task) -> str:
+    """Why `task` gives no example of the split: its files, its source, or a preprocessor."""
+    source = task.source
+    if isinstance(source, seqio.FileDataSource):
+      try:
+        files = sorted(source.list_shards(self.split))
+      except Exception:  # pylint: disable=broad-except  (a pattern that matches nothing)
+        files = []
       if not files:
-        reasons.append(f"task {task!r} has no file for {self.split!r}")
-      elif len(empty) == len(files):
-        reasons.append(f"file {', '.join(empty)} is empty")
-      else:
-        reasons.append(f"every example of {', '.join(files)} was filtered out by the "
-                       f"preprocessors of task {task!r}")
-    if not reasons:
-      reasons = ["every example was filtered out by the task's preprocessors"]
-    return f"{where} yielded no examples ({'; '.join(reasons)})."
+        return f"no file of task {task.name!r} matches its pattern for {self.split!r}"
+      header = getattr(source, "_skip_header_lines", 0)
+      if all(self._lines(f) <= header for f in files):
+        return f"file {', '.join(files)} is empty"
+    # The whole split, unshuffled: count its examples, then find the preprocessor after
+    # which none is left (a stage that keeps some stops the read at its first example).
+    dataset = source.get_dataset(split=self.split, shuffle=False, seed=self.seed)
+    count = source.num_input_examples(self.split)
+    if count is None:
+      count = int(dataset.reduce(np.int64(0), lambda n, _: n + 1))
+    if not count:
+      return "its source has no examples"
+    steps = [p for p in task.preprocessors if not isinstance(p, seqio.CacheDatasetPlaceholder)]
+    with seqio.utils.map_seed_manager(self.seed):
+      for number, step in enumerate(steps, 1):
+        dataset = seqio.utils.add_kwargs_to_transform(
+            step, sequence_length=self.lengths, output_features=task.output_features)(dataset)
+        if not _yields(dataset):
+          name = seqio.utils.function_name(step) or type(step).__name__
+          return (f"its source has {count} examples but none after its preprocessors: "
+                  f"preprocessor {number} of {len(steps)} ({name}) removes every one")
+    shard = self.shard_info
+    if shard is not None and shard.num_shards > 1:
+      return (f"its source has {count} examples but none after its preprocessors reach shard "
+              f"{shard.index} of {shard.num_shards} (this process's)")
+    return f"its source has {count} examples but none after its preprocessors"
 
   def explain_error(self, error: Exception) -> str:
     """One line naming the file (and line) a preprocessor failed on, and TF's reason."""
