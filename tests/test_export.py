@@ -70,8 +70,8 @@ def test_export_to_a_bucket_equals_a_local_export(tmp_path, monkeypatch):
   export.export(checkpoint_path=checkpoint, output_dir=f"{bucket}/hf", model=model)
   assert (epath.Path(f"{bucket}/hf/config.json").read_text()
           == (tmp_path / "hf" / "config.json").read_text())
-  local, remote = hf_checkpoint.load_hf_state_dict(str(tmp_path / "hf")), hf_checkpoint.load_hf_state_dict(
-      f"{bucket}/hf")
+  local = hf_checkpoint.load_hf_state_dict(str(tmp_path / "hf"))
+  remote = hf_checkpoint.load_hf_state_dict(f"{bucket}/hf")
   assert sorted(local) == sorted(remote)
   for key, value in local.items():
     np.testing.assert_array_equal(remote[key], value)

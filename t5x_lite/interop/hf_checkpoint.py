@@ -278,8 +278,9 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], config: network.T5C
         raise ValueError(f"HF key {alias!r}: expected shape {tuple(shared.shape)} (an alias of "
                          f"shared.weight), found {tuple(arrays[alias].shape)}.")
       if not np.array_equal(arrays[alias], shared):
-        hint = (" The config says tied embeddings (tie_word_embeddings true) but lm_head differs: "
-                "set tie_word_embeddings false in config.json." if alias == "lm_head.weight" else "")
+        hint = (" The config says tied embeddings (tie_word_embeddings true) but lm_head "
+                "differs: set tie_word_embeddings false in config.json."
+                if alias == "lm_head.weight" else "")
         raise ValueError(f"HF key {alias!r} differs from shared.weight; t5x_lite has one token "
                          f"embedding.{hint}")
   params = _unflatten(flat)
