@@ -4,7 +4,8 @@ Also installed as the `t5x-lite` console script. Flags:
   --gin_file FILE        repeatable; searched here and in the project's gin/ directory.
   --gin.NAME=VALUE       repeatable gin binding; bare strings need no quotes
                          (--gin.MODEL_DIR=experiments/x).
-  --run_mode MODE        train | eval | infer | score | export (default: train).
+  --run_mode MODE        train | eval | infer | score | export | compile (default: train);
+                         compile: for a TPU topology on this host (gin/runs/compile.gin).
   --list_tasks [PATTERN] print the registered seqio tasks and mixtures (shell-style PATTERN).
   --verbose              print full tracebacks of errors (otherwise one short message; the
                          traceback goes to a log file) and third-party logs.
@@ -31,7 +32,7 @@ from t5x_lite.parallel import distributed
 from t5x_lite.runtime import logs
 from t5x_lite.runtime import xla_flags
 
-RUN_MODES = ("train", "eval", "infer", "score", "export")
+RUN_MODES = ("train", "eval", "infer", "score", "export", "compile")
 
 
 def parse_flags(argv: Sequence[str]):

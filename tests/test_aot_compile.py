@@ -1,12 +1,18 @@
-"""Ahead-of-time compilation for a TPU topology (v5e:2x2) on this CPU host, through libtpu."""
+"""Ahead-of-time compilation for a TPU topology (v5e:2x2) on this CPU host, through libtpu: the
+`compile` run mode and its command line, t5x_lite.tools.aot_compile."""
 
+import re
+
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from t5x_lite import main as t5x_main
 from t5x_lite.model import encoder_decoder, network
+from t5x_lite.modes import compile as compile_lib
 from t5x_lite.parallel import partitioning
 from t5x_lite.tools import aot_compile
 from t5x_lite.training import memory_planner
@@ -35,7 +41,7 @@ def test_topology_is_four_v5e_chips_and_per_chip_figures_are_exact(devices):
   w = jax.ShapeDtypeStruct((512, 128), jnp.float32,
                            sharding=NamedSharding(mesh, P(None, "model")))
   compiled = jax.jit(lambda a, b: a @ b).lower(x, w).compile()
-  report = aot_compile._report("matmul", compiled, devices, 0.0)  # pylint: disable=protected-access
+  report = compile_lib._report("matmul", compiled, devices, 0.0)  # pylint: disable=protected-access
   # Per chip: x [128, 512] and w [512, 64] in, y [128, 64] out; a quarter of 2*M*N*K FLOPs.
   assert report.argument_bytes == 4 * (128 * 512 + 512 * 64)
   assert report.output_bytes == 4 * 128 * 64
@@ -49,7 +55,7 @@ def test_train_and_decode_steps_compile_for_v5e_2x2(devices):
   trainer = trainer_lib.Trainer(model, optimizers.adafactor(), partitioner)
   batch, inputs, targets = 8, 32, 16
   compiled, _ = aot_compile.compile_train_step(trainer, batch, inputs, targets, pack=False)
-  report = aot_compile._report("train", compiled, devices, 0.0,  # pylint: disable=protected-access
+  report = compile_lib._report("train", compiled, devices, 0.0,  # pylint: disable=protected-access
                                aot_compile.train_step_flops(cfg, batch, inputs, targets) / 4)
   params, opt, _ = memory_planner.parameter_and_optimizer_bytes(cfg, {"data": 2, "model": 2})
   state = params + opt
@@ -72,7 +78,7 @@ def test_train_and_decode_steps_compile_for_v5e_2x2(devices):
   assert report.max_mfu == pytest.approx(report.model_flops / report.flops, rel=1e-12)
 
   compiled, _ = aot_compile.compile_decode_step(model, partitioner, batch, inputs, targets)
-  decode = aot_compile._report("decode", compiled, devices, 0.0)  # pylint: disable=protected-access
+  decode = compile_lib._report("decode", compiled, devices, 0.0)  # pylint: disable=protected-access
   # Parameters (no optimizer state) and the two token arrays; tokens and scores come out.
   tokens = 4 * batch // 2 * (inputs + targets)
   assert params + tokens <= decode.argument_bytes <= 1.02 * (params + tokens)
@@ -153,3 +159,67 @@ def test_a_step_that_exceeds_hbm_is_one_line_with_xla_figures(devices):
   # 2 * 65536**2 * 4 bytes = 32.0 GiB; aot_compile.CHIPS holds the available figure.
   assert "(32.03G) exceeds available HBM (15.75G)" in why
   assert aot_compile.CHIPS["TPU v5 lite"].hbm_bytes == int(15.75 * 2**30)
+
+
+# tiny_config through gin: models/tiny.gin, one layer each side, a 256-token vocabulary.
+TINY_GIN = ["--gin_file=models/tiny.gin", "--gin.T5Config.vocab_size=256",
+            "--gin.T5Config.d_model=128", "--gin.T5Config.d_ff=256",
+            "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1",
+            "--gin.Partitioner.num_partitions=2"]
+RUN_MODE = ["--run_mode=compile", *TINY_GIN, "--gin_file=runs/compile.gin",
+            "--gin.TOPOLOGY=v5e:2x2", "--gin.BATCH_SIZE=8",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}",
+            "--gin.compile.steps=('train',)"]
+
+
+@pytest.fixture
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _figures(out: str) -> list:
+  """The printed per-chip lines, less the compile time (this machine's, not XLA's)."""
+  return [re.sub(r" \(compiled in [0-9.]+ s\)", "", line) for line in out.splitlines()
+          if line.startswith(("v5e:2x2:", "train step", "  "))]
+
+
+def test_compile_run_mode_prints_the_tools_per_chip_figures(devices, capsys, clean_gin):
+  del devices, clean_gin  # libtpu described once for the module
+  reports = t5x_main.main(RUN_MODE)
+  run_mode_out = capsys.readouterr().out
+  gin.clear_config()
+  assert aot_compile.main(["--topology=v5e:2x2", *TINY_GIN, "--batch=8", "--inputs=32",
+                           "--targets=16", "--steps=train"]) == 0
+  tool_out = capsys.readouterr().out
+  (report,) = reports
+  figures = _figures(run_mode_out)
+  assert figures == _figures(tool_out) and len(figures) == 7, (run_mode_out, tool_out)
+  assert figures[0] == "v5e:2x2: batch 8, lengths 32/16, mesh {'data': 2, 'model': 2}"
+  assert figures[1] == "train step on 4 x v5e, per chip:"
+  mib = lambda b: f"{b / 2**20:.2f} MiB"
+  assert figures[2].startswith(f"  arguments {mib(report.argument_bytes)}, ")
+  # The arguments are the state and the packed batch: the planner's exact per-chip bytes plus
+  # TPU tile padding of the arrays smaller than a tile.
+  cfg = tiny_config()
+  params, opt, _ = memory_planner.parameter_and_optimizer_bytes(cfg, {"data": 2, "model": 2})
+  batch_bytes = 4 * 8 // 2 * (3 * 32 + 5 * 16)  # int32 packed features, rows over 'data'
+  assert params + opt + batch_bytes <= report.argument_bytes
+  assert report.argument_bytes <= 1.02 * (params + opt + batch_bytes)
+  assert report.model_flops == aot_compile.train_step_flops(cfg, 8, 32, 16) / 4
+  assert report.fits
+
+
+def test_compile_run_mode_stops_on_mesh_or_batch_with_one_line(devices, capsys, clean_gin):
+  del devices, clean_gin
+  assert t5x_main.run(RUN_MODE + ["--gin.Partitioner.mesh_shape=(8, 2)"]) == 1
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  gin.clear_config()
+  assert last.startswith("t5x-lite: ConfigError: v5e:2x2 has 4 chips: "
+                         "Partitioner.mesh_shape=(8, 2)"), last
+  assert t5x_main.run(RUN_MODE + ["--gin.BATCH_SIZE=7"]) == 1
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith("t5x-lite: ConfigError: BATCH_SIZE=7 does not divide over 2 "
+                         "data-parallel chips x 1 microbatch(es) (mesh {'data': 2, 'model': 2} "
+                         "on v5e:2x2): use a multiple of 2"), last

@@ -17,6 +17,7 @@ from t5x_lite.model import encoder_decoder
 from t5x_lite.model import heads
 from t5x_lite.model import model_sizes
 from t5x_lite.model import network
+from t5x_lite.modes import compile as compile_lib
 from t5x_lite.modes import evaluate as evaluate_lib
 from t5x_lite.modes import export as export_lib
 from t5x_lite.modes import infer as infer_lib
@@ -67,9 +68,10 @@ for _cls in (settings.DatasetConfig, settings.CheckpointConfig, settings.Restore
 # The run modes.
 # --run_mode -> the gin name of its function.
 RUN_MODE_NAMES = {"train": "train", "eval": "evaluate", "infer": "infer", "score": "score",
-                  "export": "export"}
+                  "export": "export", "compile": "compile"}
 _RUN_MODE_FNS = {"train": train_lib.train, "eval": evaluate_lib.evaluate,
-                 "infer": infer_lib.infer, "score": infer_lib.score, "export": export_lib.export}
+                 "infer": infer_lib.infer, "score": infer_lib.score, "export": export_lib.export,
+                 "compile": compile_lib.compile_for_topology}
 RUN_MODES = {mode: gin.external_configurable(fn, name=RUN_MODE_NAMES[mode])
              for mode, fn in _RUN_MODE_FNS.items()}
 

@@ -1,0 +1,379 @@
+"""Run mode `compile`: ahead-of-time compilation for a TPU topology, on any host (no TPU needed).
+
+libtpu (the `[tpu]` extra) lets JAX describe a TPU slice (`jax.experimental.topologies`) and
+compile a sharded program for it on a CPU host. This builds the sharded train step (and the
+decode step) of a model for the named topology, compiles them, and prints per chip: XLA's
+argument, output, temporary and total bytes against the chip's HBM, XLA's FLOPs
+(`cost_analysis()`), the step time at the chip's peak FLOP/s (a roofline bound), and the MFU a
+run could at most reach at that step time.
+
+  python -m t5x_lite.main --run_mode=compile --gin_file=models/t5_1_1/xxl.gin \
+      --gin_file=runs/compile.gin --gin.TOPOLOGY=v5e:16x16 --gin.BATCH_SIZE=256 \
+      --gin.T5Config.vocab_size=32128 --gin.T5Config.dtype=bfloat16 \
+      --gin.T5Config.scan_layers=True --gin.T5Config.remat_policy=full \
+      --gin.Partitioner.num_partitions=8
+
+(`python -m t5x_lite.tools.aot_compile --topology=...` is the same with flags.) Topology names
+are libtpu's: `v4:4x4x8` (v4-256: 128 chips), `v5e:16x16` (v5e-256), `v5p:4x4x8` (v5p-256:
+128 chips), `v5p:4x8x8` (v5p-512: 256 chips), `v6e:16x16`. v4 is compiled in megacore mode
+(one device per chip, as v4 pods run).
+"""
+
+import dataclasses
+import importlib.util
+import os
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from t5x_lite.model import encoder_decoder
+from t5x_lite.training import trainer as trainer_lib
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One TPU chip: the HBM a program may use and the peak dense bf16 FLOP/s.
+
+  hbm_bytes is what XLA lets one program use (less than the nominal 16/32/95 GiB): the
+  "available HBM" of its RESOURCE_EXHAUSTED message, libtpu 0.0.42.1. Peak FLOP/s from Google
+  Cloud's TPU system-architecture pages.
+  """
+  name: str
+  hbm_bytes: int
+  peak_flops: float
+
+
+# By jax's device_kind.
+CHIPS = {
+    "TPU v4": Chip("v4", int(30.75 * GiB), 275e12),
+    "TPU v5 lite": Chip("v5e", int(15.75 * GiB), 197e12),
+    "TPU v5": Chip("v5p", int(95.74 * GiB), 459e12),
+    "TPU v6 lite": Chip("v6e", int(31.25 * GiB), 918e12),
+}
+
+
+class ConfigError(ValueError):
+  """A setting that cannot work on the topology; its message names what to change."""
+
+
+def _check_libtpu():
+  if importlib.util.find_spec("libtpu") is None:
+    raise ConfigError("Compiling for a TPU topology needs libtpu: pip install "
+                      "'t5x_lite[tpu]' (or 'libtpu==0.0.42.*', the version jax 0.10.2 wants).")
+
+
+def get_topology(topology: str, num_slices: int = 1):
+  """The devices of a TPU topology such as 'v5e:2x2' (no TPU needed).
+
+  Args:
+    topology: libtpu's name, '<generation>:<AxB[xC]>' (v4, v5e, v5p, v6e).
+    num_slices: slices of that topology (multi-slice, over DCN).
+
+  Returns:
+    list of jax devices (platform 'tpu', not addressable: compile only).
+  """
+  _check_libtpu()
+  generation, _, dims = topology.partition(":")
+  try:
+    shape = [int(d) for d in dims.split("x")]
+  except ValueError:
+    shape = []
+  if not shape or generation not in ("v4", "v5e", "v5p", "v6e"):
+    raise ConfigError(f"--topology={topology!r}: use '<v4|v5e|v5p|v6e>:<AxB[xC]>', e.g. "
+                      "'v5e:16x16' or 'v4:4x4x8'.")
+  # Another process (a test run, a notebook) may hold libtpu's lock file; compiling for a
+  # described topology does not touch a TPU, so it needs no exclusive access.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # A host drives at most 2x2 chips; smaller slices fit on one host.
+  bounds = tuple(min(d, 2) for d in shape[:2]) + (1,)
+  try:
+    desc = topologies.get_topology_desc(
+        platform="tpu", topology_name=topology,
+        chip_config_name="megacore" if generation == "v4" else "default",
+        chips_per_host_bounds=bounds, num_slices=num_slices)
+  except Exception as e:  # pylint: disable=broad-except  # libtpu's errors are untyped
+    raise ConfigError(f"libtpu cannot describe --topology={topology!r}: "
+                      f"{str(e).splitlines()[0]}") from e
+  return list(desc.devices)
+
+
+def chip_of(device) -> Chip:
+  try:
+    return CHIPS[device.device_kind]
+  except KeyError:
+    raise ConfigError(f"No chip figures for device kind {device.device_kind!r}; add it to "
+                      "t5x_lite.modes.compile.CHIPS.") from None
+
+
+def train_step_flops(config, batch: int, inputs: int, targets: int) -> float:
+  """Model FLOPs of one train step (forward + backward = 3x forward), all chips together.
+
+  Matmuls only (2 FLOPs per multiply-add): per token, each layer's projections, attention's
+  q.k and p.v over every key (no causal halving: the xla impl computes them all), and the
+  output layer. Remat recomputation is not model FLOPs: it is what MFU leaves out.
+  """
+  hd = config.num_heads * config.d_kv
+  mlp = (3 if config.feed_forward == "gated-gelu" else 2) * config.d_model * config.d_ff
+  enc_token = config.num_encoder_layers * (2 * (4 * config.d_model * hd + mlp) + 4 * inputs * hd)
+  # Decoder: self q,k,v,o + cross q,o per target token; cross k,v on every encoder token.
+  dec_token = config.num_decoder_layers * (2 * (6 * config.d_model * hd + mlp)
+                                           + 4 * targets * hd + 4 * inputs * hd)
+  cross_kv = config.num_decoder_layers * 2 * 2 * config.d_model * hd
+  logits = 2 * config.d_model * config.vocab_size
+  forward = batch * (inputs * (enc_token + cross_kv) + targets * (dec_token + logits))
+  return 3.0 * forward
+
+
+@dataclasses.dataclass
+class StepReport:
+  """XLA's per-chip figures of one compiled step."""
+  name: str
+  chip: Chip
+  num_chips: int
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  temp_bytes: int
+  flops: float             # XLA's, per chip
+  bytes_accessed: float    # XLA's, per chip
+  compile_seconds: float
+  model_flops: Optional[float] = None  # per chip
+
+  @property
+  def total_bytes(self) -> int:
+    """Peak per chip: arguments + outputs (less the donated buffers they reuse) + temps."""
+    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+  @property
+  def fits(self) -> bool:
+    return self.total_bytes <= self.chip.hbm_bytes
+
+  @property
+  def loop_undercounted(self) -> bool:
+    """XLA's cost analysis counts a loop body once (not once per iteration): with
+    scan_layers, microbatches or a decode loop its FLOPs can fall below the model's."""
+    return self.model_flops is not None and self.flops < self.model_flops
+
+  @property
+  def roofline_seconds(self) -> float:
+    """Step time at the chip's peak FLOP/s, for XLA's FLOPs (the model's where XLA counted a
+    loop body once and so reports fewer)."""
+    return max(self.flops, self.model_flops or 0.0) / self.chip.peak_flops
+
+  @property
+  def max_mfu(self) -> Optional[float]:
+    """Model FLOPs / (peak FLOP/s x roofline step time): the MFU no real run can exceed."""
+    if self.model_flops is None or self.roofline_seconds <= 0:
+      return None
+    return self.model_flops / (self.chip.peak_flops * self.roofline_seconds)
+
+  def lines(self) -> list:
+    # MiB below a GiB: a small model's figures would all read 0.00 GiB.
+    g = lambda b: f"{b / GiB:.2f} GiB" if abs(b) >= GiB else f"{b / 2**20:.2f} MiB"
+    margin = self.chip.hbm_bytes - self.total_bytes
+    verdict = (f"fits ({g(margin)} to spare)" if margin >= 0
+               else f"does NOT fit ({g(-margin)} over)")
+    out = [f"{self.name} step on {self.num_chips} x {self.chip.name} "
+           f"(compiled in {self.compile_seconds:.1f} s), per chip:",
+           f"  arguments {g(self.argument_bytes)}, outputs {g(self.output_bytes)} "
+           f"(aliased {g(self.alias_bytes)}), temporaries {g(self.temp_bytes)}",
+           f"  total {g(self.total_bytes)} of {g(self.chip.hbm_bytes)} HBM: {verdict}",
+           f"  XLA FLOPs {self.flops:.4g}, bytes accessed {self.bytes_accessed:.4g}"
+           + (" (a loop body counted once: scan_layers, microbatches or decoding)"
+              if self.loop_undercounted or self.model_flops is None else "")]
+    if self.model_flops is not None:
+      source = "the model's FLOPs" if self.loop_undercounted else "XLA's FLOPs"
+      out += [f"  model FLOPs {self.model_flops:.4g}",
+              f"  roofline step time {self.roofline_seconds * 1e3:.2f} ms ({source} at "
+              f"{self.chip.peak_flops / 1e12:.0f} TFLOP/s): MFU at most "
+              f"{100 * self.max_mfu:.1f}%"]
+    return out
+
+
+def _report(name, compiled, devices, seconds, model_flops=None) -> StepReport:
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return StepReport(
+      name=name, chip=chip_of(devices[0]), num_chips=len(devices),
+      argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+      alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+      flops=float(cost.get("flops", 0.0)), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+      compile_seconds=seconds, model_flops=model_flops)
+
+
+def _with_sharding(abstract, shardings):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+
+
+def check_batch(batch: int, partitioner, num_microbatches: int, topology: str) -> None:
+  """One clear line when the batch cannot be split over the data-parallel chips."""
+  data = partitioner.data_parallel_size
+  if batch % (data * num_microbatches):
+    raise ConfigError(
+        f"BATCH_SIZE={batch} does not divide over {data} data-parallel chips x "
+        f"{num_microbatches} microbatch(es) (mesh {dict(partitioner.mesh.shape)} on "
+        f"{topology}): use a multiple of {data * num_microbatches} (gin BATCH_SIZE), or change "
+        "Partitioner.num_partitions / mesh_shape or compile.num_microbatches.")
+
+
+def batch_shapes(batch: int, inputs: int, targets: int, pack: bool) -> Mapping[str, tuple]:
+  """The train batch's features and shapes (packed batches add segment ids and positions)."""
+  shapes = {"encoder_input_tokens": (batch, inputs), "decoder_input_tokens": (batch, targets),
+            "decoder_target_tokens": (batch, targets), "decoder_loss_weights": (batch, targets)}
+  if pack:
+    shapes.update(encoder_segment_ids=(batch, inputs), decoder_segment_ids=(batch, targets),
+                  encoder_positions=(batch, inputs), decoder_positions=(batch, targets))
+  return shapes
+
+
+def compile_train_step(trainer, batch: int, inputs: int, targets: int, pack: bool = True):
+  """(jax Compiled, seconds): the sharded train step, as Trainer.train_step jits it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  partitioner = trainer.partitioner
+  shapes = batch_shapes(batch, inputs, targets, pack)
+  abstract, shardings = trainer.state_shardings(shapes)
+  state = _with_sharding(abstract, shardings)
+  batch_sharding = partitioner.batch_sharding()
+  batch_spec = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=batch_sharding)
+                for k, v in shapes.items()}
+  start = time.perf_counter()
+  with partitioner.context():
+    # The same jit as Trainer.train_step: state donated, metrics replicated.
+    step = jax.jit(trainer._train_step_fn,  # pylint: disable=protected-access
+                   out_shardings=(shardings, partitioner.sharding(jax.sharding.PartitionSpec())),
+                   donate_argnums=(0,))
+    compiled = step.lower(state, batch_spec).compile()
+  return compiled, time.perf_counter() - start
+
+
+def compile_decode_step(model, partitioner, batch: int, inputs: int, targets: int):
+  """(jax Compiled, seconds): model.predict_batch (encode + the whole decode loop, the
+  model's DecodingSettings) over a batch sharded like training's."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  shapes = {"encoder_input_tokens": (batch, inputs), "decoder_input_tokens": (batch, targets)}
+  boxed = jax.eval_shape(lambda r: model.init(r, shapes), jax.random.PRNGKey(0))
+  params = _with_sharding(nn.unbox(boxed), partitioner.param_shardings(boxed))
+  batch_sharding = partitioner.batch_sharding()
+  batch_spec = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=batch_sharding)
+                for k, v in shapes.items()}
+  start = time.perf_counter()
+  with partitioner.context():
+    compiled = jax.jit(model.predict_batch).lower(params, batch_spec).compile()
+  return compiled, time.perf_counter() - start
+
+
+def check_model(config) -> None:
+  """Settings that cannot compile for TPU, as one line before any tracing."""
+  if config.attention_impl == "pallas":
+    from t5x_lite.model.kernels import flash  # pylint: disable=g-import-not-at-top
+    raise ConfigError(flash.TPU_UNSUPPORTED)
+  if config.attention_impl == "cudnn":
+    raise ConfigError("attention_impl='cudnn' is GPU only; set T5Config.attention_impl = 'xla' "
+                      "(gin) on TPU.")
+
+
+def make_partitioner(factory, devices, topology: str, **kwargs):
+  """factory(devices=devices, **kwargs) (a Partitioner); one clear line when its mesh does
+  not match the topology's chip count."""
+  try:
+    return factory(devices=devices, **kwargs)
+  except ValueError as e:
+    raise ConfigError(f"{topology} has {len(devices)} chips: {e}") from None
+
+
+def compile_or_none(name, compile_fn, *args):
+  """(Compiled, seconds), or (None, XLA's one-line reason) when the step does not fit: XLA
+  refuses to compile a program whose buffers exceed the chip's HBM."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    return compile_fn(*args)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return None, f"{name} step does NOT fit: {str(e).splitlines()[0]}"
+
+
+STEPS = ("train", "decode")
+
+
+def compile_steps(model, optimizer, partitioner, batch: int, inputs: int, targets: int,
+                  steps: Sequence[str] = ("train",), pack: bool = True,
+                  num_microbatches: int = 1) -> list:
+  """Compiles the requested steps ("train", "decode") on the partitioner's mesh: a StepReport
+  each, or the line saying why XLA found that it does not fit in HBM."""
+  devices = list(partitioner.mesh.devices.flat)
+  reports = []
+  if "train" in steps:
+    trainer = trainer_lib.Trainer(model, optimizer, partitioner, num_microbatches)
+    compiled, seconds = compile_or_none("train", compile_train_step, trainer, batch, inputs,
+                                         targets, pack)
+    flops = train_step_flops(model.config, batch, inputs, targets) / len(devices)
+    reports.append(seconds if compiled is None
+                   else _report("train", compiled, devices, seconds, flops))
+  if "decode" in steps:
+    compiled, seconds = compile_or_none("decode", compile_decode_step, model, partitioner,
+                                         batch, inputs, targets)
+    reports.append(seconds if compiled is None else _report("decode", compiled, devices, seconds))
+  return reports
+
+
+def compile_for_topology(topology: str, model, optimizer, partitioner: Callable[..., Any],
+                         batch_size: int, task_feature_lengths: Mapping[str, int],
+                         steps: Sequence[str] = STEPS, pack: bool = True,
+                         num_microbatches: int = 1, num_slices: int = 1,
+                         print_fn: Callable[[str], None] = print) -> list:
+  """The run mode: compiles the model's steps for `topology` and prints XLA's per-chip figures.
+
+  Every setting is checked before anything is traced; a wrong one stops with one line that
+  names what to change (ConfigError).
+
+  Args:
+    topology: libtpu's name, e.g. 'v5e:16x16' (gin TOPOLOGY).
+    model: an EncoderDecoderModel (gin MODEL).
+    optimizer: the training run's optimizer (its state is part of the train step's arguments).
+    partitioner: a Partitioner factory (gin `@Partitioner`, not called): it is given the
+      topology's devices.
+    batch_size: rows of the global batch (gin BATCH_SIZE).
+    task_feature_lengths: {'inputs': encoder length, 'targets': decoder length}.
+    steps: which of "train" and "decode" to compile.
+    pack: train batches with segment ids and positions (packed, as the train run feeds them).
+    num_microbatches: the training run's train.num_microbatches.
+    num_slices: slices of the topology (multi-slice, over DCN).
+    print_fn: where the report lines go.
+
+  Returns:
+    A StepReport per step (or the one-line reason XLA gave that it does not fit).
+
+  Raises:
+    ConfigError: a step name, lengths, the model kind, the mesh, the batch or the attention
+      implementation that cannot work on the topology.
+  """
+  unknown = [s for s in steps if s not in STEPS]
+  if unknown or not steps:
+    raise ConfigError(f"compile.steps={tuple(steps)!r}: use one or both of {STEPS}.")
+  if not {"inputs", "targets"} <= set(task_feature_lengths):
+    raise ConfigError(f"TASK_FEATURE_LENGTHS={dict(task_feature_lengths)!r} needs 'inputs' and "
+                      "'targets' (the encoder and decoder lengths to compile for).")
+  if not isinstance(model, encoder_decoder.EncoderDecoderModel):
+    raise ConfigError(f"The compile run mode compiles an EncoderDecoderModel; MODEL is a "
+                      f"{type(model).__name__}: give a model file (models/...) first.")
+  check_model(model.config)
+  devices = get_topology(topology, num_slices)
+  partitioner = make_partitioner(partitioner, devices, topology)
+  check_batch(batch_size, partitioner, num_microbatches, topology)
+  inputs, targets = task_feature_lengths["inputs"], task_feature_lengths["targets"]
+  reports = compile_steps(model, optimizer, partitioner, batch_size, inputs, targets, steps,
+                          pack, num_microbatches)
+  print_fn(f"{topology}: batch {batch_size}, lengths {inputs}/{targets}, "
+           f"mesh {dict(partitioner.mesh.shape)}")
+  for report in reports:
+    print_fn(report if isinstance(report, str) else "\n".join(report.lines()))
+  return reports
