@@ -11,7 +11,10 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite.data import pipeline
-from t5x_lite.tasks import pretraining
+from t5x_lite.modes import infer, prediction
+from t5x_lite.parallel import partitioning
+from t5x_lite.tasks import metrics as task_metrics
+from t5x_lite.tasks import pretraining, vocab
 import runmode_utils
 
 TINY_SPM = os.path.join(os.path.dirname(seqio.__file__),
@@ -269,6 +272,30 @@ def test_training_data_that_preprocessing_empties_stops_before_the_first_batch()
       f"task 'test_data_filtered_function' split 'train' yielded no examples (its source has "
       f"{N} examples but none after its preprocessors: preprocessor 2 of 4 (_keep_nothing) "
       "removes every one).")
+
+
+def test_eval_and_infer_over_a_split_emptied_by_preprocessing_stop_in_one_line():
+  # Before: infer wrote an empty output and eval had no example to score, without a word.
+  name = "test_data_filtered_validation"
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(runmode_utils._examples, splits=["validation"]),
+      preprocessors=[_keep_nothing, seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features={k: seqio.Feature(vocab.default_vocabulary()) for k in ("inputs",
+                                                                               "targets")},
+      metric_fns=[task_metrics.exact_match])
+  expected = (f"task '{name}' split 'validation' yielded no examples (its source has "
+              f"{runmode_utils.NUM_VALIDATION} examples but none after its preprocessors: "
+              "preprocessor 1 of 3 (_keep_nothing) removes every one).")
+  with pytest.raises(pipeline.EmptyDatasetError) as error:  # infer and score
+    infer._check_task(name, "validation", runmode_utils.LENGTHS, None)
+  assert str(error.value) == expected
+  with pytest.raises(pipeline.EmptyDatasetError) as error:  # eval, and infer-eval in training
+    prediction.InferEvaluator(runmode_utils.tiny_model(), partitioning.Partitioner(), name,
+                              runmode_utils.LENGTHS, 8, split="validation")
+  assert str(error.value) == expected
 
 
 def test_a_mixture_names_each_of_its_empty_tasks(tmp_path):

@@ -456,6 +456,7 @@ def _check_task(mixture_or_task_name: str, split: str, task_feature_lengths: Map
   task_names(mixture_or_task_name, model)
   prediction.check_split(mixture_or_task_name, split)
   pipeline.check_feature_lengths(mixture_or_task_name, task_feature_lengths)
+  pipeline.check_not_empty(mixture_or_task_name, split, task_feature_lengths)  # else no rows
 
 
 def _output_path(output_dir: str, kind: str, shard_id: int, num_shards: int) -> str:

@@ -175,6 +175,7 @@ class InferEvaluator:
     self.model, self.partitioner, self.batch_size = model, partitioner, batch_size
     provider = pipeline.check_task(mixture_or_task_name, model)
     check_split(mixture_or_task_name, split, "SPLIT (training: EvalConfig.infer_eval_split)")
+    pipeline.check_not_empty(mixture_or_task_name, split, task_feature_lengths)  # else no metric
     # Training's truncation rule (pipeline.TruncatingFeatureConverter), not seqio's trimming:
     # without a sequence_length the Evaluator leaves examples whole. Tasks whose
     # preprocessors need the lengths get them (they fit their examples themselves).
