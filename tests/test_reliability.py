@@ -65,7 +65,9 @@ def launch(model_dir, steps, *pauses, process=None, log=None):
   out = open(log or f"{model_dir}.log", "a", encoding="utf-8")  # pylint: disable=consider-using-with
   out.write(f"--- launch {pauses}\n")
   out.flush()
-  env = worker_env(f"{model_dir}.jax_cache")
+  # One cache for every run of a test (the interrupted one and its reference compile the
+  # same steps).
+  env = worker_env(os.path.join(os.path.dirname(os.path.abspath(model_dir)), "jax_cache"))
   if process:
     env[worker.PROCESS_ENV] = process
   return subprocess.Popen([sys.executable, WORKER, str(model_dir), str(steps), *pauses],
@@ -117,9 +119,13 @@ def losses(model_dir):
 
 def test_killed_and_signalled_training_ends_as_if_uninterrupted(tmp_path, capsys):
   run = tmp_path / "run"
-  # SIGKILL at six points: three inside the save window (the step's tmp directory exists,
-  # nothing is committed), one mid-way through a metrics row, two between saves.
-  kills = ["step@1", "save_start@2", "save_data@4", "metrics@5", "commit@6", "step@7"]
+  # SIGKILL at four points: three inside the save window (the step's tmp directory exists,
+  # nothing is committed) and one between saves, mid-way through a metrics row. Each launch
+  # costs a process start, so no point repeats a resume another one covers: save_start@2
+  # leaves no committed step (the next launch starts from step 0, as after a kill before the
+  # first save), metrics@5 comes after a step this launch committed (the next launch redoes
+  # the steps after it, as after any kill between saves).
+  kills = ["save_start@2", "save_data@4", "metrics@5", "commit@6"]
   for i, pause in enumerate(kills):
     proc = launch(run, STEPS, pause)
     wait_for(proc, run, pause)
@@ -803,11 +809,15 @@ def test_force_lock_takes_over_a_live_looking_lock(tmp_path, capsys, caplog):
             "refreshed": time.time()}
   with open(RunDir(run).lock, "w", encoding="utf-8") as f:
     json.dump(holder, f)
-  status, error = run_main(capsys, train_args(tmp_path, "--gin.TRAIN_STEPS=1"))
+  # The lock is all this test is about: reliability_worker's small model (not tiny.gin's
+  # 15.6M parameters) keeps the one training step's compile short.
+  small = ["--gin.T5Config.d_model=32", "--gin.T5Config.d_ff=64", "--gin.T5Config.d_kv=8",
+           "--gin.T5Config.num_heads=2", "--gin.T5Config.num_encoder_layers=1",
+           "--gin.T5Config.num_decoder_layers=1", "--gin.TRAIN_STEPS=1"]
+  status, error = run_main(capsys, train_args(tmp_path, *small))
   assert status == 1 and "host other-host pid 123" in error, error
   with caplog.at_level(logging.WARNING):
-    status, error = run_main(capsys, train_args(tmp_path, "--gin.TRAIN_STEPS=1",
-                                                "--gin.train.force_lock=True"))
+    status, error = run_main(capsys, train_args(tmp_path, *small, "--gin.train.force_lock=True"))
   assert status == 0, error
   assert "Taking over the lock" in caplog.text and "train.force_lock = True" in caplog.text
   assert RunDir(run).checkpoint_steps() == [1] and not os.path.exists(RunDir(run).lock)
