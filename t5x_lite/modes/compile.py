@@ -25,7 +25,6 @@ import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from t5x_lite.model import encoder_decoder
 from t5x_lite.training import trainer as trainer_lib
 
 GiB = 1024 ** 3
@@ -362,9 +361,11 @@ def compile_for_topology(topology: str, model, optimizer, partitioner: Callable[
   if not {"inputs", "targets"} <= set(task_feature_lengths):
     raise ConfigError(f"TASK_FEATURE_LENGTHS={dict(task_feature_lengths)!r} needs 'inputs' and "
                       "'targets' (the encoder and decoder lengths to compile for).")
-  if not isinstance(model, encoder_decoder.EncoderDecoderModel):
-    raise ConfigError(f"The compile run mode compiles an EncoderDecoderModel; MODEL is a "
-                      f"{type(model).__name__}: give a model file (models/...) first.")
+  # The batches it traces are the encoder-decoder's (inputs and targets as tokens).
+  if tuple(model.token_features) != ("inputs", "targets"):
+    raise ConfigError(f"The compile run mode compiles an encoder-decoder model (token features "
+                      f"inputs and targets); MODEL is a {type(model).__name__}: give a model "
+                      "file (models/...) first.")
   check_model(model.config)
   devices = get_topology(topology, num_slices)
   partitioner = make_partitioner(partitioner, devices, topology)
