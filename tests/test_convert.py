@@ -16,6 +16,7 @@ from safetensors.numpy import load_file
 
 import hf_utils
 from t5x_lite.interop import hf_checkpoint
+from t5x_lite.interop import hf_param_layout
 from t5x_lite.model import network
 
 RELU = network.T5Config(vocab_size=96, d_model=32, d_ff=48, d_kv=12, num_heads=3,
@@ -69,7 +70,7 @@ def test_import_export_round_trip_is_exact(config, scan, tmp_path):
   loaded_config, params = hf_checkpoint.load_hf_checkpoint(str(tmp_path), scan_layers=scan)
   exported = hf_checkpoint.hf_state_dict_from_params(params, loaded_config)
   # Export writes shared.weight once; HF's file may also hold its embed_tokens aliases.
-  expected = {k: v for k, v in original.items() if k not in hf_checkpoint._EMBEDDING_ALIASES}  # pylint: disable=protected-access
+  expected = {k: v for k, v in original.items() if k not in hf_param_layout._EMBEDDING_ALIASES}  # pylint: disable=protected-access
   assert sorted(exported) == sorted(expected)
   for key, value in expected.items():
     assert exported[key].dtype == value.dtype and exported[key].shape == value.shape, key

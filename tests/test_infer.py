@@ -22,6 +22,7 @@ from t5x_lite.checkpointing import checkpoints
 from t5x_lite.model import decoding
 from t5x_lite.modes import evaluate as eval_lib
 from t5x_lite.modes import infer
+from t5x_lite.modes import resumable_jsonl
 from t5x_lite.modes import text_inputs
 from t5x_lite.tasks import vocab
 
@@ -52,7 +53,7 @@ def killed_at_commit(monkeypatch, n):
   """The job dies (KeyboardInterrupt) at its n-th state commit: that chunk is written but
   not recorded."""
   commits = {"n": 0}
-  real_commit = infer._commit_state
+  real_commit = resumable_jsonl._commit_state
 
   def dying_commit(path, state):
     commits["n"] += 1
@@ -60,10 +61,10 @@ def killed_at_commit(monkeypatch, n):
       raise KeyboardInterrupt("killed")
     real_commit(path, state)
 
-  monkeypatch.setattr(infer, "_commit_state", dying_commit)
+  monkeypatch.setattr(resumable_jsonl, "_commit_state", dying_commit)
   with pytest.raises(KeyboardInterrupt):
     yield
-  monkeypatch.setattr(infer, "_commit_state", real_commit)
+  monkeypatch.setattr(resumable_jsonl, "_commit_state", real_commit)
 
 
 @pytest.mark.parametrize("mode", ["infer", "score"])
@@ -321,7 +322,7 @@ def test_damaged_parts_are_written_again(checkpoint, tmp_path, monkeypatch, capl
   lines = first.splitlines(keepends=True)
   (parts / "000000.jsonl").write_text(lines[0] + lines[1][:20] + "\n" + "".join(lines[2:]))
 
-  real_write = infer._write_atomically
+  real_write = resumable_jsonl._write_atomically
   shortened = []
 
   def write_one_row_short(target, text):
@@ -330,7 +331,7 @@ def test_damaged_parts_are_written_again(checkpoint, tmp_path, monkeypatch, capl
       text = "".join(text.splitlines(keepends=True)[:-1])
     real_write(target, text)
 
-  monkeypatch.setattr(infer, "_write_atomically", write_one_row_short)
+  monkeypatch.setattr(resumable_jsonl, "_write_atomically", write_one_row_short)
   run("infer", checkpoint, tmp_path, max_examples=8)
   rows = u.read_jsonl(path)
   assert [r["index"] for r in rows] == list(range(8))

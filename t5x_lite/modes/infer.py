@@ -20,16 +20,10 @@ from its own key, a function of (DecodingSettings.seed, task, index) alone
 (prediction.example_keys): an example gets the same sample in every shard, batch position
 and resume, and in the eval run mode.
 
-Resuming: rows are written in chunks of `chunk_batches` batches, each chunk a file of its
-own under `<file>.parts/`, then `<file>.state.json` (rows written and the last example,
-replaced atomically) records it. A restarted job overwrites any chunk a killed one wrote
-after the last record and continues after the last recorded example. At the end the
-chunks are joined into the JSONL file, every row once, in order, the state records
-"done" and a rerun returns at once. Before resuming and before joining, every part is
-checked (each line parses, the row count is the recorded one); a damaged part is written
-again from the position recorded before it. An unknown split is refused at start. Every
-file goes through epath, so OUTPUT_DIR may be a bucket (gs://...) as well as a local
-directory.
+Resuming (t5x_lite.modes.resumable_jsonl): rows are written in chunks of `chunk_batches`
+batches, each recorded in `<file>.state.json`; a restarted job continues after the last
+recorded example, and at the end the chunks are joined into the JSONL file. An unknown split
+is refused at start. OUTPUT_DIR may be a bucket (gs://...) as well as a local directory.
 
 Texts without a task: `infer(input_file=...)` (gin INFER_INPUT_FILE) reads a .txt, .tsv or
 .jsonl file of inputs and predicts them as the examples of one unregistered task
@@ -39,14 +33,10 @@ registered task of that vocabulary does), with rows {"index", "inputs", "predict
 list of strings in Python.
 """
 
-import io
 import itertools
-import json
 import logging
-import os
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from etils import epath
 import jax
 import numpy as np
 import seqio
@@ -58,6 +48,7 @@ from t5x_lite.checkpointing import run_dir as run_dir_lib
 from t5x_lite.data import pipeline
 from t5x_lite.model import model_interface
 from t5x_lite.modes import prediction
+from t5x_lite.modes import resumable_jsonl
 from t5x_lite.modes import text_inputs
 from t5x_lite.parallel import partitioning
 from t5x_lite.tasks import vocab
@@ -67,182 +58,8 @@ log = logging.getLogger(__name__)
 # What a row of a task's example says of it (besides its prediction or score).
 ROW_FIELDS = ("index", "task", "inputs", "targets")
 
-# Where a stream of rows starts: (task number in name order, source index, rows of that
-# index already written). Rows of one source example can span two chunks.
-Position = Tuple[int, int, int]
-
-
-def _write_atomically(path: epath.Path, text: str) -> None:
-  """Writes `path` whole: a crash leaves the old file or the new one, never half of one."""
-  tmp = path.parent / f"{path.name}.tmp"
-  with tmp.open("w") as f:
-    f.write(text)
-    try:  # Local files: on disk before the rename (object stores write whole objects).
-      f.flush()
-      os.fsync(f.fileno())
-    except (AttributeError, OSError, io.UnsupportedOperation):
-      pass
-  tmp.replace(path)
-
-
-def _commit_state(path: epath.Path, state: Mapping) -> None:
-  _write_atomically(path, json.dumps(state))
-
-
-def _damaged_state(path: epath.Path, why: str) -> ValueError:
-  return ValueError(f"{path} is damaged ({why}): delete it and the .parts directory beside it "
-                    "to write this output again from the start.")
-
-
-def _read_state(path: epath.Path) -> dict:
-  """The state file's content, checked: a damaged file is named, never a bare KeyError."""
-  try:
-    saved = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise _damaged_state(path, f"not JSON: {e}") from None
-  if not isinstance(saved, dict):
-    raise _damaged_state(path, f"a JSON {type(saved).__name__}, not an object")
-  if "rows" in saved and "position" not in saved:
-    raise ValueError(f"{path} is in an older format (one appended file): finish that job with "
-                     "the version that started it, or delete the file and its .state.json to "
-                     "start again.")
-  position = saved.get("position")
-  checks = {"rows": isinstance(saved.get("rows"), int) and saved["rows"] >= 0,
-            "chunks": isinstance(saved.get("chunks"), int) and saved["chunks"] >= 0,
-            "done": isinstance(saved.get("done"), bool),
-            "config": isinstance(saved.get("config"), dict),
-            "position": position is None or (isinstance(position, list) and len(position) == 3
-                                             and all(isinstance(x, int) for x in position))}
-  # Per-chunk records (absent in files written before they were kept).
-  for key in ("chunk_rows", "chunk_positions"):
-    if key in saved:
-      checks[key] = (isinstance(saved[key], list)
-                     and len(saved[key]) == saved.get("chunks"))
-  bad = [k for k, ok in checks.items() if not ok]
-  if bad:
-    raise _damaged_state(path, f"missing or invalid {bad}")
-  return saved
-
-
-class ResumableJsonl:
-  """A JSONL file written chunk by chunk, each chunk recorded in a state file.
-
-  The state file records the rows and the stream position after each chunk, so a part file
-  found damaged (a line that does not parse, a row count that is not the recorded one) is
-  redone from the position before it (`verify`).
-
-  Args:
-    path: the JSONL file (any epath: local or gs://...).
-    run_config: what the rows depend on (task, split, checkpoint, shard, ...); resuming
-      with a different config is refused, as its rows would not continue the file's.
-  """
-
-  def __init__(self, path: str, run_config: Mapping):
-    self.path = epath.Path(path)
-    self.state_path = self.path.parent / f"{self.path.name}.state.json"
-    self.parts = self.path.parent / f"{self.path.name}.parts"
-    self.state = {"rows": 0, "chunks": 0, "position": None, "done": False,
-                  "config": dict(run_config), "chunk_rows": [], "chunk_positions": []}
-    if self.state_path.exists():
-      saved = _read_state(self.state_path)
-      if saved["config"] != self.state["config"]:
-        changed = sorted(k for k in set(saved["config"]) | set(run_config)
-                         if saved["config"].get(k) != run_config.get(k))
-        raise ValueError(f"{path} was started with different settings ({changed}: "
-                         f"{[saved['config'].get(k) for k in changed]} then, "
-                         f"{[run_config.get(k) for k in changed]} now). Use another OUTPUT_DIR "
-                         "or delete the file, its .state.json and its .parts directory.")
-      self.state = saved
-    elif self.path.exists():
-      raise ValueError(f"{path} exists without {self.state_path}: refusing to overwrite it.")
-    self.parts.mkdir(parents=True, exist_ok=True)
-
-  @property
-  def rows(self) -> int:
-    return self.state["rows"]
-
-  @property
-  def done(self) -> bool:
-    return self.state["done"]
-
-  @property
-  def position(self) -> Optional[Position]:
-    """Where the next row's stream starts (None: at the beginning)."""
-    return tuple(self.state["position"]) if self.state["position"] else None
-
-  def _part(self, number: int) -> epath.Path:
-    return self.parts / f"{number:06d}.jsonl"
-
-  def append(self, rows: List[Mapping], position: Position) -> None:
-    """Writes `rows` as the next chunk; `position` is where the stream after them starts."""
-    _write_atomically(self._part(self.state["chunks"]), "".join(
-        json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    self.state.update(rows=self.state["rows"] + len(rows), chunks=self.state["chunks"] + 1,
-                      position=list(position))
-    if "chunk_rows" in self.state:
-      self.state["chunk_rows"] = self.state["chunk_rows"] + [len(rows)]
-      self.state["chunk_positions"] = self.state["chunk_positions"] + [list(position)]
-    _commit_state(self.state_path, self.state)
-
-  def _damage(self, number: int, expected_rows: Optional[int]) -> Optional[str]:
-    """Why part `number` cannot be joined, or None when it is sound."""
-    part = self._part(number)
-    if not part.exists():
-      return "missing"
-    try:
-      lines = part.read_text().splitlines()
-    except UnicodeDecodeError:
-      return "not UTF-8 text"
-    for line_number, line in enumerate(lines, 1):
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        return f"line {line_number} is not JSON"
-      if not isinstance(row, dict) or "index" not in row:
-        return f"line {line_number} is not a row"
-    if expected_rows is not None and len(lines) != expected_rows:
-      return f"{len(lines)} rows, {expected_rows} recorded"
-    return None
-
-  def verify(self) -> bool:
-    """Checks every recorded part; rewinds the state to before the first damaged one.
-
-    Returns:
-      True if a part was damaged (the stream must continue from `position` again).
-    """
-    counts = self.state.get("chunk_rows")
-    for number in range(self.state["chunks"]):
-      why = self._damage(number, counts[number] if counts is not None else None)
-      if why is None:
-        continue
-      if counts is None:  # No per-chunk record: all that is known is the start.
-        number, rows, position = 0, 0, None
-      else:
-        rows = sum(counts[:number])
-        position = self.state["chunk_positions"][number - 1] if number else None
-        self.state.update(chunk_rows=counts[:number],
-                          chunk_positions=self.state["chunk_positions"][:number])
-      log.warning("%s is damaged (%s): writing it again from row %d.", self._part(number), why,
-                  rows)
-      self.state.update(rows=rows, chunks=number, position=position)
-      _commit_state(self.state_path, self.state)
-      return True
-    if counts is None and sum(len(self._part(i).read_text().splitlines())
-                              for i in range(self.state["chunks"])) != self.state["rows"]:
-      log.warning("The parts of %s do not hold the %d recorded rows: writing them again.",
-                  self.path, self.state["rows"])
-      self.state.update(rows=0, chunks=0, position=None)
-      _commit_state(self.state_path, self.state)
-      return True
-    return False
-
-  def finish(self) -> None:
-    """Joins the recorded chunks into the JSONL file and records that it is complete."""
-    _write_atomically(self.path, "".join(self._part(i).read_text()
-                                         for i in range(self.state["chunks"])))
-    self.state["done"] = True
-    _commit_state(self.state_path, self.state)
-    self.parts.rmtree()
+# Where a stream of rows starts (task number, source index, rows of it already written).
+Position = resumable_jsonl.Position
 
 
 def task_names(mixture_or_task_name: str, model=None) -> List[str]:
@@ -336,8 +153,8 @@ def examples_of(tasks: Sequence[seqio.Task], split: str, task_feature_lengths: M
              "position": (number, index, rows_of_index)}
 
 
-def _shared(writer: Optional[ResumableJsonl], redo: bool = False) -> Tuple[int, bool, bool,
-                                                                            Position]:
+def _shared(writer: Optional[resumable_jsonl.ResumableJsonl],
+            redo: bool = False) -> Tuple[int, bool, bool, Position]:
   """(rows written, done, redo, position) as process 0's writer has them, on every process.
 
   Only process 0 writes; every process must skip the same examples and stop together.
@@ -394,14 +211,15 @@ def _write_resumably(path: str, run_config: Mapping, stream_from: Callable[[Opti
   """The loop of infer and score: skip what is written, append rows chunk by chunk, join.
 
   Args:
-    path: the JSONL file (ResumableJsonl; only process 0 writes it).
+    path: the JSONL file (resumable_jsonl.ResumableJsonl; only process 0 writes it).
     run_config: what the rows depend on; resuming with another config is refused.
     stream_from: position -> this shard's examples after it (None: from the start).
     start: called once there is something to write (it restores the checkpoint); returns
       the function from a list of up to `batch_size` examples to their rows.
     max_chunks: stop after this many chunks in this run (a rerun continues); None: all.
   """
-  writer = ResumableJsonl(path, run_config) if jax.process_index() == 0 else None
+  writer = (resumable_jsonl.ResumableJsonl(path, run_config) if jax.process_index() == 0
+            else None)
   if writer and not writer.done:
     writer.verify()  # A damaged part of an earlier run is redone.
   done_rows, done, _, position = _shared(writer)
