@@ -110,6 +110,36 @@ def test_an_error_caused_by_the_loss_waits_for_the_loss_report():
   w0.stop()
 
 
+def test_a_beat_sent_before_the_error_does_not_count_as_alive():
+  """A process killed just after beating: that beat, read after settle() began, is not life.
+
+  The collective fails at the kill, before the next heartbeat read; settle() used to take the
+  late-read beat as a sign of life, and the error line, not the loss line, came last.
+  """
+  store = FakeStore()
+  reports = []
+  watchdog = distributed.PeerWatchdog(store, 0, 2, 0.3, hint=lambda: "HINT",
+                                      on_lost=reports.append)  # not started: driven by hand
+  key = f"{distributed.KEY_PREFIX}1"
+  watchdog._check([(key, "1")], time.monotonic())  # pylint: disable=protected-access
+  result = []
+  waiter = threading.Thread(target=lambda: result.append(watchdog.settle()))
+  waiter.start()
+  time.sleep(0.05)
+  watchdog._check([(key, "2")], time.monotonic())  # the last beat, read late
+  waiter.join(timeout=10)
+  assert result == [False]  # no beat after the call: not alive
+  # A live process beats again: settle() returns True.
+  result.clear()
+  waiter = threading.Thread(target=lambda: result.append(watchdog.settle()))
+  waiter.start()
+  for beat in ("3", "4"):
+    time.sleep(0.05)
+    watchdog._check([(key, beat)], time.monotonic())
+  waiter.join(timeout=10)
+  assert result == [True]
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

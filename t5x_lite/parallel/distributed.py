@@ -119,6 +119,8 @@ class PeerWatchdog:
     peers = [p for p in range(num_processes) if p != process_id]
     self._last_change: Dict[int, float] = {p: now for p in peers}
     self._last_value: Dict[int, Optional[str]] = {p: None for p in peers}
+    # How many changes of each peer's heartbeat this process has seen.
+    self._changes: Dict[int, int] = {p: 0 for p in peers}
     # When the store last failed to answer (an RPC failing or hanging), None when it did.
     self._unanswered_since: Optional[float] = None
     self._stop = threading.Event()
@@ -141,17 +143,21 @@ class PeerWatchdog:
 
     Returns:
       True if all are alive (or done); False if one was reported lost (or the wait, at most
-      `timeout_s` plus two heartbeat intervals, ran out).
+      `timeout_s` plus three heartbeat intervals, ran out).
     """
-    start = time.monotonic()
-    deadline = start + self._timeout_s + 2 * self._interval_s
+    # A lost process is reported `timeout_s` after its last change was seen, which is at most a
+    # read interval after this call: the wait outlasts that.
+    deadline = time.monotonic() + self._timeout_s + 3 * self._interval_s
+    # The first change seen after this call may be a beat sent before it (a process killed
+    # just after beating, read late); a second change is a beat sent after the first read.
+    seen = dict(self._changes)
     while time.monotonic() < deadline:
       if self._lost_lock.locked():
         # Reading the run directory for the resume step may take a while on an object store.
         self._reported.wait(timeout=10 * self._timeout_s + 60)
         return False
-      if all(self._last_value[p] == DONE or changed > start
-             for p, changed in self._last_change.items()):
+      if all(self._last_value[p] == DONE or self._changes[p] >= seen[p] + 2
+             for p in self._changes):
         return True
       time.sleep(self._interval_s / 4)
     return False
@@ -193,6 +199,7 @@ class PeerWatchdog:
       process = int(key.rsplit("/", 1)[-1])
       if process in self._last_value and value != self._last_value[process]:
         self._last_value[process], self._last_change[process] = value, now
+        self._changes[process] += 1
     for process, changed in self._last_change.items():
       # Judged from its first heartbeat on: start-up (imports that hold the GIL, compiling)
       # may delay it by more than the timeout; JAX's own timeout covers a process lost before.
