@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from t5x_lite.model.kernels import reference
-from t5x_lite.tools import aot_compile
+from t5x_lite.modes import compile as compile_lib
 
 
 def main():
@@ -24,7 +24,7 @@ def main():
   parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
   parser.add_argument("--topology", default="v5e:2x2")
   args = parser.parse_args()
-  devices = aot_compile.get_topology(args.topology)
+  devices = compile_lib.get_topology(args.topology)
   mesh = Mesh(np.array(devices[:1]).reshape(1, 1), ("data", "model"))
   replicated = NamedSharding(mesh, P())
   heads, d = 8, 64
@@ -44,7 +44,7 @@ def main():
         with jax.set_mesh(mesh):
           compiled = jax.jit(fn).lower(q, q, q, table, seg).compile()
         return compiled, time.perf_counter() - start
-      compiled, seconds = aot_compile.compile_or_none(name, compile_fn)
+      compiled, seconds = compile_lib.compile_or_none(name, compile_fn)
       if compiled is None:
         print(f"xla L={length} {seconds}")
         continue

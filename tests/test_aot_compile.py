@@ -24,7 +24,7 @@ TOPOLOGY = "v5e:2x2"
 
 @pytest.fixture(scope="module")
 def devices():
-  return aot_compile.get_topology(TOPOLOGY)
+  return compile_lib.get_topology(TOPOLOGY)
 
 
 def tiny_config():
@@ -35,7 +35,7 @@ def tiny_config():
 
 def test_topology_is_four_v5e_chips_and_per_chip_figures_are_exact(devices):
   assert len(devices) == 4 and {d.platform for d in devices} == {"tpu"}
-  assert aot_compile.chip_of(devices[0]).name == "v5e"
+  assert compile_lib.chip_of(devices[0]).name == "v5e"
   mesh = Mesh(np.array(devices).reshape(2, 2), ("data", "model"))
   x = jax.ShapeDtypeStruct((256, 512), jnp.float32, sharding=NamedSharding(mesh, P("data")))
   w = jax.ShapeDtypeStruct((512, 128), jnp.float32,
@@ -54,9 +54,9 @@ def test_train_and_decode_steps_compile_for_v5e_2x2(devices):
   model = encoder_decoder.EncoderDecoderModel(cfg)
   trainer = trainer_lib.Trainer(model, optimizers.adafactor(), partitioner)
   batch, inputs, targets = 8, 32, 16
-  compiled, _ = aot_compile.compile_train_step(trainer, batch, inputs, targets, pack=False)
+  compiled, _ = compile_lib.compile_train_step(trainer, batch, inputs, targets, pack=False)
   report = compile_lib._report("train", compiled, devices, 0.0,  # pylint: disable=protected-access
-                               aot_compile.train_step_flops(cfg, batch, inputs, targets) / 4)
+                               compile_lib.train_step_flops(cfg, batch, inputs, targets) / 4)
   params, opt, _ = memory_planner.parameter_and_optimizer_bytes(cfg, {"data": 2, "model": 2})
   state = params + opt
   batch_bytes = 4 * batch // 2 * (inputs + 3 * targets)  # int32, rows split over 'data'
@@ -77,7 +77,7 @@ def test_train_and_decode_steps_compile_for_v5e_2x2(devices):
   assert report.roofline_seconds == report.flops / 197e12
   assert report.max_mfu == pytest.approx(report.model_flops / report.flops, rel=1e-12)
 
-  compiled, _ = aot_compile.compile_decode_step(model, partitioner, batch, inputs, targets)
+  compiled, _ = compile_lib.compile_decode_step(model, partitioner, batch, inputs, targets)
   decode = compile_lib._report("decode", compiled, devices, 0.0)  # pylint: disable=protected-access
   # Parameters (no optimizer state) and the two token arrays; tokens and scores come out.
   tokens = 4 * batch // 2 * (inputs + targets)
@@ -86,8 +86,8 @@ def test_train_and_decode_steps_compile_for_v5e_2x2(devices):
 
 
 def test_mesh_that_does_not_match_the_chip_count_is_one_line(devices):
-  with pytest.raises(aot_compile.ConfigError) as e:
-    aot_compile.make_partitioner(partitioning.Partitioner, devices, TOPOLOGY, mesh_shape=(8, 2))
+  with pytest.raises(compile_lib.ConfigError) as e:
+    compile_lib.make_partitioner(partitioning.Partitioner, devices, TOPOLOGY, mesh_shape=(8, 2))
   message = str(e.value)
   assert "\n" not in message
   assert message.startswith("v5e:2x2 has 4 chips: Partitioner.mesh_shape=(8, 2)")
@@ -95,17 +95,17 @@ def test_mesh_that_does_not_match_the_chip_count_is_one_line(devices):
 
 def test_batch_that_does_not_divide_is_one_line(devices):
   partitioner = partitioning.Partitioner(mesh_shape=(4, 1), devices=devices)
-  aot_compile.check_batch(8, partitioner, 2, TOPOLOGY)  # 8 rows = 4 chips x 2 microbatches
-  with pytest.raises(aot_compile.ConfigError) as e:
-    aot_compile.check_batch(6, partitioner, 1, TOPOLOGY)
+  compile_lib.check_batch(8, partitioner, 2, TOPOLOGY)  # 8 rows = 4 chips x 2 microbatches
+  with pytest.raises(compile_lib.ConfigError) as e:
+    compile_lib.check_batch(6, partitioner, 1, TOPOLOGY)
   assert str(e.value).startswith("BATCH_SIZE=6 does not divide over 4 data-parallel chips x 1 "
                                  "microbatch(es)")
   assert "use a multiple of 4" in str(e.value)
 
 
 def test_unknown_topology_names_the_format():
-  with pytest.raises(aot_compile.ConfigError, match="'<v4|v5e|v5p|v6e>:<AxB"):
-    aot_compile.get_topology("v5x:2x2")
+  with pytest.raises(compile_lib.ConfigError, match="'<v4|v5e|v5p|v6e>:<AxB"):
+    compile_lib.get_topology("v5x:2x2")
 
 
 def test_model_flops_of_one_layer_pair_by_hand():
@@ -116,7 +116,7 @@ def test_model_flops_of_one_layer_pair_by_hand():
   dec = lt * (2 * (6 * 10 * hd + 2 * 10 * 20) + 4 * lt * hd + 4 * li * hd)
   cross_kv = li * 2 * 2 * 10 * hd
   logits = lt * 2 * 10 * 100
-  assert aot_compile.train_step_flops(cfg, b, li, lt) == 3 * b * (enc + dec + cross_kv + logits)
+  assert compile_lib.train_step_flops(cfg, b, li, lt) == 3 * b * (enc + dec + cross_kv + logits)
 
 
 def test_pallas_attention_for_tpu_stops_before_lowering_with_the_reason(devices):
@@ -130,20 +130,20 @@ def test_pallas_attention_for_tpu_stops_before_lowering_with_the_reason(devices)
     jax.jit(attend).lower(q, table)
   assert str(e.value) == flash.TPU_UNSUPPORTED
   assert "T5Config.attention_impl = 'xla'" in str(e.value)
-  with pytest.raises(aot_compile.ConfigError, match="does not lower to TPU"):
-    aot_compile.check_model(network.T5Config(attention_impl="pallas"))
-  aot_compile.check_model(network.T5Config(attention_impl="xla"))
+  with pytest.raises(compile_lib.ConfigError, match="does not lower to TPU"):
+    compile_lib.check_model(network.T5Config(attention_impl="pallas"))
+  compile_lib.check_model(network.T5Config(attention_impl="xla"))
 
 
 def test_a_loop_counted_once_falls_back_to_the_model_flops():
-  chip = aot_compile.CHIPS["TPU v5 lite"]
+  chip = compile_lib.CHIPS["TPU v5 lite"]
   common = dict(name="train", chip=chip, num_chips=256, argument_bytes=0, output_bytes=0,
                 alias_bytes=0, temp_bytes=0, bytes_accessed=0.0, compile_seconds=0.0)
   # A scanned 24-layer stack: XLA counts the body once, far below the model's matmuls.
-  scanned = aot_compile.StepReport(flops=1.0e12, model_flops=2.0e13, **common)
+  scanned = compile_lib.StepReport(flops=1.0e12, model_flops=2.0e13, **common)
   assert scanned.loop_undercounted
   assert scanned.roofline_seconds == 2.0e13 / 197e12 and scanned.max_mfu == 1.0
-  unrolled = aot_compile.StepReport(flops=2.5e13, model_flops=2.0e13, **common)
+  unrolled = compile_lib.StepReport(flops=2.5e13, model_flops=2.0e13, **common)
   assert not unrolled.loop_undercounted
   assert unrolled.roofline_seconds == 2.5e13 / 197e12 and unrolled.max_mfu == pytest.approx(0.8)
 
@@ -153,12 +153,12 @@ def test_a_step_that_exceeds_hbm_is_one_line_with_xla_figures(devices):
   a = jax.ShapeDtypeStruct((65536, 128), jnp.float32, sharding=NamedSharding(mesh, P()))
   # [65536, 65536] float32 scores (16 GiB) and their sorted copy: 32 GiB of temporaries.
   big = lambda: (jax.jit(lambda a: jnp.sort(a @ a.T, axis=1)[:, :4]).lower(a).compile(), 0.0)
-  compiled, why = aot_compile.compile_or_none("train", big)
+  compiled, why = compile_lib.compile_or_none("train", big)
   assert compiled is None and "\n" not in why
   assert why.startswith("train step does NOT fit: RESOURCE_EXHAUSTED")
-  # 2 * 65536**2 * 4 bytes = 32.0 GiB; aot_compile.CHIPS holds the available figure.
+  # 2 * 65536**2 * 4 bytes = 32.0 GiB; compile_lib.CHIPS holds the available figure.
   assert "(32.03G) exceeds available HBM (15.75G)" in why
-  assert aot_compile.CHIPS["TPU v5 lite"].hbm_bytes == int(15.75 * 2**30)
+  assert compile_lib.CHIPS["TPU v5 lite"].hbm_bytes == int(15.75 * 2**30)
 
 
 # tiny_config through gin: models/tiny.gin, one layer each side, a 256-token vocabulary.
@@ -207,7 +207,7 @@ def test_compile_run_mode_prints_the_tools_per_chip_figures(devices, capsys, cle
   batch_bytes = 4 * 8 // 2 * (3 * 32 + 5 * 16)  # int32 packed features, rows over 'data'
   assert params + opt + batch_bytes <= report.argument_bytes
   assert report.argument_bytes <= 1.02 * (params + opt + batch_bytes)
-  assert report.model_flops == aot_compile.train_step_flops(cfg, 8, 32, 16) / 4
+  assert report.model_flops == compile_lib.train_step_flops(cfg, 8, 32, 16) / 4
   assert report.fits
 
 

@@ -22,11 +22,7 @@ import argparse
 import os
 import sys
 
-# The names callers of this module use; the implementation is the run mode's.
-from t5x_lite.modes.compile import (  # pylint: disable=unused-import
-    CHIPS, Chip, ConfigError, GiB, StepReport, batch_shapes, check_batch, check_model, chip_of,
-    compile_decode_step, compile_for_topology, compile_or_none, compile_steps,
-    compile_train_step, get_topology, make_partitioner, train_step_flops)
+from t5x_lite.modes.compile import ConfigError
 
 COMPILE_GIN = "runs/compile.gin"
 
