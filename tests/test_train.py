@@ -383,3 +383,38 @@ def test_gin_typos_name_the_closest_valid_name(tmp_path):
 def test_missing_required_macro_is_named(tmp_path):
   with pytest.raises(ValueError, match="macro MODEL_DIR is required: set it with --gin.MODEL_DIR"):
     main.main(["--gin_file=recipes/quickstart.gin", "--gin.train.progress_bar=False"])
+
+
+def _validation_emptied_task(name):
+  """A task whose train split has examples and whose validation split a filter empties."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from t5x_lite.tasks import vocab  # pylint: disable=g-import-not-at-top
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  examples = lambda split, shuffle_files=False, seed=None: tf.data.Dataset.from_tensor_slices(
+      {"inputs": [f"copy {split} {i}" for i in range(16)],
+       "targets": [f"{split} {i}" for i in range(16)]})
+  keep_train = lambda ds: ds.filter(lambda ex: tf.strings.regex_full_match(
+      ex["targets"], "train.*"))
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(examples, splits=("train", "validation")),
+      preprocessors=[keep_train, seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      output_features={k: seqio.Feature(vocab.default_vocabulary()) for k in ("inputs",
+                                                                               "targets")})
+
+
+def test_an_empty_eval_split_stops_the_run_before_the_first_step(tmp_path, monkeypatch):
+  # Before: the empty split was found only at the first evaluation, after training steps.
+  name = "test_train_empty_validation"
+  _validation_emptied_task(name)
+  def no_step(self, state, batch):
+    raise AssertionError("a training step ran")
+  monkeypatch.setattr(trainer.Trainer, "train_step", no_step)
+  with pytest.raises(pipeline.EmptyDatasetError) as error:
+    run(tmp_path, 2, evaluation=settings.EvalConfig(period=1, steps=1,
+                                                      mixture_or_task_name=name))
+  assert str(error.value) == (
+      f"task '{name}' split 'validation' yielded no examples (its source has 16 examples but "
+      "none after its preprocessors: preprocessor 1 of 3 (<lambda>) removes every one).")
+  assert not os.path.exists(tmp_path / "checkpoints")

@@ -310,6 +310,15 @@ def train(*, model_dir: str, train_steps: int, model: model_interface.Model,
       lock.release()
 
 
+def _eval_dataset(train_dataset: settings.DatasetConfig,
+                  evaluation: settings.EvalConfig) -> settings.DatasetConfig:
+  """What teacher-forced eval reads: EvalConfig's task (default: the training one) and split."""
+  return dataclasses.replace(
+      train_dataset, split=evaluation.split, shuffle=False,
+      mixture_or_task_name=(evaluation.mixture_or_task_name or
+                            train_dataset.mixture_or_task_name))
+
+
 class _Evaluation:
   """Teacher-forced eval and infer-eval of params at a step (EvalConfig); writes summaries."""
 
@@ -317,10 +326,7 @@ class _Evaluation:
                train_dataset: settings.DatasetConfig, dataset_fn, writer: SummaryWriter):
     self.run_dir, self.trainer, self.config = run_dir, trainer, evaluation
     self.writer, self.dataset_fn = writer, dataset_fn
-    self.eval_dataset = dataclasses.replace(
-        train_dataset, split=evaluation.split, shuffle=False,
-        mixture_or_task_name=(evaluation.mixture_or_task_name or
-                              train_dataset.mixture_or_task_name))
+    self.eval_dataset = _eval_dataset(train_dataset, evaluation)
     # Built once: the Evaluator caches the tokenized eval examples for every later evaluation.
     self.infer_evaluator = evaluation.infer_eval_mixture_or_task_name and (
         evaluation_lib.InferEvaluator(
@@ -424,7 +430,14 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
                             shard_info=pipeline.host_shard_info(), num_epochs=num_epochs,
                             feature_converter=model.feature_converter(pack))
 
-  train_ds = dataset(train_dataset)
+  if evaluation.steps:
+    # Else an empty eval split is found only at the first evaluation, after training steps.
+    eval_dataset = _eval_dataset(train_dataset, evaluation)
+    pipeline.check_not_empty(eval_dataset.mixture_or_task_name, eval_dataset.split,
+                             eval_dataset.task_feature_lengths,
+                             shard_info=pipeline.host_shard_info(), seed=eval_dataset.seed,
+                             use_cached=eval_dataset.use_cached)
+  train_ds = dataset(train_dataset)  # Raises EmptyDatasetError if the train split is empty.
   iterator = pipeline.DatasetIterator(train_ds)
   input_shapes = {k: (train_dataset.batch_size,) + tuple(v.shape[1:])
                   for k, v in train_ds.element_spec.items()}
