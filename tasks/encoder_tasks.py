@@ -31,6 +31,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5x_lite.data.text import as_text
 from t5x_lite.tasks import glue
 from t5x_lite.tasks import glue_metrics as gm
 from t5x_lite.tasks import labels
@@ -196,8 +197,7 @@ def squad_example(x: Mapping[str, tf.Tensor], vocabulary: seqio.Vocabulary,
 def squad_postprocess(output, example=None, is_target: bool = False):
   """Targets become every answer of the example (SQuAD scores the best match)."""
   if is_target and example is not None:
-    return [a.decode("utf-8") if isinstance(a, bytes) else str(a)
-            for a in np.asarray(example["answers"]).tolist()]
+    return [as_text(a, errors="strict") for a in np.asarray(example["answers"]).tolist()]
   return output
 
 

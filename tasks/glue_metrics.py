@@ -28,16 +28,13 @@ import numpy as np
 import scipy.stats
 from sklearn import metrics as sk
 
+from t5x_lite.data.text import as_text
 from t5x_lite.tasks import metrics as text_metrics
 
 FALSE_TRUE = ("False", "True")
 # An MNLI-trained model's labels on a two-class (RTE-format) diagnostic: neutral and
 # contradiction are both "not_entailment", as SuperGLUE collapses them.
 _NOT_ENTAILMENT_ALIASES = ("neutral", "contradiction")
-
-
-def _text(value) -> str:
-  return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 # ------------------------------------------------------------------ postprocessors ---
@@ -48,14 +45,14 @@ def string_label_to_class_id(string_label, label_classes: Sequence[str], example
   """Label string -> its index in `label_classes`; -1 when it is not a label."""
   del example, is_target
   try:
-    return list(label_classes).index(_text(string_label).strip())
+    return list(label_classes).index(as_text(string_label).strip())
   except ValueError:
     return -1
 
 
 def entailment_class_id(string_label, example=None, is_target: bool = False) -> int:
   """RTE-format diagnostics: 0 entailment, 1 not_entailment (also neutral/contradiction)."""
-  label = _text(string_label).strip()
+  label = as_text(string_label).strip()
   if label in _NOT_ENTAILMENT_ALIASES:
     label = "not_entailment"
   return string_label_to_class_id(label, ("entailment", "not_entailment"), example, is_target)
@@ -66,7 +63,7 @@ def string_to_float(string, example=None, is_target: bool = False,
   """STS-B: the score a string spells; `default` (T5: -1) when it is not a number."""
   del example, is_target
   try:
-    return float(_text(string))
+    return float(as_text(string))
   except ValueError:
     return default
 
@@ -82,9 +79,9 @@ def multirc(string_label, example=None, is_target: bool = False) -> Dict[str, An
 def record(answer, example=None, is_target: bool = False) -> Dict[str, Any]:
   """Targets: {"value": all gold answers, "group": (passage, query)}; else the answer."""
   if is_target:
-    return {"value": [_text(a) for a in example["answers"]],
+    return {"value": [as_text(a) for a in example["answers"]],
             "group": (int(example["idx/passage"]), int(example["idx/query"]))}
-  return {"value": _text(answer)}
+  return {"value": as_text(answer)}
 
 
 def axg(string_label, example=None, is_target: bool = False) -> Dict[str, Any]:
@@ -101,7 +98,7 @@ _DETERMINERS = frozenset((
 
 
 def _without_determiners(text: str) -> str:
-  return " ".join(w for w in _text(text).strip().lower().split(" ") if w not in _DETERMINERS)
+  return " ".join(w for w in as_text(text).strip().lower().split(" ") if w not in _DETERMINERS)
 
 
 def wsc_simple(prediction, example=None, is_target: bool = False) -> int:

@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import seqio
 import tensorflow as tf
 
+from t5x_lite.data.text import as_text
 from t5x_lite.tasks import metrics
 from t5x_lite.tasks import vocab
 
@@ -302,9 +303,7 @@ def extract_answer(text: Any, example: Optional[Mapping[str, Any]] = None,
   the bare answer. Text without the marker is returned stripped.
   """
   del example, is_target
-  if isinstance(text, bytes):
-    text = text.decode("utf-8", errors="replace")
-  text = text.strip()
+  text = as_text(text).strip()
   if ANSWER_MARKER in text:
     text = text.rsplit(ANSWER_MARKER, 1)[1].strip()
     if text.endswith("."):

@@ -35,6 +35,8 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Union
 
 from rouge_score import rouge_scorer
 
+from t5x_lite.data.text import as_text
+
 # One scorer for the whole process: building it loads the Porter stemmer tables.
 _ROUGE_L = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 _PUNCTUATION = frozenset(string.punctuation)
@@ -111,8 +113,7 @@ def references_of(target: Target) -> List[str]:
     target = target["references"]
   if isinstance(target, (str, bytes)):
     target = [target]
-  return [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
-          for t in target]
+  return [as_text(t) for t in target]
 
 
 def compute_metrics(predictions: Sequence[str],
@@ -165,8 +166,7 @@ def superni_metrics(targets: Sequence[Target],
     "{metric}_for_{task}" for every category and task present in `targets`.
   """
   refs = [references_of(t) for t in targets]
-  preds = [p.decode("utf-8", errors="replace") if isinstance(p, bytes) else p
-           for p in predictions]
+  preds = [as_text(p) for p in predictions]
   results = compute_metrics(preds, refs)
   dict_targets = [t for t in targets if isinstance(t, Mapping)]
   if len(dict_targets) == len(targets) and targets:

@@ -70,6 +70,7 @@ from etils import epath
 import seqio
 import tensorflow as tf
 
+from t5x_lite.data.text import as_text
 from t5x_lite.tasks import metrics
 from t5x_lite.tasks import vocab
 
@@ -282,7 +283,7 @@ def read_task_names(path: str) -> List[str]:
         f"SuperNI split file {path} does not exist: is superni_options.data_dir "
         f"(or {DATA_DIR_ENV}) the root of a natural-instructions clone, and "
         "superni_options.split a directory under splits/?")
-  lines = epath.Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+  lines = as_text(epath.Path(path).read_bytes()).splitlines()
   return [line.strip() for line in lines if line.strip()]
 
 
@@ -299,9 +300,9 @@ def read_task_file(path: str) -> Dict[str, Any]:
                             "listed in the split file)")
   raw = epath.Path(path).read_bytes()
   try:
-    text = raw.decode("utf-8")
+    text = as_text(raw, errors="strict")
   except UnicodeDecodeError:
-    text = raw.decode("utf-8", errors="replace")
+    text = as_text(raw)
     logger.warning("%s: non-UTF-8 bytes replaced by U+FFFD", path)
   try:
     data = json.loads(text)
@@ -501,7 +502,7 @@ def _as_str(value: Any) -> str:
     value = value.numpy()
   if hasattr(value, "item") and not isinstance(value, (bytes, str)):
     value = value.item()
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+  return as_text(value, errors="strict")
 
 
 def superni_postprocess(output: Any, example: Optional[Mapping[str, Any]] = None,

@@ -46,6 +46,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5x_lite.data.text import as_text
 from t5x_lite.tasks import labels
 from t5x_lite.tasks import metrics
 from t5x_lite.tasks import superni
@@ -155,8 +156,7 @@ def fit_pair(dataset: tf.data.Dataset, sequence_length=None, eos_id: int = 1,
 
 
 def _as_str(value: Any) -> str:
-  value = value.item() if isinstance(value, np.ndarray) else value
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+  return as_text(value.item() if isinstance(value, np.ndarray) else value, errors="strict")
 
 
 def comparison_postprocess(output: Any, example: Optional[Mapping[str, Any]] = None,

@@ -20,6 +20,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite.data import pipeline
+from t5x_lite.data.text import as_text
 from t5x_lite.model import model_interface
 from t5x_lite.parallel import partitioning
 
@@ -127,15 +128,6 @@ def sampling_seed(model) -> int:
 def make_score_fn(model: model_interface.Model):
   """fn(params, batch) -> [B] summed target log-likelihood (jitted)."""
   return jax.jit(model.score_batch)
-
-
-def as_text(value, errors: str = "replace") -> str:
-  """`value` as text: bytes (tf.string values, file contents) decoded as UTF-8, others str().
-
-  Args:
-    errors: what undecodable bytes become ("replace": U+FFFD; "strict": UnicodeDecodeError).
-  """
-  return value.decode("utf-8", errors=errors) if isinstance(value, bytes) else str(value)
 
 
 def flatten_metrics(all_metrics: Mapping[str, Mapping[str, object]]) -> dict:

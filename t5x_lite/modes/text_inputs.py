@@ -14,7 +14,7 @@ from etils import epath
 import seqio
 import tensorflow as tf
 
-from t5x_lite.modes import prediction
+from t5x_lite.data.text import as_text
 
 # The task of texts given directly (INFER_INPUT_FILE, t5x_lite.modes.predict): its name goes
 # into each text's sampling key (prediction.example_keys), so a text samples alike in both.
@@ -42,7 +42,7 @@ def read_inputs(path: str) -> List[str]:
     raise ValueError(f"INFER_INPUT_FILE={path!r}: name a .txt (one input per line), .tsv "
                      "(an 'inputs' column or the first) or .jsonl (an \"inputs\" field) file.")
   try:
-    text = prediction.as_text(file.read_bytes(), errors="strict")
+    text = as_text(file.read_bytes(), errors="strict")
   except UnicodeDecodeError as e:
     raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
   # Only "\n" ends a line (str.splitlines would also split at characters inside a text).
