@@ -84,6 +84,25 @@ def test_train_and_decode_steps_compile_for_v5e_2x2(devices):
   assert params + tokens <= decode.argument_bytes <= 1.02 * (params + tokens)
   assert decode.alias_bytes == 0 and decode.flops > 0
 
+  # One decoded token (greedy: 8 rows) on the KV cache, the cache donated. Per chip (rows over
+  # 'data', heads over 'model'): self keys and values [4, 2, 16, 64] and cross [4, 2, 32, 64],
+  # float32, the head dim of 64 padded to TPU's 128 lanes (twice the unpadded bytes), and the
+  # scalar cache index.
+  (token,) = compile_lib.compile_steps(model, None, partitioner, batch, inputs, targets,
+                                       steps=("decode_token",))
+  cache = 2 * (4 * 2 * targets * 128 + 4 * 2 * inputs * 128) * 4
+  assert cache <= token.alias_bytes <= cache + 1024
+  # Fresh outputs: the logits, float32 [4, 256] per chip (rows over 'data'), and a scalar.
+  assert 4 * 256 * 4 <= token.output_bytes - token.alias_bytes <= 4 * 256 * 4 + 512
+  # All parameters stay resident (the encoder's too), with the cache and the token arrays.
+  assert params + cache <= token.argument_bytes <= 1.01 * (params + cache)
+  # The model's matmul FLOPs are 98.3% of XLA's (which adds softmax and norms).
+  assert token.model_flops == compile_lib.decode_token_flops(cfg, batch, inputs, targets) / 4
+  assert 0.95 < token.model_flops / token.flops < 1.0, (token.model_flops, token.flops)
+  # Reading the decoder's parameters and the cache from HBM bounds the step, not FLOPs.
+  assert cache < token.min_hbm_bytes < token.argument_bytes
+  assert token.roofline_seconds == token.min_hbm_bytes / 819e9 > token.flops / 197e12
+
 
 def test_mesh_that_does_not_match_the_chip_count_is_one_line(devices):
   with pytest.raises(compile_lib.ConfigError) as e:
@@ -117,6 +136,11 @@ def test_model_flops_of_one_layer_pair_by_hand():
   cross_kv = li * 2 * 2 * 10 * hd
   logits = lt * 2 * 10 * 100
   assert compile_lib.train_step_flops(cfg, b, li, lt) == 3 * b * (enc + dec + cross_kv + logits)
+  # One decoded token per row (batch x beams): the decoder on one token, its self-attention
+  # over the whole cache; cross keys/values come from the cache.
+  cache = 7
+  token = 2 * (6 * 10 * hd + 2 * 10 * 20) + 4 * cache * hd + 4 * li * hd + 2 * 10 * 100
+  assert compile_lib.decode_token_flops(cfg, 8, li, cache) == 8 * token
 
 
 def test_pallas_attention_for_tpu_stops_before_lowering_with_the_reason(devices):

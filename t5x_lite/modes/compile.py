@@ -5,7 +5,9 @@ compile a sharded program for it on a CPU host. This builds the sharded train st
 decode step) of a model for the named topology, compiles them, and prints per chip: XLA's
 argument, output, temporary and total bytes against the chip's HBM, XLA's FLOPs
 (`cost_analysis()`), the step time at the chip's peak FLOP/s (a roofline bound), and the MFU a
-run could at most reach at that step time.
+run could at most reach at that step time. The `decode_token` step is one decoded token (the
+decoder on the KV cache, donated): its arguments are the parameters and the cache, and its
+roofline also reads them once from HBM at the chip's bandwidth.
 
   python -m t5x_lite.main --run_mode=compile --gin_file=models/t5_1_1/xxl.gin \
       --gin_file=runs/compile.gin --gin.TOPOLOGY=v5e:16x16 --gin.BATCH_SIZE=256 \
@@ -21,6 +23,7 @@ are libtpu's: `v4:4x4x8` (v4-256: 128 chips), `v5e:16x16` (v5e-256), `v5p:4x4x8`
 
 import dataclasses
 import importlib.util
+import math
 import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -32,23 +35,24 @@ GiB = 1024 ** 3
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-  """One TPU chip: the HBM a program may use and the peak dense bf16 FLOP/s.
+  """One TPU chip: the HBM a program may use, the peak dense bf16 FLOP/s and HBM bytes/s.
 
   hbm_bytes is what XLA lets one program use (less than the nominal 16/32/95 GiB): the
-  "available HBM" of its RESOURCE_EXHAUSTED message, libtpu 0.0.42.1. Peak FLOP/s from Google
-  Cloud's TPU system-architecture pages.
+  "available HBM" of its RESOURCE_EXHAUSTED message, libtpu 0.0.42.1. Peak FLOP/s and HBM
+  bandwidth from Google Cloud's TPU system-architecture pages.
   """
   name: str
   hbm_bytes: int
   peak_flops: float
+  hbm_bandwidth: float  # bytes/s
 
 
 # By jax's device_kind.
 CHIPS = {
-    "TPU v4": Chip("v4", int(30.75 * GiB), 275e12),
-    "TPU v5 lite": Chip("v5e", int(15.75 * GiB), 197e12),
-    "TPU v5": Chip("v5p", int(95.74 * GiB), 459e12),
-    "TPU v6 lite": Chip("v6e", int(31.25 * GiB), 918e12),
+    "TPU v4": Chip("v4", int(30.75 * GiB), 275e12, 1200e9),
+    "TPU v5 lite": Chip("v5e", int(15.75 * GiB), 197e12, 819e9),
+    "TPU v5": Chip("v5p", int(95.74 * GiB), 459e12, 2765e9),
+    "TPU v6 lite": Chip("v6e", int(31.25 * GiB), 918e12, 1640e9),
 }
 
 
@@ -106,6 +110,15 @@ def chip_of(device) -> Chip:
                       "t5x_lite.modes.compile.CHIPS.") from None
 
 
+def _decoder_token_flops(config, inputs: int, targets: int) -> float:
+  """Forward FLOPs of one decoder token: self q,k,v,o + cross q,o + MLP per layer, attention
+  over `targets` self keys and `inputs` cross keys, and the output layer."""
+  hd = config.num_heads * config.d_kv
+  mlp = (3 if config.feed_forward == "gated-gelu" else 2) * config.d_model * config.d_ff
+  per_layer = 2 * (6 * config.d_model * hd + mlp) + 4 * targets * hd + 4 * inputs * hd
+  return config.num_decoder_layers * per_layer + 2 * config.d_model * config.vocab_size
+
+
 def train_step_flops(config, batch: int, inputs: int, targets: int) -> float:
   """Model FLOPs of one train step (forward + backward = 3x forward), all chips together.
 
@@ -116,13 +129,18 @@ def train_step_flops(config, batch: int, inputs: int, targets: int) -> float:
   hd = config.num_heads * config.d_kv
   mlp = (3 if config.feed_forward == "gated-gelu" else 2) * config.d_model * config.d_ff
   enc_token = config.num_encoder_layers * (2 * (4 * config.d_model * hd + mlp) + 4 * inputs * hd)
-  # Decoder: self q,k,v,o + cross q,o per target token; cross k,v on every encoder token.
-  dec_token = config.num_decoder_layers * (2 * (6 * config.d_model * hd + mlp)
-                                           + 4 * targets * hd + 4 * inputs * hd)
+  # Cross-attention keys/values: once per encoder token and decoder layer.
   cross_kv = config.num_decoder_layers * 2 * 2 * config.d_model * hd
-  logits = 2 * config.d_model * config.vocab_size
-  forward = batch * (inputs * (enc_token + cross_kv) + targets * (dec_token + logits))
+  forward = batch * (inputs * (enc_token + cross_kv)
+                     + targets * _decoder_token_flops(config, inputs, targets))
   return 3.0 * forward
+
+
+def decode_token_flops(config, rows: int, inputs: int, cache_length: int) -> float:
+  """Model FLOPs of one decoded token for `rows` sequences (batch x beams), all chips: the
+  decoder's forward on one token per row, its self-attention over the whole cache
+  (`cache_length` keys: the xla impl reads every slot, the mask hides the empty ones)."""
+  return float(rows * _decoder_token_flops(config, inputs, cache_length))
 
 
 @dataclasses.dataclass
@@ -139,6 +157,9 @@ class StepReport:
   bytes_accessed: float    # XLA's, per chip
   compile_seconds: float
   model_flops: Optional[float] = None  # per chip
+  # Bytes each chip must read from HBM per step (decode_token: its parameters and cache), for
+  # a bandwidth bound on the step time; None: FLOPs only.
+  min_hbm_bytes: Optional[int] = None
 
   @property
   def total_bytes(self) -> int:
@@ -156,10 +177,20 @@ class StepReport:
     return self.model_flops is not None and self.flops < self.model_flops
 
   @property
-  def roofline_seconds(self) -> float:
+  def flops_seconds(self) -> float:
     """Step time at the chip's peak FLOP/s, for XLA's FLOPs (the model's where XLA counted a
     loop body once and so reports fewer)."""
     return max(self.flops, self.model_flops or 0.0) / self.chip.peak_flops
+
+  @property
+  def hbm_seconds(self) -> float:
+    """Time to read min_hbm_bytes once at the chip's HBM bandwidth (0 without them)."""
+    return (self.min_hbm_bytes or 0) / self.chip.hbm_bandwidth
+
+  @property
+  def roofline_seconds(self) -> float:
+    """The step can be no faster than its FLOPs at peak nor its HBM reads at full bandwidth."""
+    return max(self.flops_seconds, self.hbm_seconds)
 
   @property
   def max_mfu(self) -> Optional[float]:
@@ -184,14 +215,23 @@ class StepReport:
               if self.loop_undercounted or self.model_flops is None else "")]
     if self.model_flops is not None:
       source = "the model's FLOPs" if self.loop_undercounted else "XLA's FLOPs"
-      out += [f"  model FLOPs {self.model_flops:.4g}",
-              f"  roofline step time {self.roofline_seconds * 1e3:.2f} ms ({source} at "
-              f"{self.chip.peak_flops / 1e12:.0f} TFLOP/s): MFU at most "
-              f"{100 * self.max_mfu:.1f}%"]
+      out.append(f"  model FLOPs {self.model_flops:.4g}")
+      if self.min_hbm_bytes is not None:
+        bound = "HBM" if self.hbm_seconds > self.flops_seconds else "FLOPs"
+        out.append(f"  roofline {self.roofline_seconds * 1e3:.3f} ms per token ({bound}-bound: "
+                   f"{g(self.min_hbm_bytes)} of parameters and cache at "
+                   f"{self.chip.hbm_bandwidth / 1e9:.0f} GB/s take {self.hbm_seconds * 1e3:.3f} "
+                   f"ms, {source} at {self.chip.peak_flops / 1e12:.0f} TFLOP/s "
+                   f"{self.flops_seconds * 1e3:.3f} ms): MFU at most {100 * self.max_mfu:.1f}%")
+      else:
+        out.append(f"  roofline step time {self.roofline_seconds * 1e3:.2f} ms ({source} at "
+                   f"{self.chip.peak_flops / 1e12:.0f} TFLOP/s): MFU at most "
+                   f"{100 * self.max_mfu:.1f}%")
     return out
 
 
-def _report(name, compiled, devices, seconds, model_flops=None) -> StepReport:
+def _report(name, compiled, devices, seconds, model_flops=None,
+            min_hbm_bytes=None) -> StepReport:
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -200,7 +240,7 @@ def _report(name, compiled, devices, seconds, model_flops=None) -> StepReport:
       argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
       alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
       flops=float(cost.get("flops", 0.0)), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-      compile_seconds=seconds, model_flops=model_flops)
+      compile_seconds=seconds, model_flops=model_flops, min_hbm_bytes=min_hbm_bytes)
 
 
 def _with_sharding(abstract, shardings):
@@ -269,6 +309,87 @@ def compile_decode_step(model, partitioner, batch: int, inputs: int, targets: in
   return compiled, time.perf_counter() - start
 
 
+def _decode_rows(model) -> int:
+  """Decoder rows per input: beams (beam search) or samples (num_decodes)."""
+  settings = model.decoding
+  if settings.method == "beam":
+    return settings.num_beams or max(settings.num_decodes, 4)
+  return settings.num_decodes
+
+
+def compile_decode_token_step(model, partitioner, batch: int, inputs: int, targets: int):
+  """(jax Compiled, seconds): one decoded token, as each iteration of predict_batch's loop
+  runs it: the decoder on one token per row [batch x beams, 1] against the KV cache (self
+  keys/values for `targets` positions per row, cross keys/values once per input), giving the
+  logits and the updated cache. The cache is donated (updated in place, as in the loop) and
+  sharded by the rules' activation axes (batch over the data axes, heads over 'model'), as
+  the model's constraints shard it inside predict_batch; beam search also reorders the
+  self-attention rows (decoding.gather_cache_rows) each step."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from t5x_lite.model import decoding  # pylint: disable=g-import-not-at-top
+  config, module = model.config, model.module
+  copies = _decode_rows(model)
+  beam = model.decoding.method == "beam"
+  shapes = {"encoder_input_tokens": (batch, inputs), "decoder_input_tokens": (batch, targets)}
+  boxed = jax.eval_shape(lambda r: model.init(r, shapes), jax.random.PRNGKey(0))
+  params = _with_sharding(nn.unbox(boxed), partitioner.param_shardings(boxed))
+  tokens_spec = jax.ShapeDtypeStruct((batch, inputs), jnp.int32,
+                                     sharding=partitioner.batch_sharding())
+
+  def encoded(rows):
+    # Read only for its shape: the cross-attention keys/values are in the cache.
+    return jnp.zeros((rows, inputs, config.d_model), config.dtype)
+
+  cache = jax.eval_shape(
+      lambda p, t: decoding.init_cache(module, p, encoded(batch), t, targets, copies),
+      params, tokens_spec)
+  heads = ("activation_batch", "activation_heads", "activation_length", "activation_kv")
+
+  def cache_sharding(x):
+    if x.ndim < len(heads):  # cache_index
+      return partitioner.sharding(jax.sharding.PartitionSpec())
+    return partitioner.logical_sharding((None,) * (x.ndim - len(heads)) + heads)
+
+  cache_shardings = jax.tree_util.tree_map(cache_sharding, cache)
+  cache = _with_sharding(cache, cache_shardings)
+  rows = batch * copies
+  rows_sharding = partitioner.batch_sharding()
+  step_spec = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=rows_sharding)
+  order_spec = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=rows_sharding)
+
+  def token_step(params, cache, encoder_input_tokens, tokens, order):
+    if beam:
+      cache = decoding.gather_cache_rows(cache, order, config.scan_layers)
+    step = decoding.make_tokens_to_logits(module, params, encoded(batch), encoder_input_tokens)
+    return step(tokens, cache)
+
+  start = time.perf_counter()
+  with partitioner.context():
+    # keep_unused: the encoder's parameters stay in HBM while decoding, unread by this step.
+    compiled = jax.jit(token_step, out_shardings=(rows_sharding, cache_shardings),
+                       donate_argnums=(1,), keep_unused=True).lower(
+                           params, cache, tokens_spec, step_spec, order_spec).compile()
+  return compiled, time.perf_counter() - start
+
+
+def unread_bytes_per_chip(model, partitioner, batch: int, inputs: int, targets: int) -> int:
+  """Bytes per chip of what a decoded token does not read: the encoder's parameters (the
+  embedding is shared with the decoder) and the token arrays (unpadded)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  shapes = {"encoder_input_tokens": (batch, inputs), "decoder_input_tokens": (batch, targets)}
+  boxed = jax.eval_shape(lambda r: model.init(r, shapes), jax.random.PRNGKey(0))
+  total = 0
+  for (path, x), sharding in zip(jax.tree_util.tree_leaves_with_path(nn.unbox(boxed)),
+                                 jax.tree_util.tree_leaves(partitioner.param_shardings(boxed))):
+    if any(getattr(k, "key", None) == "encoder" for k in path):
+      total += math.prod(sharding.shard_shape(x.shape)) * x.dtype.itemsize
+  rows = batch * _decode_rows(model)
+  return total + 4 * (batch * inputs + 2 * rows) // partitioner.data_parallel_size
+
+
 def check_model(config) -> None:
   """Settings that cannot compile for TPU, as one line before any tracing."""
   if config.attention_impl == "pallas":
@@ -300,14 +421,15 @@ def compile_or_none(name, compile_fn, *args):
     return None, f"{name} step does NOT fit: {str(e).splitlines()[0]}"
 
 
-STEPS = ("train", "decode")
+STEPS = ("train", "decode", "decode_token")
+DEFAULT_STEPS = ("train", "decode")
 
 
 def compile_steps(model, optimizer, partitioner, batch: int, inputs: int, targets: int,
                   steps: Sequence[str] = ("train",), pack: bool = True,
                   num_microbatches: int = 1) -> list:
-  """Compiles the requested steps ("train", "decode") on the partitioner's mesh: a StepReport
-  each, or the line saying why XLA found that it does not fit in HBM."""
+  """Compiles the requested steps ("train", "decode", "decode_token") on the partitioner's
+  mesh: a StepReport each, or the line saying why XLA found that it does not fit in HBM."""
   devices = list(partitioner.mesh.devices.flat)
   reports = []
   if "train" in steps:
@@ -321,12 +443,23 @@ def compile_steps(model, optimizer, partitioner, batch: int, inputs: int, target
     compiled, seconds = compile_or_none("decode", compile_decode_step, model, partitioner,
                                          batch, inputs, targets)
     reports.append(seconds if compiled is None else _report("decode", compiled, devices, seconds))
+  if "decode_token" in steps:
+    compiled, seconds = compile_or_none("decode_token", compile_decode_token_step, model,
+                                         partitioner, batch, inputs, targets)
+    rows = batch * _decode_rows(model)
+    flops = decode_token_flops(model.config, rows, inputs, targets) / len(devices)
+    # The decoder's parameters and the whole cache are read once per token: the arguments
+    # less the encoder and the tokens.
+    unread = unread_bytes_per_chip(model, partitioner, batch, inputs, targets)
+    reports.append(seconds if compiled is None else _report(
+        "decode_token", compiled, devices, seconds, flops,
+        min_hbm_bytes=compiled.memory_analysis().argument_size_in_bytes - unread))
   return reports
 
 
 def compile_for_topology(topology: str, model, optimizer, partitioner: Callable[..., Any],
                          batch_size: int, task_feature_lengths: Mapping[str, int],
-                         steps: Sequence[str] = STEPS, pack: bool = True,
+                         steps: Sequence[str] = DEFAULT_STEPS, pack: bool = True,
                          num_microbatches: int = 1, num_slices: int = 1,
                          print_fn: Callable[[str], None] = print) -> list:
   """The run mode: compiles the model's steps for `topology` and prints XLA's per-chip figures.
@@ -342,7 +475,8 @@ def compile_for_topology(topology: str, model, optimizer, partitioner: Callable[
       topology's devices.
     batch_size: rows of the global batch (gin BATCH_SIZE).
     task_feature_lengths: {'inputs': encoder length, 'targets': decoder length}.
-    steps: which of "train" and "decode" to compile.
+    steps: which of "train", "decode" (predict_batch: encoder and the whole decoding loop)
+      and "decode_token" (one decoded token on the KV cache) to compile.
     pack: train batches with segment ids and positions (packed, as the train run feeds them).
     num_microbatches: the training run's train.num_microbatches.
     num_slices: slices of the topology (multi-slice, over DCN).
@@ -357,7 +491,7 @@ def compile_for_topology(topology: str, model, optimizer, partitioner: Callable[
   """
   unknown = [s for s in steps if s not in STEPS]
   if unknown or not steps:
-    raise ConfigError(f"compile.steps={tuple(steps)!r}: use one or both of {STEPS}.")
+    raise ConfigError(f"compile.steps={tuple(steps)!r}: use one or more of {STEPS}.")
   if not {"inputs", "targets"} <= set(task_feature_lengths):
     raise ConfigError(f"TASK_FEATURE_LENGTHS={dict(task_feature_lengths)!r} needs 'inputs' and "
                       "'targets' (the encoder and decoder lengths to compile for).")
