@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 from t5x_lite.config import gin_utils
 from t5x_lite.parallel import distributed
+from t5x_lite.parallel import supervisor
 from t5x_lite.runtime import logs
 from t5x_lite.runtime import xla_flags
 
@@ -163,6 +164,12 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
   """
   entry = argv is None
   argv = sys.argv[1:] if argv is None else list(argv)
+  if entry:  # several processes: the work runs in a child (see parallel/supervisor.py)
+    flags, _ = parse_flags(argv)
+    status = supervisor.supervise(argv, bool(flags.coordinator_address or flags.multiprocess)
+                                  and flags.num_processes != 1)
+    if status is not None:
+      return status
   try:
     main(argv)
   except Exception as e:  # pylint: disable=broad-except

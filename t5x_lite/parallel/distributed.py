@@ -21,7 +21,9 @@ Limits: stamps are written by a Python thread, so a process stuck for longer tha
 timeout in a call that holds the GIL looks lost (raise --heartbeat_timeout_seconds on a
 heavily loaded machine). Stamps go through the coordinator (process 0), whose own loss
 cannot be caught this way: the survivors' clients abort at once when its service goes away
-(their error-polling RPC fails), before any Python code runs.
+(their error-polling RPC fails), before any Python code runs. So a multi-process run works in
+a child process, and its parent (supervisor.py) reports that loss in the same form; the child
+tells it the run's processes and MODEL_DIR through `supervisor_info_path`.
 """
 
 import atexit
@@ -73,10 +75,15 @@ def resume_hint(run_mode: str, model_dir: Optional[str]) -> str:
           f"{run_dir.root}).")
 
 
-def _release_run_lock(model_dir: Optional[str]) -> None:
-  """Removes MODEL_DIR/lock.json if this process holds it: a rerun elsewhere need not wait.
+def release_run_lock(model_dir: Optional[str], pid: Optional[int] = None) -> None:
+  """Removes MODEL_DIR/lock.json if process `pid` of this host holds it: a rerun need not wait.
 
-  The watchdog exits with os._exit, past the `finally` that releases the lock normally.
+  The watchdog exits with os._exit, past the `finally` that releases the lock normally; a
+  supervising parent releases the lock of its child that aborted.
+
+  Args:
+    model_dir: MODEL_DIR, or None.
+    pid: the holder to release for; this process by default.
   """
   if not model_dir:
     return
@@ -85,7 +92,8 @@ def _release_run_lock(model_dir: Optional[str]) -> None:
   try:
     path = epath.Path(RunDir(model_dir).lock)
     holder = json.loads(path.read_text())
-    if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+    owner = os.getpid() if pid is None else pid
+    if holder.get("pid") == owner and holder.get("host") == socket.gethostname():
       path.unlink()
   except Exception:  # pylint: disable=broad-except  (no lock, or not ours: leave it)
     pass
@@ -106,15 +114,17 @@ class PeerWatchdog:
     timeout_s: seconds without a new heartbeat after which a process is lost.
     hint: returns the sentence about rerunning (called once, when a process is lost).
     on_lost: called with the message line instead of printing it and exiting (tests).
+    on_beat: called after each heartbeat, from the watchdog's thread.
   """
 
   def __init__(self, client, process_id: int, num_processes: int, timeout_s: float,
-               hint: Callable[[], str], on_lost: Optional[Callable[[str], None]] = None):
+               hint: Callable[[], str], on_lost: Optional[Callable[[str], None]] = None,
+               on_beat: Optional[Callable[[], None]] = None):
     self._client = client
     self._process_id, self._num_processes = process_id, num_processes
     self._timeout_s = float(timeout_s)
     self._interval_s = max(self._timeout_s / 5, 0.1)
-    self._hint, self._on_lost = hint, on_lost
+    self._hint, self._on_lost, self._on_beat = hint, on_lost, on_beat
     now = time.monotonic()
     peers = [p for p in range(num_processes) if p != process_id]
     self._last_change: Dict[int, float] = {p: now for p in peers}
@@ -190,6 +200,8 @@ class PeerWatchdog:
         self._unanswered_since = None
         if not self._stop.is_set():
           self._check(entries, time.monotonic())
+      if self._on_beat is not None:
+        self._on_beat()
       if self._stop.wait(self._interval_s):
         return
 
@@ -238,6 +250,39 @@ class PeerWatchdog:
 
 
 _watchdog: Optional[PeerWatchdog] = None
+# Set by supervisor.py in a supervised child: where to tell the parent the run's processes.
+supervisor_info_path: Optional[str] = None
+
+
+def _supervisor_note(state, heartbeat_timeout_seconds: float, run_mode: str,
+                     model_dir: Callable[[], Optional[str]]) -> Callable[[], None]:
+  """Returns a function that writes what the parent needs to report the coordinator's loss.
+
+  MODEL_DIR is known once gin is parsed, after jax.distributed starts: the watchdog calls the
+  function after each heartbeat, and the file is rewritten when MODEL_DIR changes.
+  """
+  written = []
+
+  def note() -> None:
+    try:
+      directory = model_dir()
+    except Exception:  # pylint: disable=broad-except  (gin is being parsed: next beat)
+      return
+    if written == [directory]:
+      return
+    info = {"process_id": state.process_id, "num_processes": state.num_processes,
+            "coordinator_address": state.coordinator_address,
+            "heartbeat_timeout_seconds": heartbeat_timeout_seconds, "run_mode": run_mode,
+            "model_dir": directory}
+    try:
+      with open(supervisor_info_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(info, f)
+      os.replace(supervisor_info_path + ".tmp", supervisor_info_path)
+    except OSError as e:
+      log.warning("Cannot write %s for the supervising process: %s", supervisor_info_path, e)
+    written[:] = [directory]
+
+  return note
 
 
 def _jax_state():
@@ -287,11 +332,15 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   def hint() -> str:
     directory = model_dir()
     text = resume_hint(run_mode, directory)
-    _release_run_lock(directory)
+    release_run_lock(directory)
     return text
 
+  on_beat = None
+  if supervisor_info_path:
+    on_beat = _supervisor_note(state, heartbeat_timeout_seconds, run_mode, model_dir)
+    on_beat()
   _watchdog = PeerWatchdog(client, state.process_id, state.num_processes,
-                           heartbeat_timeout_seconds, hint).start()
+                           heartbeat_timeout_seconds, hint, on_beat=on_beat).start()
   # Runs before JAX's own exit handler (atexit is last in, first out).
   atexit.register(_at_exit)
 
