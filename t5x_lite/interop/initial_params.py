@@ -9,9 +9,10 @@ and head are dropped, the model's other entries keep their fresh initialisation)
     directory: its latest step), restored with its checksums verified
     (checkpoints.restore_params), or
   - a t5x checkpoint (checkpoint_<step>/ with t5x's msgpack `checkpoint` file and TensorStore
-    arrays, t5x_lite.interop.t5x_checkpoint): all of an encoder-decoder's parameters must match the
-    model's T5Config, a head takes the encoder's; with restore_optimizer_state, t5x's
-    Adafactor statistics and step come too (t5x_train_state), so a t5x run continues, or
+    arrays, or t5x's orbax layout checkpoint_<step>/state/; t5x_lite.interop.t5x_checkpoint):
+    all of an encoder-decoder's parameters must match the model's T5Config, a head takes the
+    encoder's; with restore_optimizer_state, t5x's Adafactor statistics and step come too
+    (t5x_train_state), so a t5x run continues, or
   - a local HF transformers T5 directory (config.json + weights): a model that takes only
     the encoder's entries reads any T5 directory's encoder (T5ForConditionalGeneration,
     T5EncoderModel, T5ForTokenClassification: hf_checkpoint.load_hf_encoder); one that takes all

@@ -1,7 +1,8 @@
 """google-research/t5x checkpoints <-> t5x_lite parameters and Adafactor state.
 
-Import: `load_t5x_checkpoint(path, config)` reads a checkpoint directory that t5x's
-`checkpoints.Checkpointer` wrote (`checkpoint_<step>/`, local or gs://) and returns
+Import: `load_t5x_checkpoint(path, config)` reads a checkpoint directory that t5x wrote
+(`checkpoint_<step>/`, local or gs://: its `checkpoints.Checkpointer`'s msgpack + TensorStore
+layout or its OrbaxCheckpointManagerInterface's `state/` orbax layout) and returns
 t5x_lite params; with `with_optimizer_state=True` also t5x's Adafactor statistics as
 t5x_lite's `optimizers.AdafactorState` and the step, to go on training where t5x stopped.
 `config_from_t5x_checkpoint(path)` reads the T5Config off the arrays' shapes (t5x keeps
@@ -10,10 +11,10 @@ params, step, optimizer_state, config=...)` writes `model_dir/checkpoint_<step>/
 t5x's Checkpointer restores.
 
 Where each part lives: t5x_lite.interop.t5x_format (the checkpoint_<step>/ directory, its
-msgpack and TensorStore arrays), t5x_param_layout (t5x's parameter names and shapes against
-t5x_lite's, the T5Config a checkpoint implies) and t5x_adafactor (t5x's Adafactor statistics
-against t5x_lite's AdafactorState); this module puts them together and is where callers import
-the public names from.
+msgpack and TensorStore arrays) and t5x_orbax_format (its orbax layout), t5x_param_layout
+(t5x's parameter names and shapes against t5x_lite's, the T5Config a checkpoint implies) and
+t5x_adafactor (t5x's Adafactor statistics against t5x_lite's AdafactorState); this module puts
+them together and is where callers import the public names from.
 """
 
 from etils import epath
@@ -36,7 +37,8 @@ def load_t5x_checkpoint(path, config: network.T5Config, *, with_optimizer_state:
   """t5x_lite params (and optionally Adafactor state and step) from a t5x checkpoint.
 
   Args:
-    path: a t5x checkpoint_<step> directory (or its `checkpoint` file), local or gs://.
+    path: a t5x checkpoint_<step> directory (or its `checkpoint` file, or its orbax `state`
+      item), local or gs://.
     config: the T5Config the checkpoint must match (config_from_t5x_checkpoint reads it);
       the params come in its layout (config.scan_layers) and parameter dtype.
     with_optimizer_state: also convert t5x's Adafactor statistics.

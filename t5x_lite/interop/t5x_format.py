@@ -8,7 +8,9 @@ The format (t5x/checkpoints.py, VERSION 3): `checkpoint_<step>/checkpoint` is a 
 where each leaf is either an array in the msgpack itself or a TensorStore spec (a dict with
 "driver": "zarr" and a "kvstore" path relative to the checkpoint directory) of a zarr array
 beside it. This module reads and writes that layout in t5x's names and shapes; what they mean
-for t5x_lite is t5x_lite.interop.t5x_param_layout's and t5x_adafactor's concern.
+for t5x_lite is t5x_lite.interop.t5x_param_layout's and t5x_adafactor's concern. t5x's newer
+orbax layout (checkpoint_<step>/state/, t5x_lite.interop.t5x_orbax_format) holds the same tree
+and is read through the same functions: checkpoint_dir, read_t5x_checkpoint, read_target_shapes.
 """
 
 import copy
@@ -40,8 +42,22 @@ class T5xCheckpointError(ValueError):
 # ---------------------------------------------------------------- paths
 
 
+def _orbax_format():
+  # Imported here: t5x_orbax_format builds on this module's error and tree helpers.
+  from t5x_lite.interop import t5x_orbax_format  # pylint: disable=g-import-not-at-top
+  return t5x_orbax_format
+
+
+def _orbax_state(directory: epath.Path):
+  """The `state` item of a checkpoint_dir() in t5x's orbax layout, None in the msgpack one."""
+  if (directory / CHECKPOINT_FILE).is_file():
+    return None
+  return _orbax_format().state_item(directory)
+
+
 def checkpoint_dir(path) -> epath.Path:
-  """The `checkpoint_<step>` directory of `path` (that directory or its `checkpoint` file).
+  """The `checkpoint_<step>` directory of `path` (that directory, its `checkpoint` file or, in
+  t5x's orbax layout, its `state` item).
 
   Raises:
     T5xCheckpointError: `path` is neither; when it is a model directory holding t5x
@@ -56,17 +72,30 @@ def checkpoint_dir(path) -> epath.Path:
           f"{path} is an orbax checkpoint (it has {' or '.join(_ORBAX_FILES)}), not one in "
           "t5x's msgpack + TensorStore layout.")
     return path
+  orbax = _orbax_format()
+  item = orbax.state_item(path)
+  if item is not None:
+    names = orbax.top_level_names(item)
+    if "target" not in names:
+      raise T5xCheckpointError(
+          f"{path} is an orbax checkpoint whose tree holds {sorted(names)}, not t5x's train "
+          "state ('target', 'state'): a t5x_lite checkpoint is read as one (its step "
+          "directory MODEL_DIR/checkpoints/<step>), not as a t5x checkpoint.")
+    return item.parent
   if path.is_dir():
     steps = sorted((int(m.group(1)), child.name) for child in path.iterdir()
-                   if (m := _STEP_DIR.match(child.name)) and (child / CHECKPOINT_FILE).exists())
+                   if (m := _STEP_DIR.match(child.name)) and (
+                       (child / CHECKPOINT_FILE).exists() or orbax.state_item(child)))
     if steps:
       raise T5xCheckpointError(
           f"{path} is a t5x model directory, not one checkpoint: pass one of its checkpoint "
           f"directories, e.g. {path / steps[-1][1]} (steps {[s for s, _ in steps]}).")
-    if (path / "state" / CHECKPOINT_FILE).exists():
+    if (path / orbax.STATE_ITEM / CHECKPOINT_FILE).exists():
       raise T5xCheckpointError(
-          f"{path} is a t5x checkpoint in the orbax layout (state/checkpoint); only t5x's "
-          "msgpack + TensorStore layout (a `checkpoint` file beside zarr arrays) is read.")
+          f"{path} is a checkpoint in an orbax layout this reader does not know "
+          f"({orbax.STATE_ITEM}/{CHECKPOINT_FILE} without orbax's tree metadata "
+          f"{orbax.STATE_ITEM}/_METADATA); t5x's msgpack + TensorStore layout and its orbax "
+          "layout of today (checkpoint_<step>/state/_METADATA) are read.")
   raise T5xCheckpointError(
       f"{path} is not a t5x checkpoint: t5x writes a directory checkpoint_<step>/ holding a "
       f"msgpack file `{CHECKPOINT_FILE}`, and there is none "
@@ -169,7 +198,8 @@ def read_t5x_checkpoint(path, with_optimizer_state: bool = True):
   """The raw contents of a t5x checkpoint, in t5x's names and shapes.
 
   Args:
-    path: a checkpoint_<step> directory (or its `checkpoint` file), local or gs://.
+    path: a checkpoint_<step> directory (or its `checkpoint` file), local or gs://, in the
+      msgpack + TensorStore layout or t5x's orbax one.
     with_optimizer_state: also read the optimizer statistics' arrays.
 
   Returns:
@@ -178,6 +208,9 @@ def read_t5x_checkpoint(path, with_optimizer_state: bool = True):
     state), and the step (int).
   """
   directory = checkpoint_dir(path)
+  item = _orbax_state(directory)
+  if item is not None:
+    return _orbax_format().read(item, with_optimizer_state)
   data = (directory / CHECKPOINT_FILE).read_bytes()
   if data.startswith(b"model_checkpoint_path"):
     raise T5xCheckpointError(
@@ -211,6 +244,9 @@ def read_t5x_checkpoint(path, with_optimizer_state: bool = True):
 def read_target_shapes(path) -> dict:
   """{t5x parameter path: shape} of a t5x checkpoint, from its msgpack alone (no array read)."""
   directory = checkpoint_dir(path)
+  item = _orbax_state(directory)
+  if item is not None:
+    return _orbax_format().read_target_shapes(item)
   contents = serialization.msgpack_restore((directory / CHECKPOINT_FILE).read_bytes())
   shapes = {}
   for p, leaf in flatten(contents["optimizer"]["target"]).items():
