@@ -204,6 +204,34 @@ def test_a_signal_the_child_also_got_is_not_forwarded_a_second_time():
   assert child.sent == [term, term]
 
 
+def test_sigterm_reaches_the_child_once_whether_sent_to_the_group_or_to_the_parent(tmp_path):
+  """A real parent and child: the child's signal reports reach the parent through the pipe."""
+  child = ("import os, signal, sys, time\n"
+           "from t5x_lite.parallel import supervisor\n"
+           "supervisor.supervise([], multi_process=True)\n"  # in the child: prepares it
+           "got = []\n"
+           "signal.signal(signal.SIGTERM, lambda *_: got.append(print('got', flush=True)))\n"
+           "print('ready', flush=True)\n"
+           "while len(got) < 2: time.sleep(0.01)\n"
+           "time.sleep(1.0)\n")  # a third, forwarded after all, would come in this time
+  parent = ("import sys\nfrom t5x_lite.parallel import supervisor\n"
+            "supervisor.SAME_SIGNAL_S = 0.5\n"
+            f"sys.exit(supervisor.Supervisor([], [sys.executable, '-c', {child!r}]).run())")
+  proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                          start_new_session=True, cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+  try:
+    assert proc.stdout.readline() == "ready\n"
+    os.killpg(proc.pid, signal.SIGTERM)  # both get it: not forwarded
+    assert proc.stdout.readline() == "got\n"
+    time.sleep(0.7)
+    os.kill(proc.pid, signal.SIGTERM)  # the parent only: forwarded
+    assert proc.stdout.read() == "got\n"
+    assert proc.wait(timeout=10) == 0
+  finally:
+    proc.kill()
+
+
 def _fake_child(script):
   """A program standing for the entry point's child: it reads CHILD_ENV as the child does."""
   return [sys.executable, "-c", "import json, os, sys\n"
