@@ -14,6 +14,7 @@ import functools
 import importlib.util
 import json
 import os
+import pathlib
 import shutil
 
 import jax
@@ -344,7 +345,8 @@ def test_bad_checkpoints_name_the_array_and_the_path(tmp_path):
 
 
 def test_save_and_load_on_a_bucket():
-  """gs:// through TensorStore's gcs driver (a local GCS emulator); the specs are t5x's."""
+  """gs:// through TensorStore's gcs driver (a local GCS emulator); the specs are t5x's.
+  The orbax layout too (orbax's OCDBT through the same driver)."""
   import fake_bucket  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
   config = fixture_config("examples_v1_0")
@@ -361,9 +363,21 @@ def test_save_and_load_on_a_bucket():
     assert spec["path"] == "target.token_embedder.embedding"
     loaded, loaded_state, loaded_step = t5x_checkpoint.load_t5x_checkpoint(
         written, config, with_optimizer_state=True)
+    # t5x's orbax layout on the bucket: the same state (its model and steps are this one's).
+    orbax = epath.Path(f"{bucket}/orbax/checkpoint_2")
+    for local in pathlib.Path(checkpoint(ORBAX)).rglob("*"):
+      if local.is_file():
+        remote = orbax / str(local.relative_to(checkpoint(ORBAX)))
+        remote.parent.mkdir(parents=True, exist_ok=True)
+        remote.write_bytes(local.read_bytes())
+    assert t5x_checkpoint.config_from_t5x_checkpoint(str(orbax), dropout_rate=0.0) == config
+    from_orbax = t5x_checkpoint.load_t5x_checkpoint(str(orbax), config,
+                                                    with_optimizer_state=True)
   assert loaded_step == 2
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded_state, opt_state)
+  assert from_orbax[2] == 2
+  jax.tree_util.tree_map(np.testing.assert_array_equal, from_orbax[:2], (params, opt_state))
 
 
 def test_a_full_second_moment_becomes_t5x_lites_factored_one(tmp_path):
