@@ -297,7 +297,7 @@ def _start_run(tmp_path, run, timeout_s, name):
   procs = []
   for i in range(2):
     with open(errs[i], "w", encoding="utf-8") as stderr:
-      # A session each: killing one process's group kills its supervisor and its worker.
+      # Each in its own process group: killing the group kills its supervisor and its worker.
       procs.append(subprocess.Popen(
           [sys.executable, "-m", "t5x_lite.main", *flags, f"--process_id={i}"], cwd=tmp_path,
           env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True))
