@@ -2,17 +2,21 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
 from t5x_lite import settings
-from t5x_lite.checkpointing import checkpoints, checksums
+from t5x_lite.checkpointing import checkpoints, checksums, step_record, storage
 from t5x_lite.checkpointing.run_dir import RunDir
 from t5x_lite.interop import initial_params
 from t5x_lite.model import heads, network
@@ -128,3 +132,105 @@ def test_a_head_refuses_an_initial_checkpoint_with_a_flipped_byte_naming_the_arr
       f"The checkpoint {step / 'state'} is damaged: 1 array(s) differ from the checksums saved "
       "with them: params/token_embedder/embedding. It cannot be used; the run has no other "
       "complete step.")
+
+
+# ---- the record of a step: written by orbax's background save, before the step is committed ----
+
+
+def _small_state(step):
+  rng = np.random.RandomState(step)
+  return trainer.TrainState(
+      step=jnp.int32(step),
+      params={"a": jnp.asarray(rng.randn(64, 32).astype(np.float32)),
+              "b": jnp.asarray(rng.randn(8).astype(np.float32))},
+      opt_state={"v": jnp.asarray(rng.randn(64).astype(np.float32))})
+
+
+def _abstract(state):
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def _assert_equal_trees(got, expected):
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(got)[0],
+                          jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+
+
+def test_save_returns_before_the_record_and_a_step_never_exists_without_it(tmp_path,
+                                                                          monkeypatch):
+  """The record's checksums are awaited in orbax's background save, not by save(); a save
+  that dies before the record is written (here: the wait for the checksums fails) leaves no
+  step, and the next start resumes from the step before it."""
+  run = RunDir(str(tmp_path))
+  manager = checkpoints.CheckpointManager(run, settings.CheckpointConfig(period=1))
+  first = _small_state(1)
+  manager.save(first)
+  manager.wait()
+  entered, release = threading.Event(), threading.Event()
+
+  def held(self):
+    del self
+    entered.set()
+    assert release.wait(60)
+    raise RuntimeError("the process died before the record was written")
+
+  real = checksums.PendingChecksums.result
+  monkeypatch.setattr(checksums.PendingChecksums, "result", held)
+  manager.save(_small_state(2))  # returns while the background save waits for the record
+  assert entered.wait(60)
+  assert run.checkpoint_steps() == [1] and not os.path.exists(run.checkpoint(2))
+  assert [p for p in os.listdir(run.checkpoints) if p.startswith("2.orbax-checkpoint-tmp")]
+  release.set()
+  with pytest.raises(storage.StorageError):
+    manager.wait()
+  manager.close()
+  monkeypatch.setattr(checksums.PendingChecksums, "result", real)
+  manager = checkpoints.CheckpointManager(run, settings.CheckpointConfig(period=1))
+  assert manager.all_steps() == [1] and run.checkpoint_steps() == [1]
+  restored = manager.restore(_abstract(first))
+  manager.close()
+  _assert_equal_trees(restored, first)
+
+
+def test_the_record_holds_the_checksums_of_the_state_donated_right_after_save(tmp_path):
+  """The next training step donates the saved state's buffers while the checksums may still
+  be running: the record must hold the saved values' checksums."""
+  state = _small_state(3)
+  expected = checksums.array_checksums(state)
+  run = RunDir(str(tmp_path))
+  manager = checkpoints.CheckpointManager(run, settings.CheckpointConfig(period=1))
+  manager.save(state)
+  # (XLA may decline the donation while the save still reads the buffers, and copy them.)
+  jax.jit(lambda s: jax.tree_util.tree_map(lambda x: x + 1, s), donate_argnums=0)(state)
+  manager.wait()
+  manager.close()
+  record = step_record.read_record(run.checkpoint(3))
+  assert {name: entry["checksum"] for name, entry in record["arrays"].items()} == expected
+
+
+def test_a_step_with_its_record_in_the_step_metadata_restores_and_is_checked(tmp_path):
+  """Steps saved by earlier versions hold the record in orbax's step metadata
+  (custom_metadata "t5x_lite") and no record item: they restore, and are checked."""
+  state = _small_state(4)
+  run = RunDir(str(tmp_path))
+  with ocp.CheckpointManager(epath.Path(run.checkpoints), item_names=("state", "dataset"),
+                             options=ocp.CheckpointManagerOptions(create=True)) as earlier:
+    earlier.save(4, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)),
+                 custom_metadata={"t5x_lite": step_record.make_record(state)})
+    earlier.wait_until_finished()
+  assert not os.path.exists(os.path.join(run.checkpoint(4), "record"))
+  manager = checkpoints.CheckpointManager(run, settings.CheckpointConfig(restore_fallback=False))
+  _assert_equal_trees(manager.restore(_abstract(state)), state)
+  manager.close()
+  path = checkpoints.state_path(run.checkpoint(4))
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    saved = jax.tree_util.tree_map(np.array, checkpointer.restore(path))
+    saved["params"]["a"][5, 7] += 0.5
+    shutil.rmtree(path)
+    checkpointer.save(path, saved)  # the step metadata (its record) is kept
+  with pytest.raises(checkpoints.CheckpointError) as refusal:
+    checkpoints.restore_state(path, _abstract(state))
+  assert str(refusal.value) == (
+      f"The checkpoint {path} is damaged: 1 array(s) differ from the checksums saved with "
+      "them: params/a. It cannot be used; the run has no other complete step.")

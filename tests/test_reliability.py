@@ -451,8 +451,12 @@ FLIPS = {  # kind: (damage applied to step 6, what the warning names)
     # A parameter's name in orbax's tree metadata (orbax itself cannot read it then).
     "array metadata": (lambda step: flip_text(f"{step}/state/_METADATA", '{"key": "sc'),
                        "/checkpoints/6/state (AttributeError: "),
-    "step metadata": (lambda step: flip_text(f"{step}/_CHECKPOINT_METADATA", '"checksum": "'),
-                      "the record of the step's arrays does not match its digest"),
+    "step record": (lambda step: flip_text(f"{step}/record/record.json", '"checksum": "'),
+                    "the record of the step's arrays does not match its digest"),
+    # The step metadata says the step has a record: without it the step is not taken for one
+    # saved before records (which loads unchecked).
+    "step record removed": (lambda step: os.remove(f"{step}/record/record.json"),
+                            "/checkpoints/6/record/record.json is missing"),
 }
 
 

@@ -1,11 +1,13 @@
 """A run's orbax checkpoints: atomic steps with the data position, resume past damaged steps.
 
-Layout (t5x_lite.checkpointing.run_dir): MODEL_DIR/checkpoints/<step>/ holds the two items of
-one orbax composite checkpoint: `state` (the TrainState as an orbax PyTree) and `dataset`
+Layout (t5x_lite.checkpointing.run_dir): MODEL_DIR/checkpoints/<step>/ holds the items of
+one orbax composite checkpoint: `state` (the TrainState as an orbax PyTree), `dataset`
 (every process's input-pipeline position, one file set per process, written by
-DatasetCheckpointHandler), so a resumed run continues the data order exactly. Orbax writes
-a step into <step>.orbax-checkpoint-tmp and renames it once every item of every process is
-written: a step is entirely there or not there, and pruning (`keep`) removes whole steps.
+DatasetCheckpointHandler), so a resumed run continues the data order exactly, and `record`
+(the step's record, written by RecordCheckpointHandler). Orbax writes a step into
+<step>.orbax-checkpoint-tmp and renames it once every item of every process is written: a
+step is entirely there (its record included) or not there, and pruning (`keep`) removes whole
+steps.
 
 Every step records the shape, dtype and checksum of its arrays, the checksums of its data
 files and the run's vocabulary (t5x_lite.checkpointing.step_record), and every restore checks
@@ -21,6 +23,7 @@ A save that fails (a full disk, a read-only directory) raises storage.StorageErr
 the steps already written stay intact, and the next start deletes the half-written one.
 """
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -40,9 +43,9 @@ from t5x_lite.checkpointing import storage
 from t5x_lite.checkpointing.train_state import TrainState
 from t5x_lite.checkpointing.restore import restore_state, state_path
 from t5x_lite.checkpointing.step_record import (
-    RECORD_KEY, CheckpointError, CheckpointMismatchError, check_dataset_files, check_vocabulary,
-    dataset_checksums_name, describe_error, iterator_prefix, make_record, read_record,
-    vocabulary_identity)
+    RECORD_ITEM, RECORD_KEY, RECORD_POINTER, CheckpointError, CheckpointMismatchError,
+    PendingRecord, check_dataset_files, check_vocabulary, dataset_checksums_name,
+    describe_error, iterator_prefix, read_record, start_record, vocabulary_identity, write_record)
 # Re-exported for the callers that import them from here (see the module docstring).
 from t5x_lite.checkpointing.restore import (  # pylint: disable=unused-import
     checkpoint_step, resolve_checkpoint_path, restore_model_params, restore_params)
@@ -87,6 +90,40 @@ class DatasetCheckpointHandler(ocp.CheckpointHandler):
 @dataclasses.dataclass
 class DatasetArgs(ocp.args.CheckpointArgs):
   iterator: Any  # a data.DatasetIterator
+
+
+class RecordCheckpointHandler(ocp.AsyncCheckpointHandler):
+  """The `record` item: the step's record (t5x_lite.checkpointing.step_record), record.json.
+
+  The save only starts a background future (no waiting on the training thread): it waits for
+  the record's checksums, dispatched before the save, and writes the record into the item
+  directory. Orbax commits the step (renames its temporary directory) only once every item's
+  futures are done, so a step never exists without its record.
+  """
+
+  async def _write(self, directory: epath.Path, record):
+    if isinstance(record, PendingRecord):
+      record = record.result()
+    # Every process holds the same record (global arrays); one writes it.
+    if jax.process_index() == 0:
+      write_record(directory, record)
+
+  async def async_save(self, directory: epath.Path, args: "RecordArgs"):
+    return [ocp.future.CommitFutureAwaitingContractedSignals(
+        self._write(directory, args.record), name="t5x_lite_record")]
+
+  def save(self, directory: epath.Path, args: "RecordArgs"):
+    for commit in asyncio.run(self.async_save(directory, args)):
+      commit.result()
+
+  def restore(self, directory: epath.Path, args: "RecordArgs" = None):
+    return read_record(str(epath.Path(directory).parent))
+
+
+@ocp.args.register_with_handler(RecordCheckpointHandler, for_save=True, for_restore=True)
+@dataclasses.dataclass
+class RecordArgs(ocp.args.CheckpointArgs):
+  record: Any = None  # a step_record.PendingRecord or a record (dict)
 
 
 def _all_processes(fn: Callable[[], Any], what: str):
@@ -138,7 +175,9 @@ class CheckpointManager:
         # there; created in the background, the writers would wait 5 minutes for it.
         async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     self.manager = ocp.CheckpointManager(
-        epath.Path(self.directory), item_names=(_STATE, _DATASET), options=options)
+        epath.Path(self.directory), item_names=(_STATE, _DATASET, RECORD_ITEM), options=options)
+    # Whether save() leaves the record's checksums to the background save (below).
+    self._record_in_background = jax.process_count() == 1
     self._pending_step: Optional[int] = None
 
   def latest_step(self) -> Optional[int]:
@@ -173,11 +212,18 @@ class CheckpointManager:
     items = {_STATE: ocp.args.PyTreeSave(state)}
     if dataset_iterator is not None:
       items[_DATASET] = DatasetArgs(dataset_iterator)
-    # Every process computes the same record (global arrays); orbax writes process 0's.
-    record = make_record(state, self.vocabulary, dataset=dataset_iterator is not None)
+    # Every process computes the same record (global arrays); process 0 writes it. The
+    # checksums are dispatched here, before orbax copies the arrays, and awaited by the record
+    # item's background future: the pass runs beside orbax's write, not before it. With
+    # several processes they are awaited here, each in turn (see checksums.dispatch_checksums),
+    # and the background future only writes the file.
+    record = start_record(state, self.vocabulary, dataset=dataset_iterator is not None)
+    if not self._record_in_background:
+      record = record.result()
+    items[RECORD_ITEM] = RecordArgs(record)
     with self._save_errors(step):
       saved = self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                                force=force, custom_metadata={RECORD_KEY: record})
+                                force=force, custom_metadata={RECORD_KEY: RECORD_POINTER})
     if saved:
       self._pending_step = step
     return saved

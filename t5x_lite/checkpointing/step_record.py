@@ -1,10 +1,12 @@
 """What every checkpoint step records about itself, and the checks of a step against it.
 
-Every step records, in orbax's step metadata (<step>/_CHECKPOINT_METADATA, custom_metadata
-"t5x_lite"), the shape, dtype and checksum of every array of the state
-(t5x_lite.checkpointing.checksums: computed where the arrays live, the same on every process)
-and the identity of the run's vocabulary (t5x_lite.checkpointing.vocab_identity), with a sha256
-digest of that record itself. Each process writes checksums-<its data files>.json beside its
+Every step records, in its `record` item (<step>/record/record.json, written within orbax's
+background save, before the step is committed), the shape, dtype and checksum of every array
+of the state (t5x_lite.checkpointing.checksums: computed where the arrays live, the same on
+every process) and the identity of the run's vocabulary (t5x_lite.checkpointing.vocab_identity),
+with a sha256 digest of that record itself; the step metadata (<step>/_CHECKPOINT_METADATA,
+custom_metadata "t5x_lite") says the step has one. Steps saved by earlier versions hold the
+record itself there; both restore. Each process writes checksums-<its data files>.json beside its
 input-pipeline files (sha256 of each, read back after writing). Every restore (resume, initial
 checkpoint, eval, infer, export) checks all of it: damage (a checksum, shape or file that
 differs) is a CheckpointError naming the array or file and the run's other steps; parameter
@@ -96,6 +98,11 @@ def check_finite(params, source: str) -> None:
 
 RECORD_KEY = "t5x_lite"  # the key in orbax's custom_metadata
 _STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's step metadata file, in <step>/
+RECORD_ITEM = "record"  # the step's item that holds the record: <step>/record/record.json
+RECORD_FILE = "record.json"
+# What the step metadata's custom_metadata[RECORD_KEY] holds for a step whose record is in the
+# record item: a record missing from such a step is damage, not an older step.
+RECORD_POINTER = {"record_file": f"{RECORD_ITEM}/{RECORD_FILE}"}
 
 
 def vocabulary_identity(vocabulary) -> dict:
@@ -123,30 +130,78 @@ def _digest(record: dict) -> str:
   return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def make_record(state, vocabulary: Optional[dict] = None, dataset: bool = False) -> dict:
-  """The record saved with a step: every array's shape, dtype and checksum, the vocabulary.
+class PendingRecord:
+  """A step's record whose array checksums are being computed on the devices.
+
+  result() waits for them and returns the record; it may run on another thread (orbax's
+  background save, RecordCheckpointHandler in t5x_lite.checkpointing.checkpoints).
+  """
+
+  def __init__(self, state, vocabulary: Optional[dict], dataset: bool):
+    self._sums = checksums.dispatch_checksums(state)
+    # Shapes and dtypes now: the arrays may be donated to the next step before result().
+    self._arrays = {_path_name(path): {"shape": list(x.shape), "dtype": np.dtype(x.dtype).name}
+                    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+    self._vocabulary, self._dataset = vocabulary, bool(dataset)
+
+  def result(self) -> dict:
+    sums = self._sums.result()
+    arrays = {name: dict(entry, checksum=sums[name]) for name, entry in self._arrays.items()}
+    record = {"version": 1, "arrays": arrays, "dataset_checksums": self._dataset,
+              "vocabulary": self._vocabulary}
+    record["digest"] = _digest(record)
+    return record
+
+
+def start_record(state, vocabulary: Optional[dict] = None, dataset: bool = False
+                 ) -> PendingRecord:
+  """Starts the record saved with a step: every array's shape, dtype and checksum, the
+  vocabulary (the checksums are dispatched, not awaited; see PendingRecord).
 
   Args:
     state: the TrainState (global arrays; every process calls this with its shards).
     vocabulary: vocabulary_identity(...) of the run's vocabulary, or None.
     dataset: whether each process saved checksums of its input-pipeline files.
   """
-  sums = checksums.array_checksums(state)
-  arrays = {_path_name(path): {"shape": list(x.shape), "dtype": np.dtype(x.dtype).name,
-                               "checksum": sums[_path_name(path)]}
-            for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
-  record = {"version": 1, "arrays": arrays, "dataset_checksums": bool(dataset),
-            "vocabulary": vocabulary}
-  record["digest"] = _digest(record)
+  return PendingRecord(state, vocabulary, dataset)
+
+
+def make_record(state, vocabulary: Optional[dict] = None, dataset: bool = False) -> dict:
+  """The record of start_record(...), awaited."""
+  return start_record(state, vocabulary, dataset).result()
+
+
+def write_record(item_dir, record: dict) -> None:
+  """Writes the record into a step's record item directory."""
+  (epath.Path(item_dir) / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
+
+
+def _checked(record, path, what: str) -> dict:
+  if not isinstance(record, dict) or record.get("digest") != _digest(record):
+    raise CheckpointError(f"The checkpoint {what} {path} is damaged: the record of the "
+                          "step's arrays does not match its digest; the step cannot be used.")
   return record
 
 
 def read_record(step_dir: str) -> Optional[dict]:
   """The record saved with a step, or None for a step saved without one (older t5x_lite).
 
+  Steps hold it in their record item (<step>/record/record.json); steps saved by earlier
+  versions of t5x_lite in orbax's step metadata (custom_metadata[RECORD_KEY]).
+
   Raises:
-    CheckpointError: the step metadata cannot be parsed or the record fails its digest.
+    CheckpointError: the record or the step metadata cannot be parsed, the record fails its
+      digest, or the step metadata names a record that is missing.
   """
+  record_path = epath.Path(step_dir) / RECORD_ITEM / RECORD_FILE
+  if record_path.exists():
+    try:
+      record = json.loads(record_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+      raise CheckpointError(f"The checkpoint record {record_path} is damaged "
+                            f"({describe_error(e)}); it holds the checksums of the step's "
+                            "arrays, so the step cannot be used.") from e
+    return _checked(record, record_path, "record")
   path = epath.Path(step_dir) / _STEP_METADATA
   if not path.exists():
     return None
@@ -158,10 +213,10 @@ def read_record(step_dir: str) -> Optional[dict]:
                           "used.") from e
   if record is None:
     return None
-  if not isinstance(record, dict) or record.get("digest") != _digest(record):
-    raise CheckpointError(f"The checkpoint metadata {path} is damaged: the record of the "
-                          "step's arrays does not match its digest; the step cannot be used.")
-  return record
+  if record == RECORD_POINTER:
+    raise CheckpointError(f"The checkpoint record {record_path} is missing: it holds the "
+                          "checksums of the step's arrays, so the step cannot be used.")
+  return _checked(record, path, "metadata")
 
 
 _warned_unrecorded = set()
@@ -219,8 +274,13 @@ def check_array_metadata(record: dict, saved_tree, path: str) -> None:
 
 
 def check_arrays(record: dict, tree, path: str, prefix: str = "") -> None:
-  """Raises CheckpointError naming the arrays whose checksums differ from the record's."""
-  got = checksums.array_checksums(tree)
+  """Raises CheckpointError naming the arrays whose checksums differ from the record's.
+
+  `tree`: the arrays, or checksums.dispatch_checksums(arrays) (already started).
+  """
+  pending = tree if isinstance(tree, checksums.PendingChecksums) else (
+      checksums.dispatch_checksums(tree))
+  got = pending.result()
   bad = [prefix + name for name, value in got.items()
          if record["arrays"].get(prefix + name, {}).get("checksum") != value]
   if bad:
