@@ -1,7 +1,7 @@
 """Decoding speed: t5x_lite.model.decoding vs HF transformers' generate, same weights, same batch.
 
-One random-weight HF T5 (T5-efficient shapes) is converted with t5x_lite.interop.hf_checkpoint; both
-decode the same random batch (greedy, and beam search with length_penalty="hf", HF's
+One random-weight HF T5 (T5-efficient shapes) is converted with t5x_lite.interop.hf_param_layout;
+both decode the same random batch (greedy, and beam search with length_penalty="hf", HF's
 algorithm, so both run the same one), repeated and interleaved (ours, HF, ours, HF, ...)
 because this machine's speed drifts between runs. Tokens/s counts generated output tokens
 (batch * steps; beams not multiplied). Compilation and HF's first call are warm-up, not timed.
@@ -45,7 +45,7 @@ import torch
 import transformers
 
 import peers
-from t5x_lite.interop import hf_checkpoint
+from t5x_lite.interop import hf_param_layout
 from t5x_lite.model import decoding, network
 
 try:
@@ -75,7 +75,7 @@ def build_scaled(name, weight_scale, **config_overrides):
       if any(s in key for s in ("SelfAttention", "EncDecAttention", "DenseReluDense")):
         if "relative_attention_bias" not in key:
           w.mul_(weight_scale)
-  params = hf_checkpoint.params_from_hf_state_dict(
+  params = hf_param_layout.params_from_hf_state_dict(
       {k: v.detach().numpy() for k, v in hf.state_dict().items()}, config)
   return hf, config, params
 

@@ -38,10 +38,10 @@ VOCAB = 32128
 
 def build_hf_and_ours(name, *, vocab=VOCAB, seed=0, **config_overrides):
   """(HF T5ForConditionalGeneration on CPU in float32, t5x_lite T5Config, params) sharing
-  the same random weights (converted with t5x_lite.interop.hf_checkpoint)."""
-  from t5x_lite.interop import hf_checkpoint  # pylint: disable=g-import-not-at-top
+  the same random weights (converted with t5x_lite.interop.hf_param_layout)."""
+  from t5x_lite.interop import hf_param_layout  # pylint: disable=g-import-not-at-top
   hf, config = build_hf(name, vocab=vocab, seed=seed, **config_overrides)
-  params = hf_checkpoint.params_from_hf_state_dict(
+  params = hf_param_layout.params_from_hf_state_dict(
       {k: v.detach().numpy() for k, v in hf.state_dict().items()}, config)
   return hf, config, params
 
@@ -62,7 +62,7 @@ def build_hf(name, *, vocab=VOCAB, seed=0, **config_overrides):
 def configs(name, *, vocab=VOCAB, **config_overrides):
   """(transformers.T5Config, t5x_lite T5Config) of a SHAPES entry, dropout 0."""
   import transformers  # pylint: disable=g-import-not-at-top
-  from t5x_lite.interop import hf_checkpoint  # pylint: disable=g-import-not-at-top
+  from t5x_lite.interop import hf_param_layout  # pylint: disable=g-import-not-at-top
   shape = dict(SHAPES[name])
   tied = shape["feed_forward_proj"] == "relu"
   # transformers 5.x reads the constructor's tie_word_embeddings=False as "v1.1: do not scale
@@ -72,8 +72,8 @@ def configs(name, *, vocab=VOCAB, **config_overrides):
       vocab_size=vocab, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
       eos_token_id=1, num_decoder_layers=shape["num_layers"], tie_word_embeddings=tied, **shape)
   hf_cfg.tie_word_embeddings = tied
-  config = hf_checkpoint.config_from_hf(hf_cfg.to_dict(), dropout_rate=0.0, tie_word_embeddings=tied,
-                                  **config_overrides)
+  config = hf_param_layout.config_from_hf(hf_cfg.to_dict(), dropout_rate=0.0,
+                                          tie_word_embeddings=tied, **config_overrides)
   return hf_cfg, config
 
 

@@ -68,7 +68,7 @@ def test_import_export_round_trip_is_exact(config, scan, tmp_path):
   hf_utils.hf_model(config).save_pretrained(str(tmp_path))
   original = load_file(str(tmp_path / "model.safetensors"))
   loaded_config, params = hf_checkpoint.load_hf_checkpoint(str(tmp_path), scan_layers=scan)
-  exported = hf_checkpoint.hf_state_dict_from_params(params, loaded_config)
+  exported = hf_param_layout.hf_state_dict_from_params(params, loaded_config)
   # Export writes shared.weight once; HF's file may also hold its embed_tokens aliases.
   expected = {k: v for k, v in original.items() if k not in hf_param_layout._EMBEDDING_ALIASES}  # pylint: disable=protected-access
   assert sorted(exported) == sorted(expected)
@@ -77,22 +77,23 @@ def test_import_export_round_trip_is_exact(config, scan, tmp_path):
     assert np.array_equal(exported[key], value), key  # bitwise: pure transposes / reshapes
   # And the per-layer <-> stacked helpers are inverses.
   if scan:
-    again = hf_checkpoint.stack_layers(hf_checkpoint.unstack_layers(params, loaded_config), loaded_config)
+    again = hf_param_layout.stack_layers(hf_param_layout.unstack_layers(params, loaded_config),
+                                         loaded_config)
     jax.tree_util.tree_map(np.testing.assert_array_equal, again, params)
 
 
 def test_config_from_hf_reads_both_families():
-  relu = hf_checkpoint.config_from_hf(hf_utils.hf_config(RELU).to_dict(), dropout_rate=0.0)
+  relu = hf_param_layout.config_from_hf(hf_utils.hf_config(RELU).to_dict(), dropout_rate=0.0)
   assert relu == RELU
-  gated = hf_checkpoint.config_from_hf(hf_utils.hf_config(GATED).to_dict(), dropout_rate=0.0)
+  gated = hf_param_layout.config_from_hf(hf_utils.hf_config(GATED).to_dict(), dropout_rate=0.0)
   assert gated == GATED
   # transformers 5.x re-saves a v1.1 config with tie_word_embeddings forced to true; its
   # scale_decoder_outputs=false still says "untied".
-  resaved = dict(hf_checkpoint.hf_config_dict(GATED), tie_word_embeddings=True,
+  resaved = dict(hf_param_layout.hf_config_dict(GATED), tie_word_embeddings=True,
                  scale_decoder_outputs=False)
-  assert not hf_checkpoint.config_from_hf(resaved).tie_word_embeddings
+  assert not hf_param_layout.config_from_hf(resaved).tie_word_embeddings
   with pytest.raises(ValueError, match="gated-silu"):
-    hf_checkpoint.config_from_hf({"feed_forward_proj": "gated-silu"})
+    hf_param_layout.config_from_hf({"feed_forward_proj": "gated-silu"})
 
 
 def _state_dict(config):
@@ -104,7 +105,7 @@ def test_missing_key_names_key_and_shape():
   key = "decoder.block.2.layer.1.EncDecAttention.o.weight"
   del state[key]
   with pytest.raises(ValueError, match=r"Missing key.*") as error:
-    hf_checkpoint.params_from_hf_state_dict(state, GATED)
+    hf_param_layout.params_from_hf_state_dict(state, GATED)
   assert key in str(error.value) and "(24, 32)" in str(error.value)
 
 
@@ -112,10 +113,10 @@ def test_unknown_key_is_named():
   state = _state_dict(RELU)
   state["encoder.block.7.layer.0.layer_norm.weight"] = np.ones(32, np.float32)
   with pytest.raises(ValueError, match=r"Unknown key.*encoder\.block\.7\.layer\.0\.layer_norm"):
-    hf_checkpoint.params_from_hf_state_dict(state, RELU)
+    hf_param_layout.params_from_hf_state_dict(state, RELU)
   # A v1.1 checkpoint read with a relu config: the gated weights are unknown keys.
   with pytest.raises(ValueError, match=r"Unknown key.*wi_0"):
-    hf_checkpoint.params_from_hf_state_dict(_state_dict(GATED), dataclasses.replace(
+    hf_param_layout.params_from_hf_state_dict(_state_dict(GATED), dataclasses.replace(
         GATED, feed_forward="relu"))
 
 
@@ -124,7 +125,7 @@ def test_wrong_shape_names_key_and_both_shapes():
   key = "encoder.block.1.layer.0.SelfAttention.q.weight"
   state[key] = np.zeros((32, 32), np.float32)  # as if num_heads * d_kv were 32, not 36
   with pytest.raises(ValueError) as error:
-    hf_checkpoint.params_from_hf_state_dict(state, RELU)
+    hf_param_layout.params_from_hf_state_dict(state, RELU)
   message = str(error.value)
   assert key in message and "expected shape (36, 32)" in message and "found (32, 32)" in message
 
@@ -133,14 +134,15 @@ def test_embedding_alias_must_equal_shared():
   state = _state_dict(RELU)
   state["decoder.embed_tokens.weight"] = state["shared.weight"] + 1.0
   with pytest.raises(ValueError, match="decoder.embed_tokens.weight.*differs"):
-    hf_checkpoint.params_from_hf_state_dict(state, RELU)
+    hf_param_layout.params_from_hf_state_dict(state, RELU)
 
 
 def test_export_rejects_wrong_shape():
-  params = hf_checkpoint.params_from_hf_state_dict(_state_dict(RELU), RELU)  # no jit compile: fast
+  # No jit compile: fast.
+  params = hf_param_layout.params_from_hf_state_dict(_state_dict(RELU), RELU)
   params["decoder"]["layers_1"]["mlp"]["wo"]["kernel"] = np.zeros((40, 32), np.float32)
   with pytest.raises(ValueError, match=r"decoder/layers_1/mlp/wo/kernel.*\(48, 32\).*\(40, 32\)"):
-    hf_checkpoint.hf_state_dict_from_params(params, RELU)
+    hf_param_layout.hf_state_dict_from_params(params, RELU)
 
 
 def test_bin_is_read_with_weights_only(tmp_path):
@@ -159,10 +161,10 @@ def _files(directory):
 
 def test_a_failed_or_killed_re_export_never_mixes_two_exports(tmp_path, monkeypatch):
   out, reference = tmp_path / "hf", tmp_path / "reference"
-  hf_checkpoint.save_hf_checkpoint(hf_checkpoint.params_from_hf_state_dict(_state_dict(RELU), RELU), RELU,
-                             str(out))
+  hf_checkpoint.save_hf_checkpoint(
+      hf_param_layout.params_from_hf_state_dict(_state_dict(RELU), RELU), RELU, str(out))
   old = _files(out)
-  new_params = hf_checkpoint.params_from_hf_state_dict(_state_dict(GATED), GATED)
+  new_params = hf_param_layout.params_from_hf_state_dict(_state_dict(GATED), GATED)
   hf_checkpoint.save_hf_checkpoint(new_params, GATED, str(reference))
   new = _files(reference)
   assert sorted(old) == sorted(new) == ["config.json", "model.safetensors"] and old != new

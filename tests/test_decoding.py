@@ -1,9 +1,9 @@
 """Decoding (t5x_lite.model.decoding, beam_search) against HF transformers' generate and itself.
 
 Tiny random float32 HF T5 models of both families (relu + tied, gated-gelu + untied),
-converted with t5x_lite.interop.hf_checkpoint. Random T5 weights at HF's init repeat one token forever,
-so the attention / feed-forward weights are scaled up (varied outputs) and the EOS output row
-is scaled (some sequences end early, at different steps, exercising EOS handling).
+converted with t5x_lite.interop.hf_param_layout. Random T5 weights at HF's init repeat one token
+forever, so the attention / feed-forward weights are scaled up (varied outputs) and the EOS output
+row is scaled (some sequences end early, at different steps, exercising EOS handling).
 """
 
 import functools
@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers
 
-from t5x_lite.interop import hf_checkpoint
+from t5x_lite.interop import hf_param_layout
 from t5x_lite.model import beam_search, decoding, network
 import hf_utils  # tests/hf_utils.py (pytest puts tests/ on sys.path)
 
@@ -40,14 +40,14 @@ def _models(family, scaled=True):
   config = _config(family)
   hf = hf_utils.hf_model(config)
   if not scaled:
-    return hf, config, hf_checkpoint.params_from_hf_state_dict(hf.state_dict(), config)
+    return hf, config, hf_param_layout.params_from_hf_state_dict(hf.state_dict(), config)
   with torch.no_grad():
     for name, w in hf.named_parameters():
       if any(s in name for s in ("SelfAttention", "EncDecAttention", "DenseReluDense")):
         if "relative_attention_bias" not in name:
           w.mul_(weight_scale)
     (hf.shared if config.tie_word_embeddings else hf.lm_head).weight[1] *= eos_scale
-  return hf, config, hf_checkpoint.params_from_hf_state_dict(hf.state_dict(), config)
+  return hf, config, hf_param_layout.params_from_hf_state_dict(hf.state_dict(), config)
 
 
 def _inputs(batch=6):
@@ -176,7 +176,7 @@ def test_beam_search_scan_layers_and_t5x_penalty():
   kwargs = dict(max_decode_length=MAX_LEN, method="beam", num_beams=4, num_decodes=4, alpha=0.6)
   tokens, scores = decoding.decode(network.Transformer(config), params, x, **kwargs)
   scan_config = _config(family, scan_layers=True)
-  scan_params = hf_checkpoint.params_from_hf_state_dict(hf.state_dict(), scan_config)
+  scan_params = hf_param_layout.params_from_hf_state_dict(hf.state_dict(), scan_config)
   scan_tokens, scan_scores = decoding.decode(network.Transformer(scan_config), scan_params, x,
                                              **kwargs)
   np.testing.assert_array_equal(np.asarray(scan_tokens), np.asarray(tokens))

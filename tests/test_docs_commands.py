@@ -20,6 +20,7 @@ import seqio
 
 from t5x_lite import main as main_lib
 from t5x_lite.config import configurables
+from t5x_lite.config import gin_scan
 from t5x_lite.config import gin_utils
 from t5x_lite.tools import plan_memory
 
@@ -171,7 +172,7 @@ def test_command_parses(argv):
   """
   args, bindings = main_lib.parse_flags(argv)
   for gin_file in args.gin_file:
-    assert (gin_utils.GIN_DIR / gin_file).is_file(), (
+    assert (gin_scan.GIN_DIR / gin_file).is_file(), (
         f"--gin_file={gin_file} is not under the project's gin directory")
   gin_utils.parse(args.gin_file, bindings, finalize=False, **_parse_kwargs())
   needed = macros_read_by(configurables.RUN_MODES[args.run_mode])

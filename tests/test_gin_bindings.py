@@ -12,6 +12,7 @@ import seqio
 from t5x_lite import main as main_lib
 from t5x_lite.config import configurables
 from t5x_lite.config import gin_bindings
+from t5x_lite.config import gin_scan
 from t5x_lite.config import gin_utils
 from t5x_lite.tasks import vocab
 import test_docs_commands
@@ -83,7 +84,7 @@ def test_a_configurable_nothing_refers_to_names_a_project_file_that_does(binding
       r"(.*)\)", str(error.value))
   assert match, str(error.value)
   # The example quoted is a real line of that project gin file, referring to the configurable.
-  lines = (gin_utils.GIN_DIR / match.group(1)).read_text().splitlines()
+  lines = (gin_scan.GIN_DIR / match.group(1)).read_text().splitlines()
   assert match.group(2) in lines and re.search(rf"= @(\w+/)*{name}\(\)$", match.group(2))
 
 
@@ -138,8 +139,8 @@ def test_every_documented_command_binds_only_what_its_run_calls():
     args, bindings = main_lib.parse_flags(argv)
     gin_utils.parse(args.gin_file, bindings, finalize=False, register_builtin_tasks=False)
     try:
-      gin_bindings.check_bindings_are_called(gin_utils.resolve_gin_files(args.gin_file),
-                                             [gin_utils.normalize_binding(b) for b in bindings],
+      gin_bindings.check_bindings_are_called(gin_scan.resolve_gin_files(args.gin_file),
+                                             [gin_scan.normalize_binding(b) for b in bindings],
                                              args.run_mode)
     except ValueError as e:
       raise AssertionError(f"{name}: {e}") from e

@@ -88,13 +88,13 @@ def test_a_macro_that_nothing_reads_stops_the_run_before_any_work(tmp_path):
 
 
 def test_macro_check_command_line_and_user_files(tmp_path):
-  from t5x_lite.config import gin_utils  # pylint: disable=g-import-not-at-top
-  quickstart = str(gin_utils.GIN_DIR / "recipes" / "quickstart.gin")
+  from t5x_lite.config import gin_scan  # pylint: disable=g-import-not-at-top
+  quickstart = str(gin_scan.GIN_DIR / "recipes" / "quickstart.gin")
   # Read by runs/pretrain.gin (included by the recipe): fine, as is a project file's own
   # macro that this combination leaves unread.
-  gin_utils.check_macros_are_read([quickstart], ["MODEL_DIR = 'x'", "TRAIN_STEPS = 3"])
+  gin_scan.check_macros_are_read([quickstart], ["MODEL_DIR = 'x'", "TRAIN_STEPS = 3"])
   with pytest.raises(ValueError) as error:
-    gin_utils.check_macros_are_read([quickstart], ["TRAIN_STEP = 3"])
+    gin_scan.check_macros_are_read([quickstart], ["TRAIN_STEP = 3"])
   assert str(error.value) == ("--gin.TRAIN_STEP is set but nothing in these gin files reads "
                               "it (%TRAIN_STEP); did you mean TRAIN_STEPS?")
   # A user's gin file: its macros are checked too, read through its own bindings or not.
@@ -102,12 +102,12 @@ def test_macro_check_command_line_and_user_files(tmp_path):
   user.write_text("include 'recipes/quickstart.gin'\nMY_RATE = 0.1\nWARMUP = 10\n"
                   "constant_schedule.learning_rate = %MY_RATE\n")
   with pytest.raises(ValueError) as error:
-    gin_utils.check_macros_are_read([str(user)], [])
+    gin_scan.check_macros_are_read([str(user)], [])
   assert str(error.value) == (
       f"WARMUP (set in {user}) is set but nothing in these gin files reads it (%WARMUP); no "
       "gin file of the project reads it either: remove it or check its spelling")
   user.write_text(user.read_text().replace("WARMUP = 10\n", ""))
-  gin_utils.check_macros_are_read([str(user)], [])
+  gin_scan.check_macros_are_read([str(user)], [])
 
 
 @pytest.fixture
@@ -153,11 +153,11 @@ def test_a_run_mode_demands_only_the_required_macros_it_reads(clean_gin, gin_fil
 
 
 def test_a_missing_checkpoint_step_names_the_steps_there(tmp_path):
-  from t5x_lite.checkpointing import checkpoints  # pylint: disable=g-import-not-at-top
+  from t5x_lite.checkpointing import restore  # pylint: disable=g-import-not-at-top
   for step in (1000, 1600):
     (tmp_path / "checkpoints" / str(step) / "state").mkdir(parents=True)
   with pytest.raises(ValueError) as error:
-    checkpoints.resolve_checkpoint_path(str(tmp_path / "checkpoints" / "400"))
+    restore.resolve_checkpoint_path(str(tmp_path / "checkpoints" / "400"))
   assert str(error.value).startswith(
       f"No checkpoint at '{tmp_path}/checkpoints/400': it does not exist; the steps in "
       f"'{tmp_path}/checkpoints' are 1000, 1600. Expected MODEL_DIR/checkpoints/<step>")

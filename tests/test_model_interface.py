@@ -16,7 +16,7 @@ import seqio
 
 import runmode_utils as u
 from t5x_lite import settings
-from t5x_lite.checkpointing import checkpoints
+from t5x_lite.checkpointing import restore
 from t5x_lite.config import configurables, gin_utils
 from t5x_lite.model import heads
 from t5x_lite.model import model_interface, encoder_decoder
@@ -157,7 +157,7 @@ def test_a_model_kind_defined_here_runs_in_train_eval_infer_and_score(tmp_path, 
   assert metrics[f"{u.TASK}/exact_match"] == 100.0
 
   checkpoint = str(tmp_path / "run" / "checkpoints" / "40")
-  params = jax.device_get(checkpoints.restore_model_params(model, partitioning.Partitioner(),
+  params = jax.device_get(restore.restore_model_params(model, partitioning.Partitioner(),
                                                            checkpoint))
   assert jax.tree_util.tree_all(jax.tree_util.tree_map(
       lambda a, b: np.array_equal(a, b), params, jax.device_get(state.params)))

@@ -22,6 +22,7 @@ import transformers
 
 import hf_utils
 from t5x_lite.interop import hf_checkpoint
+from t5x_lite.interop import hf_param_layout
 from t5x_lite.model import kernels, network
 
 # (name, T5Config fields): both families, num_heads * d_kv != d_model, unequal depths, and
@@ -121,10 +122,10 @@ def test_remat_and_scan_give_the_same_loss_and_gradients():
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                            other_grads, grads)
   scanned = dataclasses.replace(base, scan_layers=True, remat_policy="full")
-  scan_loss, scan_grads = loss_and_grads(scanned, hf_checkpoint.stack_layers(params, base))
+  scan_loss, scan_grads = loss_and_grads(scanned, hf_param_layout.stack_layers(params, base))
   np.testing.assert_allclose(scan_loss, loss, rtol=1e-5)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                         hf_checkpoint.unstack_layers(scan_grads, base), grads)
+                         hf_param_layout.unstack_layers(scan_grads, base), grads)
 
 
 # bfloat16 parity: a v1.0 (ReLU, tied) and a v1.1 (gated-GELU, untied) shape.

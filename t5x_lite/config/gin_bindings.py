@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import gin
 
+from t5x_lite.config import gin_scan
 from t5x_lite.config import gin_utils
 
 # configurables.builtin_task_settings() calls these at every start, whatever the run mode:
@@ -75,10 +76,10 @@ def _called_in(calls: dict, selector: str, scope: tuple) -> bool:
 def _project_reference_example(name: str) -> Optional[str]:
   """'file: binding' of the first project gin file binding a parameter to `@name()`."""
   pattern = re.compile(rf"^([\w./]+\s*=\s*@(?:[\w.]+/)*{re.escape(name)}\(\))", re.M)
-  for path in sorted(gin_utils.GIN_DIR.rglob("*.gin")):
+  for path in sorted(gin_scan.GIN_DIR.rglob("*.gin")):
     match = pattern.search(path.read_text(encoding="utf-8"))
     if match:
-      return f"{path.relative_to(gin_utils.GIN_DIR)}: {match.group(1)}"
+      return f"{path.relative_to(gin_scan.GIN_DIR)}: {match.group(1)}"
   return None
 
 
@@ -103,7 +104,7 @@ def check_bindings_are_called(gin_files: Sequence[str], bindings: Sequence[str],
     run_mode: main's --run_mode ("train", "eval", "infer", "score", "export").
   """
   from t5x_lite.config import configurables  # pylint: disable=g-import-not-at-top
-  _, _, bound = gin_utils.scan_config(gin_files, bindings)
+  _, _, bound = gin_scan.scan_config(gin_files, bindings)
   if not bound:
     return
   registry = gin.config._REGISTRY  # pylint: disable=protected-access

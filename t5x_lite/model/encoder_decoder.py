@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_lite import settings
+from t5x_lite.model import beam_search
 from t5x_lite.model import decoding
 from t5x_lite.model import network
 
@@ -84,7 +85,7 @@ class DecodingSettings:
   def __post_init__(self):
     # Checked when gin builds the model, before any checkpoint is read or step compiled.
     for name, choices in (("method", decoding.METHODS),
-                          ("length_penalty", decoding.LENGTH_PENALTIES)):
+                          ("length_penalty", beam_search.LENGTH_PENALTIES)):
       if getattr(self, name) not in choices:
         raise ValueError(f"DecodingSettings.{name}={getattr(self, name)!r}: choose one of "
                          f"{choices}.")
