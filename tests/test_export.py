@@ -16,8 +16,9 @@ import fake_bucket
 import hf_utils
 import runmode_utils as u
 from t5x_lite import main
-from t5x_lite.checkpointing import checkpoints
+from t5x_lite.checkpointing import restore
 from t5x_lite.interop import hf_checkpoint
+from t5x_lite.interop import hf_param_layout
 from t5x_lite.interop import hf_tokenizer
 from t5x_lite.model import encoder_decoder, network
 from t5x_lite.modes import export
@@ -40,7 +41,7 @@ def test_export_gives_hf_model_with_the_same_logits(tmp_path):
   assert mode("model.safetensors") == mode("config.json")  # readable like the rest
   hf = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
   model = u.tiny_model()
-  params = checkpoints.restore_model_params(model, partitioning.Partitioner(),
+  params = restore.restore_model_params(model, partitioning.Partitioner(),
                                              str(tmp_path / "run" / "checkpoints" / "2"))
   rng = np.random.RandomState(0)
   enc = rng.randint(2, 4224, (2, 10)).astype(np.int32)
@@ -124,7 +125,7 @@ def test_finetune_from_hf_then_export_loads_whole_in_transformers(tmp_path):
     theirs = hf.generate(**batch, max_new_tokens=8, do_sample=False, num_beams=1).numpy()[:, 1:]
   model = encoder_decoder.EncoderDecoderModel(V11, decoding=encoder_decoder.DecodingSettings(
       method="greedy", max_decode_length=8))
-  params = checkpoints.restore_model_params(model, partitioning.Partitioner(),
+  params = restore.restore_model_params(model, partitioning.Partitioner(),
                                              str(tmp_path / "run" / "checkpoints" / "2"))
   encoder_tokens = batch["input_ids"].numpy().astype(np.int32)  # the seqio ids (checked above)
   ours = np.asarray(model.predict_batch(params, {"encoder_input_tokens": encoder_tokens}))
@@ -139,7 +140,7 @@ def test_tokenizer_files_replace_an_older_exports_and_go_with_the_heads(tmp_path
   with AutoTokenizer too."""
   config = network.T5Config(vocab_size=128, d_model=16, d_ff=32, d_kv=4, num_heads=2,
                             num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
-  params = hf_checkpoint.params_from_hf_state_dict(
+  params = hf_param_layout.params_from_hf_state_dict(
       hf_utils.hf_model(config).state_dict(), config)
   vocabulary = seqio.SentencePieceVocabulary(SPM, extra_ids=5)
   out = tmp_path / "hf"

@@ -15,7 +15,7 @@ import transformers
 import head_tasks
 import runmode_utils as u
 from t5x_lite import settings
-from t5x_lite.checkpointing import checkpoints
+from t5x_lite.checkpointing import restore
 from t5x_lite.interop import hf_checkpoint
 from t5x_lite.interop import initial_params
 from t5x_lite.model import heads, network
@@ -132,7 +132,7 @@ def test_qa_head_learns_spans_from_scratch_and_restores(tmp_path):
   model = heads.QuestionAnsweringModel(CONFIG, max_answer_length=4)
   state, metrics = run_head(tmp_path / "qa", model, head_tasks.NUMBERS,
                             {"inputs": 32, "targets": 4}, 80)
-  restored = checkpoints.restore_model_params(model, partitioning.Partitioner(),
+  restored = restore.restore_model_params(model, partitioning.Partitioner(),
                                               str(tmp_path / "qa" / "checkpoints"))
   assert tree_max_abs_diff(jax.device_get(restored), jax.device_get(state.params)) == 0.0
   # The number among 5-9 words: a random span of the context is right well under 10% of

@@ -18,7 +18,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from t5x_lite.checkpointing import checkpoints
+from t5x_lite.checkpointing import restore
 from t5x_lite.interop import hf_checkpoint
 from t5x_lite.interop import hf_tokenizer
 from t5x_lite.model import model_interface
@@ -47,7 +47,7 @@ def export(*, checkpoint_path: str, output_dir: str, model: model_interface.Mode
     partitioner: mesh and rules for restoring; default partitioning.Partitioner().
     vocabulary: the vocabulary the exported model is meant for (gin/runs/export.gin binds
       @get_vocabulary()): a checkpoint trained with another one is refused
-      (checkpoints.VocabularyMismatchError), and a seqio.SentencePieceVocabulary is written
+      (step_record.VocabularyMismatchError), and a seqio.SentencePieceVocabulary is written
       as the directory's HF tokenizer (hf_tokenizer.hf_tokenizer_files). None: not checked,
       no tokenizer written.
 
@@ -68,7 +68,7 @@ def export(*, checkpoint_path: str, output_dir: str, model: model_interface.Mode
   elif vocabulary is not None:
     hf_tokenizer.hf_tokenizer_files(vocabulary)  # a vocabulary HF cannot read stops here
   partitioner = partitioner or partitioning.Partitioner()
-  params = checkpoints.restore_model_params(model, partitioner, checkpoint_path, vocabulary)
+  params = restore.restore_model_params(model, partitioner, checkpoint_path, vocabulary)
   # process_allgather: on several processes each holds only its shards of the parameters.
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
