@@ -42,7 +42,7 @@ def test_export_gives_hf_model_with_the_same_logits(tmp_path):
   hf = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
   model = u.tiny_model()
   params = restore.restore_model_params(model, partitioning.Partitioner(),
-                                             str(tmp_path / "run" / "checkpoints" / "2"))
+                                         str(tmp_path / "run" / "checkpoints" / "2"))
   rng = np.random.RandomState(0)
   enc = rng.randint(2, 4224, (2, 10)).astype(np.int32)
   enc[1, 7:] = 0
@@ -126,7 +126,7 @@ def test_finetune_from_hf_then_export_loads_whole_in_transformers(tmp_path):
   model = encoder_decoder.EncoderDecoderModel(V11, decoding=encoder_decoder.DecodingSettings(
       method="greedy", max_decode_length=8))
   params = restore.restore_model_params(model, partitioning.Partitioner(),
-                                             str(tmp_path / "run" / "checkpoints" / "2"))
+                                         str(tmp_path / "run" / "checkpoints" / "2"))
   encoder_tokens = batch["input_ids"].numpy().astype(np.int32)  # the seqio ids (checked above)
   ours = np.asarray(model.predict_batch(params, {"encoder_input_tokens": encoder_tokens}))
   until_eos = lambda row: list(row[:list(row).index(1) + 1] if 1 in row else row)

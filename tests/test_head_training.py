@@ -133,7 +133,7 @@ def test_qa_head_learns_spans_from_scratch_and_restores(tmp_path):
   state, metrics = run_head(tmp_path / "qa", model, head_tasks.NUMBERS,
                             {"inputs": 32, "targets": 4}, 80)
   restored = restore.restore_model_params(model, partitioning.Partitioner(),
-                                              str(tmp_path / "qa" / "checkpoints"))
+                                          str(tmp_path / "qa" / "checkpoints"))
   assert tree_max_abs_diff(jax.device_get(restored), jax.device_get(state.params)) == 0.0
   # The number among 5-9 words: a random span of the context is right well under 10% of
   # the time, so half right is learning (80 steps: 59.4% with the default vocabulary of the

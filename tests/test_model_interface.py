@@ -158,7 +158,7 @@ def test_a_model_kind_defined_here_runs_in_train_eval_infer_and_score(tmp_path, 
 
   checkpoint = str(tmp_path / "run" / "checkpoints" / "40")
   params = jax.device_get(restore.restore_model_params(model, partitioning.Partitioner(),
-                                                           checkpoint))
+                                                       checkpoint))
   assert jax.tree_util.tree_all(jax.tree_util.tree_map(
       lambda a, b: np.array_equal(a, b), params, jax.device_get(state.params)))
   args = dict(u.common(), checkpoint_path=checkpoint, batch_size=8, model=model)
