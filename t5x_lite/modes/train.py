@@ -3,7 +3,7 @@
 import dataclasses
 import logging
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from etils import epath
 import jax
@@ -165,31 +165,59 @@ class _NonFiniteWatch:
           "resume from the last checkpoint.")
 
 
-def _check_settings(train_steps, log_period, num_microbatches, nonfinite_policy,
-                    max_consecutive_nonfinite, train_dataset: settings.DatasetConfig,
-                    evaluation: settings.EvalConfig, partitioner: partitioning.Partitioner,
-                    model):
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+  """The settings of one train() call, gathered once with their defaults filled in.
+
+  train() builds it from its gin arguments (documented there); _train and _loop read it.
+  """
+  run_dir: RunDir
+  train_steps: int
+  model: model_interface.Model
+  train_dataset: settings.DatasetConfig
+  optimizer: Any  # (optax transform, learning-rate schedule)
+  partitioner: partitioning.Partitioner
+  num_microbatches: int
+  seed: int
+  checkpoint: settings.CheckpointConfig
+  initial_checkpoint: Optional[settings.RestoreConfig]
+  evaluation: settings.EvalConfig
+  log_period: int
+  progress_bar: bool
+  nonfinite_policy: str
+  max_consecutive_nonfinite: int
+  force_lock: bool
+  run_config: Optional[Callable[[], str]]
+
+  @property
+  def local_batch_size(self) -> int:
+    """The rows of each batch this process reads (BATCH_SIZE over the processes)."""
+    return self.train_dataset.batch_size // jax.process_count()
+
+
+def _check_settings(run: TrainRun):
   """Every setting a typo can break, checked before any expensive start-up work."""
-  settings.check_int("train.train_steps", train_steps, gin="TRAIN_STEPS")
-  settings.check_int("train.log_period", log_period)
-  settings.check_int("train.num_microbatches", num_microbatches)
-  settings.check_int("train.max_consecutive_nonfinite", max_consecutive_nonfinite)
-  if nonfinite_policy not in NONFINITE_POLICIES:
-    raise ValueError(f"train.nonfinite_policy={nonfinite_policy!r}: choose one of "
+  settings.check_int("train.train_steps", run.train_steps, gin="TRAIN_STEPS")
+  settings.check_int("train.log_period", run.log_period)
+  settings.check_int("train.num_microbatches", run.num_microbatches)
+  settings.check_int("train.max_consecutive_nonfinite", run.max_consecutive_nonfinite)
+  if run.nonfinite_policy not in NONFINITE_POLICIES:
+    raise ValueError(f"train.nonfinite_policy={run.nonfinite_policy!r}: choose one of "
                      f"{NONFINITE_POLICIES}.")
-  batch, processes = train_dataset.batch_size, jax.process_count()
-  data_parallel = partitioner.data_parallel_size
+  batch, processes = run.train_dataset.batch_size, jax.process_count()
+  data_parallel = run.partitioner.data_parallel_size
   for count, what in ((processes, "processes"), (data_parallel, "data-parallel devices"),
-                      (num_microbatches, "microbatches (train.num_microbatches)")):
+                      (run.num_microbatches, "microbatches (train.num_microbatches)")):
     if batch % count:
       raise ValueError(f"BATCH_SIZE={batch} does not divide over the {count} {what}: set "
                        f"BATCH_SIZE to a multiple of {count}.")
-  names = [train_dataset.mixture_or_task_name, evaluation.infer_eval_mixture_or_task_name]
+  evaluation = run.evaluation
+  names = [run.train_dataset.mixture_or_task_name, evaluation.infer_eval_mixture_or_task_name]
   if evaluation.steps:
     names.append(evaluation.mixture_or_task_name)
   for name in filter(None, names):
-    pipeline.check_task(name, model)
-    pipeline.check_feature_lengths(name, train_dataset.task_feature_lengths)
+    pipeline.check_task(name, run.model)
+    pipeline.check_feature_lengths(name, run.train_dataset.task_feature_lengths)
 
 
 def _take_lock(run_dir: RunDir, force: bool) -> Optional[storage.RunLock]:
@@ -289,22 +317,22 @@ def train(*, model_dir: str, train_steps: int, model: model_interface.Model,
   Returns:
     (final TrainState, last eval metrics dict).
   """
-  partitioner = partitioner or partitioning.Partitioner()
-  _check_settings(train_steps, log_period, num_microbatches, nonfinite_policy,
-                  max_consecutive_nonfinite, train_dataset, evaluation, partitioner, model)
-  run_dir = RunDir(model_dir)
-  if initial_checkpoint and not run_dir.checkpoint_steps():
+  run = TrainRun(
+      run_dir=RunDir(model_dir), train_steps=train_steps, model=model,
+      train_dataset=train_dataset, optimizer=optimizer or optimizers.adafactor(),
+      partitioner=partitioner or partitioning.Partitioner(), num_microbatches=num_microbatches,
+      seed=seed, checkpoint=checkpoint, initial_checkpoint=initial_checkpoint,
+      evaluation=evaluation, log_period=log_period, progress_bar=progress_bar,
+      nonfinite_policy=nonfinite_policy, max_consecutive_nonfinite=max_consecutive_nonfinite,
+      force_lock=force_lock, run_config=run_config)
+  _check_settings(run)
+  if initial_checkpoint and not run.run_dir.checkpoint_steps():
     # Fails fast if wrong: an orbax checkpoint or a HF directory (t5x_lite.interop.initial_params).
     initial_params.check_path(initial_checkpoint.path)
-  lock = _take_lock(run_dir, force_lock)
+  lock = _take_lock(run.run_dir, force_lock)
   try:
     with preemption.StopRequest() as stop_request:
-      return _train(run_dir, lock, stop_request, train_steps=train_steps, model=model,
-                    train_dataset=train_dataset, optimizer=optimizer, partitioner=partitioner,
-                    num_microbatches=num_microbatches, seed=seed, checkpoint=checkpoint,
-                    initial_checkpoint=initial_checkpoint, evaluation=evaluation,
-                    log_period=log_period, progress_bar=progress_bar, run_config=run_config,
-                    watch=_NonFiniteWatch(nonfinite_policy, max_consecutive_nonfinite))
+      return _train(run, lock, stop_request)
   finally:
     if lock is not None:
       lock.release()
@@ -361,11 +389,12 @@ class _Evaluation:
     return metrics
 
 
-def _loop(state, *, train_steps, trainer, iterator, manager, lock, stop_request, watch,
-          run_eval: _Evaluation, train_writer: SummaryWriter, log_period, progress_bar):
+def _loop(run: TrainRun, state, *, trainer, iterator, manager, lock, stop_request, watch,
+          run_eval: _Evaluation, train_writer: SummaryWriter):
   """The training steps from state.step on; returns (state, last eval metrics, last step)."""
+  train_steps, log_period = run.train_steps, run.log_period
   start = int(jax.device_get(state.step))
-  bar = tqdm.tqdm(total=train_steps, initial=start, disable=not progress_bar or
+  bar = tqdm.tqdm(total=train_steps, initial=start, disable=not run.progress_bar or
                   jax.process_index() != 0, dynamic_ncols=True, desc="train")
   window_tokens, window_start, eval_metrics, done = [], time.time(), {}, start
   input_seconds = 0.0  # Host time waiting for batches: large when the input starves the step.
@@ -411,13 +440,13 @@ def _loop(state, *, train_steps, trainer, iterator, manager, lock, stop_request,
   return state, eval_metrics, done
 
 
-def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dataset, optimizer,
-           partitioner, num_microbatches, seed, checkpoint, initial_checkpoint, evaluation,
-           log_period, progress_bar, run_config, watch):
+def _train(run: TrainRun, lock: Optional[storage.RunLock],
+           stop_request: preemption.StopRequest):
   """train() once the settings are checked and MODEL_DIR is this process's."""
-  trainer = trainer_lib.Trainer(model, optimizer or optimizers.adafactor(), partitioner,
-                                num_microbatches=num_microbatches, seed=seed)
-  local_batch = train_dataset.batch_size // jax.process_count()
+  run_dir, model, train_dataset, evaluation = (run.run_dir, run.model, run.train_dataset,
+                                               run.evaluation)
+  trainer = trainer_lib.Trainer(model, run.optimizer, run.partitioner,
+                                num_microbatches=run.num_microbatches, seed=run.seed)
   if train_dataset.pack and not model.can_pack:
     log.info("%s keeps one example per row: training unpacked (DatasetConfig.pack = True "
              "ignored).", type(model).__name__)
@@ -425,10 +454,11 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
   def dataset(config: settings.DatasetConfig, num_epochs=None):
     pack = config.pack and model.can_pack
     return pipeline.get_dataset(config.mixture_or_task_name, config.task_feature_lengths,
-                            split=config.split, batch_size=local_batch, shuffle=config.shuffle,
-                            seed=config.seed, pack=pack, use_cached=config.use_cached,
-                            shard_info=pipeline.host_shard_info(), num_epochs=num_epochs,
-                            feature_converter=model.feature_converter(pack))
+                                split=config.split, batch_size=run.local_batch_size,
+                                shuffle=config.shuffle, seed=config.seed, pack=pack,
+                                use_cached=config.use_cached,
+                                shard_info=pipeline.host_shard_info(), num_epochs=num_epochs,
+                                feature_converter=model.feature_converter(pack))
 
   if evaluation.steps:
     # Else an empty eval split is found only at the first evaluation, after training steps.
@@ -449,36 +479,38 @@ def _train(run_dir: RunDir, lock, stop_request, *, train_steps, model, train_dat
     needed = int(checkpoints_lib.state_bytes(abstract) * 1.1) + _SUMMARY_BYTES
     storage.check_free_space(run_dir.root, needed, "a checkpoint of this model and its summaries")
   manager = checkpoints_lib.CheckpointManager(  # Steps record (and check) the vocabulary.
-      run_dir, checkpoint, checkpoints_lib.task_vocabulary(train_dataset.mixture_or_task_name))
+      run_dir, run.checkpoint,
+      checkpoints_lib.task_vocabulary(train_dataset.mixture_or_task_name))
   writers = []
   try:
     state = restore_or_init(trainer, abstract, input_shapes, manager, iterator,
-                            initial_checkpoint)
+                            run.initial_checkpoint)
     start = int(jax.device_get(state.step))
-    if run_config is not None:
-      epath.Path(run_dir.config_gin).write_text(run_config())
+    if run.run_config is not None:
+      epath.Path(run_dir.config_gin).write_text(run.run_config())
     train_writer = SummaryWriter(run_dir.root, "train")
     eval_writer = SummaryWriter(run_dir.root, "eval")
     writers = [train_writer, eval_writer]
     run_eval = _Evaluation(run_dir, trainer, evaluation, train_dataset, dataset, eval_writer)
     state, eval_metrics, done = _loop(
-        state, train_steps=train_steps, trainer=trainer, iterator=iterator, manager=manager,
-        lock=lock, stop_request=stop_request, watch=watch, run_eval=run_eval,
-        train_writer=train_writer, log_period=log_period, progress_bar=progress_bar)
-    if stop_request.signal_name is not None and done < train_steps:
+        run, state, trainer=trainer, iterator=iterator, manager=manager, lock=lock,
+        stop_request=stop_request,
+        watch=_NonFiniteWatch(run.nonfinite_policy, run.max_consecutive_nonfinite),
+        run_eval=run_eval, train_writer=train_writer)
+    if stop_request.signal_name is not None and done < run.train_steps:
       if jax.process_index() == 0:
         print(f"Stopped by {stop_request.signal_name} after step {done}: saved the checkpoint "
               f"{run_dir.checkpoint(done)}. Re-run the same command to resume from step "
               f"{done}.", flush=True)
     else:
-      if start >= train_steps and evaluation.enabled:
+      if start >= run.train_steps and evaluation.enabled:
         # Nothing left to train: report the last evaluation instead of appending a duplicate.
         history = read_history(eval_writer.history_path)
-        if history and history[-1]["step"] == train_steps:
+        if history and history[-1]["step"] == run.train_steps:
           eval_metrics = {k: v for k, v in history[-1].items() if k != "step"}
-          run_eval.load_predictions(train_steps)
+          run_eval.load_predictions(run.train_steps)
         else:
-          eval_metrics = run_eval(train_steps, state.params)
+          eval_metrics = run_eval(run.train_steps, state.params)
       if jax.process_index() == 0:
         _report(run_dir, manager, plot_loss_curve(run_dir), eval_writer,
                 run_eval.predictions_path, run_eval.predictions, eval_metrics,
