@@ -243,12 +243,6 @@ def _report(name, compiled, devices, seconds, model_flops=None,
       compile_seconds=seconds, model_flops=model_flops, min_hbm_bytes=min_hbm_bytes)
 
 
-def _with_sharding(abstract, shardings):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-
-
 def check_batch(batch: int, partitioner, num_microbatches: int, topology: str) -> None:
   """One clear line when the batch cannot be split over the data-parallel chips."""
   data = partitioner.data_parallel_size
@@ -276,8 +270,8 @@ def compile_train_step(trainer, batch: int, inputs: int, targets: int, pack: boo
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   partitioner = trainer.partitioner
   shapes = batch_shapes(batch, inputs, targets, pack)
-  abstract, shardings = trainer.state_shardings(shapes)
-  state = _with_sharding(abstract, shardings)
+  state = trainer.abstract_state(shapes)
+  shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   batch_sharding = partitioner.batch_sharding()
   batch_spec = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=batch_sharding)
                 for k, v in shapes.items()}
@@ -296,10 +290,8 @@ def compile_decode_step(model, partitioner, batch: int, inputs: int, targets: in
   model's DecodingSettings) over a batch sharded like training's."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   shapes = {"encoder_input_tokens": (batch, inputs), "decoder_input_tokens": (batch, targets)}
-  boxed = jax.eval_shape(lambda r: model.init(r, shapes), jax.random.PRNGKey(0))
-  params = _with_sharding(nn.unbox(boxed), partitioner.param_shardings(boxed))
+  params = trainer_lib.abstract_params(model, partitioner, shapes)
   batch_sharding = partitioner.batch_sharding()
   batch_spec = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=batch_sharding)
                 for k, v in shapes.items()}
@@ -327,14 +319,12 @@ def compile_decode_token_step(model, partitioner, batch: int, inputs: int, targe
   self-attention rows (decoding.gather_cache_rows) each step."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from t5x_lite.model import decoding  # pylint: disable=g-import-not-at-top
   config, module = model.config, model.module
   copies = _decode_rows(model)
   beam = model.decoding.method == "beam"
   shapes = {"encoder_input_tokens": (batch, inputs), "decoder_input_tokens": (batch, targets)}
-  boxed = jax.eval_shape(lambda r: model.init(r, shapes), jax.random.PRNGKey(0))
-  params = _with_sharding(nn.unbox(boxed), partitioner.param_shardings(boxed))
+  params = trainer_lib.abstract_params(model, partitioner, shapes)
   tokens_spec = jax.ShapeDtypeStruct((batch, inputs), jnp.int32,
                                      sharding=partitioner.batch_sharding())
 
@@ -353,7 +343,7 @@ def compile_decode_token_step(model, partitioner, batch: int, inputs: int, targe
     return partitioner.logical_sharding((None,) * (x.ndim - len(heads)) + heads)
 
   cache_shardings = jax.tree_util.tree_map(cache_sharding, cache)
-  cache = _with_sharding(cache, cache_shardings)
+  cache = trainer_lib.with_shardings(cache, cache_shardings)
   rows = batch * copies
   rows_sharding = partitioner.batch_sharding()
   step_spec = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=rows_sharding)
@@ -378,14 +368,12 @@ def unread_bytes_per_chip(model, partitioner, batch: int, inputs: int, targets: 
   """Bytes per chip of what a decoded token does not read: the encoder's parameters (the
   embedding is shared with the decoder) and the token arrays (unpadded)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   shapes = {"encoder_input_tokens": (batch, inputs), "decoder_input_tokens": (batch, targets)}
-  boxed = jax.eval_shape(lambda r: model.init(r, shapes), jax.random.PRNGKey(0))
   total = 0
-  for (path, x), sharding in zip(jax.tree_util.tree_leaves_with_path(nn.unbox(boxed)),
-                                 jax.tree_util.tree_leaves(partitioner.param_shardings(boxed))):
+  params = trainer_lib.abstract_params(model, partitioner, shapes)
+  for path, x in jax.tree_util.tree_leaves_with_path(params):
     if any(getattr(k, "key", None) == "encoder" for k in path):
-      total += math.prod(sharding.shard_shape(x.shape)) * x.dtype.itemsize
+      total += math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
   rows = batch * _decode_rows(model)
   return total + 4 * (batch * inputs + 2 * rows) // partitioner.data_parallel_size
 

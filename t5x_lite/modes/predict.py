@@ -17,8 +17,6 @@ import logging
 from typing import List, Optional, Sequence
 
 from etils import epath
-import flax.linen as nn
-import jax
 import seqio
 
 from t5x_lite.interop import hf_checkpoint
@@ -30,6 +28,7 @@ from t5x_lite.modes import infer
 from t5x_lite.modes import text_inputs
 from t5x_lite.parallel import partitioning
 from t5x_lite.tasks import vocab
+from t5x_lite.training import trainer as trainer_lib
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +127,7 @@ def load(checkpoint_path: str, model: Optional[model_interface.Model] = None,
   model = model or _model_of(checkpoint_path)
   vocabulary = vocabulary or _vocabulary_of(checkpoint_path)
   partitioner = partitioner or partitioning.Partitioner()
-  # Parameter shapes do not depend on the batch shapes; eval_shape allocates nothing.
-  boxed = jax.eval_shape(lambda r: model.init(r, model.dummy_input_shapes()),
-                         jax.random.PRNGKey(0))
-  abstract = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed),
-      partitioner.param_shardings(boxed))
+  abstract = trainer_lib.abstract_params(model, partitioner)
   log.info("Loading parameters from %s.", checkpoint_path)
   params = initial_params.load(model, checkpoint_path, abstract, vocabulary)
   return Predictor(model, params, vocabulary, partitioner, **predictor_args)

@@ -471,9 +471,7 @@ def _train(run: TrainRun, lock: Optional[storage.RunLock],
   iterator = pipeline.DatasetIterator(train_ds)
   input_shapes = {k: (train_dataset.batch_size,) + tuple(v.shape[1:])
                   for k, v in train_ds.element_spec.items()}
-  abstract, shardings = trainer.state_shardings(input_shapes)
-  abstract = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  abstract = trainer.abstract_state(input_shapes)
   if jax.process_index() == 0:
     # Room for one more checkpoint (+10%) and the summaries, before any minute is spent.
     needed = int(checkpoints_lib.state_bytes(abstract) * 1.1) + _SUMMARY_BYTES

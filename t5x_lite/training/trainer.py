@@ -26,6 +26,36 @@ def _split_microbatches(batch, num_microbatches):
   return jax.tree_util.tree_map(split, batch)
 
 
+def with_shardings(abstract, shardings):
+  """`abstract`'s ShapeDtypeStructs (or arrays) with the matching `shardings` attached."""
+  return jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def _boxed_params(model: model_interface.Model, input_shapes, seed: int = 0):
+  """Abstract params in their nn.LogicallyPartitioned boxes (shapes and axis names only)."""
+  return jax.eval_shape(lambda r: model.init(r, input_shapes), jax.random.PRNGKey(seed))
+
+
+def abstract_params(model: model_interface.Model, partitioner: partitioning.Partitioner,
+                    input_shapes=None):
+  """The model's parameters as ShapeDtypeStructs in the partitioner's shardings.
+
+  What a checkpoint is read into when no optimizer state is needed (prediction, export);
+  computed from shapes only (jax.eval_shape allocates nothing).
+
+  Args:
+    model: a model_interface.Model.
+    partitioner: its mesh and rules.
+    input_shapes: {feature: shape} the model is initialised with; None:
+      `model.dummy_input_shapes()` (parameter shapes do not depend on the batch shapes).
+  """
+  if input_shapes is None:
+    input_shapes = model.dummy_input_shapes()
+  boxed = _boxed_params(model, input_shapes)
+  return with_shardings(nn.unbox(boxed), partitioner.param_shardings(boxed))
+
+
 class Trainer:
   """Owns the model, optimizer and partitioner; builds jitted steps with in/out shardings.
 
@@ -65,21 +95,25 @@ class Trainer:
                         opt_state=self.tx.init(boxed))
     return init
 
-  def _boxed_shapes(self, input_shapes):
-    """Abstract params in their nn.LogicallyPartitioned boxes (shapes and axis names only)."""
-    return jax.eval_shape(lambda r: self.model.init(r, input_shapes),
-                          jax.random.PRNGKey(self.seed))
-
   def state_shardings(self, input_shapes):
     """(abstract TrainState, TrainState of NamedShardings) — computed from shapes only."""
     rng = jax.random.PRNGKey(self.seed)
-    boxed = self._boxed_shapes(input_shapes)
+    boxed = _boxed_params(self.model, input_shapes, self.seed)
     param_shardings = self.partitioner.param_shardings(boxed)
     abstract = jax.eval_shape(self._init_fn(input_shapes), rng)
     opt_shardings = self.partitioner.opt_state_shardings(abstract.opt_state, param_shardings)
     shardings = TrainState(step=self.partitioner.sharding(jax.sharding.PartitionSpec()),
                            params=param_shardings, opt_state=opt_shardings)
     return abstract, shardings
+
+  def abstract_state(self, input_shapes) -> TrainState:
+    """The TrainState as ShapeDtypeStructs in their shardings (what a checkpoint is read into,
+    what a train step is compiled for); computed from shapes only.
+
+    Args:
+      input_shapes: {feature: [global batch, length]} of the train batches.
+    """
+    return with_shardings(*self.state_shardings(input_shapes))
 
   def init_state(self, input_shapes) -> TrainState:
     """Fresh TrainState, created directly sharded (never whole on one device)."""
@@ -94,7 +128,7 @@ class Trainer:
     Finetuning from parameters only: no fresh parameters are initialised and discarded.
     """
     _, shardings = self.state_shardings(input_shapes)
-    boxes = self._boxed_shapes(input_shapes)
+    boxes = _boxed_params(self.model, input_shapes, self.seed)
 
     def init_opt_state(params):
       # Adafactor reads each parameter's logical axis names from its box.
