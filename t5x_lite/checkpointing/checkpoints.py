@@ -46,6 +46,7 @@ from t5x_lite.checkpointing.step_record import (
     RECORD_ITEM, RECORD_KEY, RECORD_POINTER, CheckpointError, CheckpointMismatchError,
     PendingRecord, check_dataset_files, check_vocabulary, dataset_checksums_name,
     describe_error, iterator_prefix, read_record, start_record, vocabulary_identity, write_record)
+from t5x_lite.runtime import agreement
 # Re-exported for the callers that import them from here (see the module docstring).
 from t5x_lite.checkpointing.restore import (  # pylint: disable=unused-import
     checkpoint_step, resolve_checkpoint_path, restore_model_params, restore_params)
@@ -96,8 +97,8 @@ class RecordCheckpointHandler(ocp.AsyncCheckpointHandler):
   """The `record` item: the step's record (t5x_lite.checkpointing.step_record), record.json.
 
   The save only starts a background future (no waiting on the training thread): it waits for
-  the record's checksums, dispatched before the save, and writes the record into the item
-  directory. Orbax commits the step (renames its temporary directory) only once every item's
+  the record's checksums (dispatched by CheckpointManager.save) and writes the record into the
+  item directory. Orbax commits the step (renames its temporary directory) only once every item's
   futures are done, so a step never exists without its record.
   """
 
@@ -127,22 +128,9 @@ class RecordArgs(ocp.args.CheckpointArgs):
 
 
 def _all_processes(fn: Callable[[], Any], what: str):
-  """Runs fn on every process; raises on all of them if it raised on any (no process waits
-  alone in a later collective)."""
-  error = None
-  try:
-    result = fn()
-  except Exception as e:  # pylint: disable=broad-except
-    error, result = e, None
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
-    if error is None and failed.any():
-      error = CheckpointError(f"{what} failed on process(es) {np.flatnonzero(failed).tolist()} "
-                              "(their logs say why)")
-  if error is not None:
-    raise error
-  return result
+  """fn() on every process; a CheckpointError on all of them if it raised on any (no process
+  waits alone in a later collective)."""
+  return agreement.all_succeed(fn, what, CheckpointError)
 
 
 class CheckpointManager:
@@ -212,18 +200,25 @@ class CheckpointManager:
     items = {_STATE: ocp.args.PyTreeSave(state)}
     if dataset_iterator is not None:
       items[_DATASET] = DatasetArgs(dataset_iterator)
-    # Every process computes the same record (global arrays); process 0 writes it. The
-    # checksums are dispatched here, before orbax copies the arrays, and awaited by the record
-    # item's background future: the pass runs beside orbax's write, not before it. With
-    # several processes they are awaited here, each in turn (see checksums.dispatch_checksums),
-    # and the background future only writes the file.
-    record = start_record(state, self.vocabulary, dataset=dataset_iterator is not None)
-    if not self._record_in_background:
-      record = record.result()
-    items[RECORD_ITEM] = RecordArgs(record)
-    with self._save_errors(step):
-      saved = self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                                force=force, custom_metadata={RECORD_KEY: RECORD_POINTER})
+    # Every process computes the same record (global arrays); process 0 writes it. With an
+    # async save, the checksums are dispatched once orbax's blocking phase (its copy of the
+    # arrays, which a pass running beside it slowed) is over, before the next step can donate
+    # the arrays, and awaited
+    # by the record item's background future, beside orbax's write. Otherwise before the
+    # save; with several processes they are also awaited here, each in turn (see
+    # checksums.dispatch_checksums), and the background future only writes the file.
+    deferred = self._record_in_background and self.config.async_save
+    record = start_record(state, self.vocabulary, dataset=dataset_iterator is not None,
+                          start=not deferred)
+    items[RECORD_ITEM] = RecordArgs(record if self._record_in_background else record.result())
+    saved = None
+    try:
+      with self._save_errors(step):
+        saved = self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                                  force=force, custom_metadata={RECORD_KEY: RECORD_POINTER})
+    finally:
+      if deferred and saved is not False:  # also after an error: the future may be waiting
+        record.start(state)
     if saved:
       self._pending_step = step
     return saved
@@ -303,7 +298,5 @@ class CheckpointManager:
       log.warning("Checkpoint step %d cannot be restored (%s); moved it to %s.", step, why,
                   target)
     log.warning("Resuming from step %d, the newest readable checkpoint.", restored)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices("t5x_lite_set_aside_damaged_checkpoints")
+    agreement.barrier("t5x_lite_set_aside_damaged_checkpoints")
     self.manager.reload()

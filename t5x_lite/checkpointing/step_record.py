@@ -18,6 +18,7 @@ before these records restore with a warning.
 import hashlib
 import json
 import logging
+import threading
 from typing import List, Optional
 
 import jax
@@ -131,20 +132,34 @@ def _digest(record: dict) -> str:
 
 
 class PendingRecord:
-  """A step's record whose array checksums are being computed on the devices.
+  """A step's record whose array checksums are computed on the devices.
 
-  result() waits for them and returns the record; it may run on another thread (orbax's
-  background save, RecordCheckpointHandler in t5x_lite.checkpointing.checkpoints).
+  start(state) dispatches them; result() waits for them and returns the record. result() may
+  run on another thread (orbax's background save, RecordCheckpointHandler in
+  t5x_lite.checkpointing.checkpoints), where it first waits for start().
   """
 
   def __init__(self, state, vocabulary: Optional[dict], dataset: bool):
-    self._sums = checksums.dispatch_checksums(state)
     # Shapes and dtypes now: the arrays may be donated to the next step before result().
     self._arrays = {_path_name(path): {"shape": list(x.shape), "dtype": np.dtype(x.dtype).name}
                     for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
     self._vocabulary, self._dataset = vocabulary, bool(dataset)
+    self._sums: Optional[checksums.PendingChecksums] = None
+    self._started = threading.Event()
+
+  def start(self, state) -> None:
+    """Dispatches the checksums of `state` (on the thread that will next donate it)."""
+    try:
+      if self._sums is None:
+        self._sums = checksums.dispatch_checksums(state)
+    finally:
+      self._started.set()  # result() raises if the dispatch did
 
   def result(self) -> dict:
+    self._started.wait()
+    if self._sums is None:
+      raise CheckpointError("The checksums of the step's arrays could not be started (the "
+                            "error was raised where the step was saved).")
     sums = self._sums.result()
     arrays = {name: dict(entry, checksum=sums[name]) for name, entry in self._arrays.items()}
     record = {"version": 1, "arrays": arrays, "dataset_checksums": self._dataset,
@@ -153,17 +168,21 @@ class PendingRecord:
     return record
 
 
-def start_record(state, vocabulary: Optional[dict] = None, dataset: bool = False
-                 ) -> PendingRecord:
-  """Starts the record saved with a step: every array's shape, dtype and checksum, the
-  vocabulary (the checksums are dispatched, not awaited; see PendingRecord).
+def start_record(state, vocabulary: Optional[dict] = None, dataset: bool = False,
+                 start: bool = True) -> PendingRecord:
+  """The record saved with a step: every array's shape, dtype and checksum, the vocabulary
+  (see PendingRecord).
 
   Args:
     state: the TrainState (global arrays; every process calls this with its shards).
     vocabulary: vocabulary_identity(...) of the run's vocabulary, or None.
     dataset: whether each process saved checksums of its input-pipeline files.
+    start: whether to dispatch the checksums now (else the caller calls start(state)).
   """
-  return PendingRecord(state, vocabulary, dataset)
+  record = PendingRecord(state, vocabulary, dataset)
+  if start:
+    record.start(state)
+  return record
 
 
 def make_record(state, vocabulary: Optional[dict] = None, dataset: bool = False) -> dict:
