@@ -55,7 +55,9 @@ def main(argv=None):
                       help="TASK_FEATURE_LENGTHS['inputs']; default 512")
   parser.add_argument("--targets", type=int, default=None,
                       help="TASK_FEATURE_LENGTHS['targets']; default 114")
-  parser.add_argument("--steps", default="train,decode", help="train, decode or both")
+  parser.add_argument("--steps", default="train,decode",
+                      help="comma-separated: train, decode (the whole decoding loop), "
+                      "decode_token (one decoded token on the KV cache)")
   parser.add_argument("--no_pack", action="store_true", help="batches without segment ids")
   args, rest = parser.parse_known_args(argv)
   unknown = [r for r in rest if not r.startswith("--gin.")]
