@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import fake_bucket
 import runmode_utils as u
-from t5x_lite.checkpointing import checkpoints
+from t5x_lite.checkpointing import restore
 from t5x_lite.model import decoding
 from t5x_lite.modes import evaluate as eval_lib
 from t5x_lite.modes import infer
@@ -177,7 +177,7 @@ def test_each_shard_preprocesses_only_its_share():
 
 def _restored(checkpoint, model):
   from t5x_lite.parallel import partitioning  # pylint: disable=g-import-not-at-top
-  return checkpoints.restore_model_params(model, partitioning.Partitioner(), checkpoint)
+  return restore.restore_model_params(model, partitioning.Partitioner(), checkpoint)
 
 
 def _log_likelihood(model, params, enc, target_ids):
