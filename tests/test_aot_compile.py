@@ -85,9 +85,9 @@ def test_train_and_decode_steps_compile_for_v5e_2x2(devices):
   assert decode.alias_bytes == 0 and decode.flops > 0
 
   # One decoded token (greedy: 8 rows) on the KV cache, the cache donated. Per chip (rows over
-  # 'data', heads over 'model'): self keys and values [4, 2, 16, 64] and cross [4, 2, 32, 64],
-  # float32, the head dim of 64 padded to TPU's 128 lanes (twice the unpadded bytes), and the
-  # scalar cache index.
+  # 'data', heads over 'model'): self keys and values [4, 2, 16, 64] (head dim minor) and cross
+  # [4, 2, 64, 32] (length minor), float32, each laid out in twice its unpadded bytes (TPU
+  # tiles: the self cache's 64 is padded to 128 lanes), and the scalar cache index.
   (token,) = compile_lib.compile_steps(model, None, partitioner, batch, inputs, targets,
                                        steps=("decode_token",))
   cache = 2 * (4 * 2 * targets * 128 + 4 * 2 * inputs * 128) * 4
