@@ -6,6 +6,7 @@
     checkpoints/<step>/                 one orbax checkpoint, committed as a whole:
       state/                              the TrainState (step, params, optimizer state)
       dataset/                            each process's input-pipeline position at <step>
+      record/record.json                  the step's array checksums and vocabulary (step_record)
     checkpoints/<step>.orbax-checkpoint-tmp*/   a save in progress (removed at the next start)
     checkpoints/damaged/<step>-<time>/  steps a resume could not read, set aside
     train/, eval/, eval_<split>/        TensorBoard event files
