@@ -46,7 +46,6 @@ from t5x_lite.checkpointing.step_record import (
     RECORD_ITEM, RECORD_KEY, RECORD_POINTER, CheckpointError, CheckpointMismatchError,
     PendingRecord, check_dataset_files, check_vocabulary, dataset_checksums_name,
     describe_error, iterator_prefix, read_record, start_record, vocabulary_identity, write_record)
-from t5x_lite.runtime import agreement
 # Re-exported for the callers that import them from here (see the module docstring).
 from t5x_lite.checkpointing.restore import (  # pylint: disable=unused-import
     checkpoint_step, resolve_checkpoint_path, restore_model_params, restore_params)
@@ -128,9 +127,22 @@ class RecordArgs(ocp.args.CheckpointArgs):
 
 
 def _all_processes(fn: Callable[[], Any], what: str):
-  """fn() on every process; a CheckpointError on all of them if it raised on any (no process
-  waits alone in a later collective)."""
-  return agreement.all_succeed(fn, what, CheckpointError)
+  """Runs fn on every process; raises on all of them if it raised on any (no process waits
+  alone in a later collective)."""
+  error = None
+  try:
+    result = fn()
+  except Exception as e:  # pylint: disable=broad-except
+    error, result = e, None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+    if error is None and failed.any():
+      error = CheckpointError(f"{what} failed on process(es) {np.flatnonzero(failed).tolist()} "
+                              "(their logs say why)")
+  if error is not None:
+    raise error
+  return result
 
 
 class CheckpointManager:
@@ -203,10 +215,10 @@ class CheckpointManager:
     # Every process computes the same record (global arrays); process 0 writes it. With an
     # async save, the checksums are dispatched once orbax's blocking phase (its copy of the
     # arrays, which a pass running beside it slowed) is over, before the next step can donate
-    # the arrays, and awaited
-    # by the record item's background future, beside orbax's write. Otherwise before the
-    # save; with several processes they are also awaited here, each in turn (see
-    # checksums.dispatch_checksums), and the background future only writes the file.
+    # the arrays, and awaited by the record item's background future, beside orbax's write.
+    # Otherwise they are dispatched before the save; with several processes also awaited
+    # here, each in turn (see checksums.dispatch_checksums), and the background future only
+    # writes the file.
     deferred = self._record_in_background and self.config.async_save
     record = start_record(state, self.vocabulary, dataset=dataset_iterator is not None,
                           start=not deferred)
@@ -298,5 +310,7 @@ class CheckpointManager:
       log.warning("Checkpoint step %d cannot be restored (%s); moved it to %s.", step, why,
                   target)
     log.warning("Resuming from step %d, the newest readable checkpoint.", restored)
-    agreement.barrier("t5x_lite_set_aside_damaged_checkpoints")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("t5x_lite_set_aside_damaged_checkpoints")
     self.manager.reload()
