@@ -3,7 +3,8 @@
 The per-step ratio of bench/train_step.py is not what a user waits for; the time to train on
 a mixture of examples of varied lengths is. This script trains the same model shape on the
 same token-id examples with each library the way its users do, and reports wall time and
-non-padding tokens per second:
+non-padding tokens per second (and model FLOPs per pass, peers.forward_flops x 3 over every
+slot a step computes, padding included):
 
 - t5x_lite: the model's feature converter packs the examples (seqio.EncDecFeatureConverter,
   pack=True) into --batch rows of --inputs / --targets tokens, on tf.data; the Trainer's
@@ -18,8 +19,8 @@ non-padding tokens per second:
 Both start from the same random weights (converted with t5x_lite.interop.hf_checkpoint),
 float32, dropout 0. One pass over the examples by each library is one timed unit; passes are
 interleaved (t5x_lite, HF, t5x_lite, HF, ...) for --rounds rounds, the input pipeline inside
-the timed pass for both (tf.data packing; the DataLoader's collation), compilation and a
-warm-up step outside it.
+the timed pass for both (iterating the tf.data packing pipeline, built once; the
+DataLoader's collation), compilation and warm-up steps outside it.
 
 Examples (--data):
 - quickstart: the first N examples of `quickstart_mixture` (tasks/quickstart.py) after seqio
@@ -84,6 +85,7 @@ class T5xLite:
     self.trainer = trainer.Trainer(
         self.model, optimizers.adafactor(optimizers.constant_schedule(1e-3)),
         partitioning.Partitioner())
+    self.dataset = self._dataset()
     start = time.perf_counter()
     batches = list(self._batches())  # the input pipeline alone, once, for the report
     self.pipeline_s = time.perf_counter() - start
@@ -97,8 +99,8 @@ class T5xLite:
       self.state, metrics = self.trainer.train_step(self.state, self._to_device(first))
       jax.block_until_ready(metrics)
 
-  def _batches(self):
-    """Packed numpy batches of one pass; the last one filled to --batch rows with padding."""
+  def _dataset(self):
+    """The packed, batched tf.data pipeline of one pass (built once, iterated each pass)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     spec = tf.TensorSpec([None], tf.int32)
     ds = tf.data.Dataset.from_generator(
@@ -106,8 +108,11 @@ class T5xLite:
         output_signature={"inputs": spec, "targets": spec})
     ds = self.model.feature_converter(pack=True)(
         ds, {"inputs": self.args.inputs, "targets": self.args.targets})
-    ds = ds.batch(self.args.batch).prefetch(tf.data.AUTOTUNE)
-    for batch in ds.as_numpy_iterator():
+    return ds.batch(self.args.batch).prefetch(tf.data.AUTOTUNE)
+
+  def _batches(self):
+    """Packed numpy batches of one pass; the last one filled to --batch rows with padding."""
+    for batch in self.dataset.as_numpy_iterator():
       rows = next(iter(batch.values())).shape[0]
       if rows < self.args.batch:
         batch = {k: np.pad(v, [(0, self.args.batch - rows), (0, 0)]) for k, v in batch.items()}
@@ -116,14 +121,14 @@ class T5xLite:
   def run_pass(self):
     """Trains on every example once; returns (stats, mean loss of the pass)."""
     import jax  # pylint: disable=g-import-not-at-top
-    stats = PassStats()
+    stats = PassStats(self.args.size)
     losses = []
     for batch in self._batches():
       self.state, metrics = self.trainer.train_step(self.state, self._to_device(batch))
       losses.append(metrics["loss"])
       stats.add_batch(np.sum(batch["encoder_segment_ids"] > 0),
                       np.sum(batch["decoder_loss_weights"] > 0),
-                      batch["encoder_input_tokens"].size, batch["decoder_target_tokens"].size,
+                      batch["encoder_input_tokens"].shape, batch["decoder_target_tokens"].shape,
                       int(np.sum(np.max(batch["decoder_segment_ids"], axis=1))))
     jax.block_until_ready(losses)
     return stats, float(np.mean([float(x) for x in losses]))
@@ -137,7 +142,7 @@ class HF:
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
     from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
-    self.torch = torch
+    self.torch, self.args = torch, args
     self.model = hf_model.train()
     # The collator pads input_ids with the tokenizer's pad id; ids are given, so a word-level
     # tokenizer with T5's special ids (pad 0, eos 1, unk 2) serves.
@@ -163,30 +168,35 @@ class HF:
     return loss.detach()
 
   def run_pass(self):
-    stats = PassStats()
+    stats = PassStats(self.args.size)
     losses = []
     for batch in self.loader:
       losses.append(self._step(batch))
       stats.add_batch(int(batch["attention_mask"].sum()), int((batch["labels"] >= 0).sum()),
-                      batch["input_ids"].numel(), batch["labels"].numel(),
+                      tuple(batch["input_ids"].shape), tuple(batch["labels"].shape),
                       batch["input_ids"].shape[0])
     return stats, float(self.torch.stack(losses).mean())
 
 
 class PassStats:
-  """Token counts of one pass: real and total (padded) input and target slots."""
+  """Counts of one pass: real and total (padded) input and target slots, model FLOPs."""
 
-  def __init__(self):
-    self.steps = self.examples = 0
+  def __init__(self, size):
+    self.size = size
+    self.steps = self.examples = self.flops = 0
     self.inputs = self.targets = self.input_slots = self.target_slots = 0
 
-  def add_batch(self, inputs, targets, input_slots, target_slots, examples):
+  def add_batch(self, inputs, targets, input_shape, target_shape, examples):
+    """Real token counts and the [rows, length] shapes of one batch's inputs and targets."""
     self.steps += 1
     self.examples += int(examples)
     self.inputs += int(inputs)
     self.targets += int(targets)
-    self.input_slots += int(input_slots)
-    self.target_slots += int(target_slots)
+    self.input_slots += input_shape[0] * input_shape[1]
+    self.target_slots += target_shape[0] * target_shape[1]
+    # What the step computes: every slot, padding included (attention over whole rows).
+    self.flops += 3 * input_shape[0] * peers.forward_flops(self.size, input_shape[1],
+                                                           target_shape[1])
 
   def padding(self):
     return 1 - self.inputs / self.input_slots, 1 - self.targets / self.target_slots
@@ -262,12 +272,13 @@ def main():
   print(f"\n{args.data}: {len(examples)} examples ({sum(li)} input / {sum(lt)} target tokens), "
         f"{args.size}, vocab {peers.VOCAB}, float32; t5x_lite {args.batch} packed rows of "
         f"{args.inputs} / {args.targets}, HF {args.hf_batch} examples padded per batch; "
-        f"{threads} threads each (torch.set_num_threads, XLA's pool), "
+        f"threads per library: {threads} (torch.set_num_threads, XLA's pool), "
         f"{jax.devices()[0].device_kind}; {args.rounds} interleaved passes per library, "
         f"median (min-max) over passes\n")
   print("| system | steps per pass | wall s per pass | examples/s | target tok/s (non-pad) | "
-        "input tok/s (non-pad) | padding: inputs / targets | mean loss, last pass |")
-  print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        "input tok/s (non-pad) | padding: inputs / targets | model TFLOP per pass | "
+        "mean loss, last pass |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
   for name, secs in times.items():
     stats, loss = results[name]
     pad_in, pad_tgt = stats.padding()
@@ -275,8 +286,9 @@ def main():
           f"{spread([len(examples) / s for s in secs], '{:.1f}')} | "
           f"{spread([sum(lt) / s for s in secs], '{:.0f}')} | "
           f"{spread([sum(li) / s for s in secs], '{:.0f}')} | "
-          f"{100 * pad_in:.1f}% / {100 * pad_tgt:.1f}% | {loss:.3f} |")
-  print(f"\nt5x_lite's input pipeline alone (tf.data packing of one pass, no training): "
+          f"{100 * pad_in:.1f}% / {100 * pad_tgt:.1f}% | {stats.flops / 1e12:.2f} | "
+          f"{loss:.3f} |")
+  print(f"\nt5x_lite's input pipeline alone (one pass of the tf.data packing, no training): "
         f"{systems['t5x_lite'].pipeline_s:.1f} s")
   print(f"t5x_lite / HF non-padding tokens per second (HF time / t5x_lite time, per round): "
         f"{peers.ratio_summary(times['t5x_lite'], times['HF'])}")
