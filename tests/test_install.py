@@ -27,8 +27,8 @@ def test_wheel_installs_and_finds_gin_files_from_another_directory(tmp_path):
   elsewhere.mkdir()
   env = dict(os.environ, PYTHONPATH=str(site))
   probe = subprocess.run(
-      [sys.executable, "-c", "import t5x_lite.tasks; from t5x_lite.config import gin_utils; "
-       "print(t5x_lite.tasks.__file__); print(gin_utils.GIN_DIR)"],
+      [sys.executable, "-c", "import t5x_lite.tasks; from t5x_lite.config import gin_scan; "
+       "print(t5x_lite.tasks.__file__); print(gin_scan.GIN_DIR)"],
       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300, check=True)
   tasks_file, gin_dir = probe.stdout.split()[-2:]
   assert tasks_file == str(site / "t5x_lite" / "tasks" / "__init__.py")

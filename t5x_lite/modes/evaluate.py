@@ -17,7 +17,8 @@ from typing import List, Mapping, Optional, Sequence, Union
 
 from etils import epath
 
-from t5x_lite.checkpointing import checkpoints as checkpoints_lib
+from t5x_lite.checkpointing import restore
+from t5x_lite.checkpointing import step_record
 from t5x_lite.checkpointing.run_dir import RunDir
 from t5x_lite.checkpointing.summaries import SummaryWriter, read_history
 from t5x_lite.model import model_interface
@@ -31,7 +32,7 @@ def checkpoint_paths(model_dir: Optional[str], checkpoint_path: Optional[str],
                      checkpoint_steps: Union[str, Sequence[int]]) -> List[str]:
   """The checkpoints to evaluate: CHECKPOINT_PATH, or MODEL_DIR's latest / all / listed steps."""
   if checkpoint_path:
-    return [checkpoints_lib.resolve_checkpoint_path(checkpoint_path)]
+    return [restore.resolve_checkpoint_path(checkpoint_path)]
   if not model_dir:
     raise ValueError("Set CHECKPOINT_PATH (one checkpoint) or MODEL_DIR (its checkpoints/) "
                      "for the eval run mode (gin/runs/eval.gin).")
@@ -47,7 +48,7 @@ def checkpoint_paths(model_dir: Optional[str], checkpoint_path: Optional[str],
       raise ValueError(f"evaluate.checkpoint_steps={list(checkpoint_steps)}: no checkpoint for "
                        f"step(s) {missing} under {root} (it has {steps}).")
     steps = sorted(set(int(s) for s in checkpoint_steps))
-  return [checkpoints_lib.resolve_checkpoint_path(run.checkpoint(s)) for s in steps]
+  return [restore.resolve_checkpoint_path(run.checkpoint(s)) for s in steps]
 
 
 def evaluate(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
@@ -93,7 +94,7 @@ def evaluate(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   wants_predictions = write_predictions and evaluator.has_predictions
   results = {}
   for path in paths:
-    step = checkpoints_lib.checkpoint_step(path)
+    step = restore.checkpoint_step(path)
     predictions_path = output.predictions(f"eval_{split}", step)
     # A step is done when its metrics row and (if written) its predictions are there: a run
     # stopped between the two completes the step when rerun.
@@ -106,8 +107,8 @@ def evaluate(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     if step in done and not reevaluate:
       log.info("Step %d has metrics in %s but no %s: evaluating it again to write them.",
                step, writer.history_path, predictions_path)
-    params = checkpoints_lib.restore_model_params(  # Refused if another vocabulary's.
-        model, partitioner, path, checkpoints_lib.task_vocabulary(mixture_or_task_name))
+    params = restore.restore_model_params(  # Refused if another vocabulary's.
+        model, partitioner, path, step_record.task_vocabulary(mixture_or_task_name))
     metrics, rows = evaluator.evaluate(params, step)
     # Predictions first: a metrics row then means the step is complete.
     if write_predictions and rows:
