@@ -46,6 +46,7 @@ from t5x_lite.checkpointing.step_record import (
     RECORD_ITEM, RECORD_KEY, RECORD_POINTER, CheckpointError, CheckpointMismatchError,
     PendingRecord, check_dataset_files, check_vocabulary, dataset_checksums_name,
     describe_error, iterator_prefix, read_record, start_record, vocabulary_identity, write_record)
+from t5x_lite.runtime import agreement
 # Re-exported for the callers that import them from here (see the module docstring).
 from t5x_lite.checkpointing.restore import (  # pylint: disable=unused-import
     checkpoint_step, resolve_checkpoint_path, restore_model_params, restore_params)
@@ -127,22 +128,9 @@ class RecordArgs(ocp.args.CheckpointArgs):
 
 
 def _all_processes(fn: Callable[[], Any], what: str):
-  """Runs fn on every process; raises on all of them if it raised on any (no process waits
-  alone in a later collective)."""
-  error = None
-  try:
-    result = fn()
-  except Exception as e:  # pylint: disable=broad-except
-    error, result = e, None
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
-    if error is None and failed.any():
-      error = CheckpointError(f"{what} failed on process(es) {np.flatnonzero(failed).tolist()} "
-                              "(their logs say why)")
-  if error is not None:
-    raise error
-  return result
+  """fn() on every process; a CheckpointError on all of them if it raised on any (no process
+  waits alone in a later collective)."""
+  return agreement.all_succeed(fn, what, CheckpointError)
 
 
 class CheckpointManager:
@@ -310,7 +298,5 @@ class CheckpointManager:
       log.warning("Checkpoint step %d cannot be restored (%s); moved it to %s.", step, why,
                   target)
     log.warning("Resuming from step %d, the newest readable checkpoint.", restored)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices("t5x_lite_set_aside_damaged_checkpoints")
+    agreement.barrier("t5x_lite_set_aside_damaged_checkpoints")
     self.manager.reload()

@@ -51,6 +51,7 @@ from t5x_lite.modes import prediction
 from t5x_lite.modes import resumable_jsonl
 from t5x_lite.modes import text_inputs
 from t5x_lite.parallel import partitioning
+from t5x_lite.runtime import agreement
 from t5x_lite.tasks import vocab
 
 log = logging.getLogger(__name__)
@@ -161,10 +162,7 @@ def _shared(writer: Optional[resumable_jsonl.ResumableJsonl],
   """
   values = [writer.rows, writer.done, redo, *(writer.position or (0, 0, 0))] if writer else [
       0, False, False, 0, 0, 0]
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    values = [int(x) for x in multihost_utils.broadcast_one_to_all(np.array(values, np.int64))]
-  rows, done, redo, *position = values
+  rows, done, redo, *position = agreement.same_on_all(values)
   return int(rows), bool(done), bool(redo), tuple(int(x) for x in position)
 
 

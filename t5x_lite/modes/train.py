@@ -21,6 +21,7 @@ from t5x_lite.interop import t5x_checkpoint
 from t5x_lite.model import model_interface
 from t5x_lite.modes import prediction as evaluation_lib
 from t5x_lite.parallel import partitioning
+from t5x_lite.runtime import agreement
 from t5x_lite.training import optimizers
 from t5x_lite.training import preemption
 from t5x_lite.training import trainer as trainer_lib
@@ -222,23 +223,16 @@ def _check_settings(run: TrainRun):
 
 def _take_lock(run_dir: RunDir, force: bool) -> Optional[storage.RunLock]:
   """Process 0 probes MODEL_DIR and takes its lock; every process raises if that failed."""
-  lock, error = None, None
-  if jax.process_index() == 0:
-    try:
-      storage.check_writable(run_dir.root)
-      lock = storage.RunLock(run_dir.lock)
-      lock.acquire(force=force)
-    except storage.StorageError as e:
-      error = e
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
-    if failed and error is None:
-      error = storage.StorageError(f"Process 0 could not take MODEL_DIR={run_dir.root} "
-                                   "(its log says why).")
-  if error is not None:
-    raise error
-  return lock
+
+  def take() -> Optional[storage.RunLock]:
+    if jax.process_index() != 0:
+      return None
+    storage.check_writable(run_dir.root)
+    lock = storage.RunLock(run_dir.lock)
+    lock.acquire(force=force)
+    return lock
+
+  return agreement.all_succeed(take, f"Taking MODEL_DIR={run_dir.root}", storage.StorageError)
 
 
 def _close_quietly(closeable) -> None:
