@@ -24,7 +24,7 @@ import seqio
 
 from t5x_lite import main
 from t5x_lite import settings
-from t5x_lite.checkpointing import checkpoints, storage, summaries
+from t5x_lite.checkpointing import checkpoints, checksums, step_record, storage, summaries
 from t5x_lite.checkpointing.run_dir import RunDir
 from t5x_lite.data import pipeline
 from t5x_lite.modes import export
@@ -242,11 +242,17 @@ def test_too_many_nonfinite_steps_in_a_row_stop_training(tmp_path, monkeypatch):
 
 
 def write_nan_state(step_dir, source_step_dir):
-  """Writes step_dir/state: source_step_dir's state with NaN parameters (an older run's)."""
+  """Writes step_dir/state: source_step_dir's state with NaN parameters, and step_dir's record
+  with their checksums (a run that saved NaN: intact bytes, unusable values)."""
   with ocp.PyTreeCheckpointer() as checkpointer:
     state = checkpointer.restore(checkpoints.state_path(source_step_dir))
     state["params"] = jax.tree_util.tree_map(lambda x: np.full_like(x, np.nan), state["params"])
     checkpointer.save(checkpoints.state_path(step_dir), state, force=True)
+  record = step_record.read_record(step_dir)
+  for name, value in checksums.array_checksums(state).items():
+    record["arrays"][name]["checksum"] = value
+  record["digest"] = step_record._digest(record)  # pylint: disable=protected-access
+  step_record.write_record(os.path.join(step_dir, step_record.RECORD_ITEM), record)
 
 
 TINY_GIN = ["--gin_file=models/tiny.gin", "--gin.T5Config.d_model=32", "--gin.T5Config.d_ff=64",

@@ -98,11 +98,10 @@ def restore_state(path: str, abstract_state: TrainState, vocabulary=None) -> Tra
     with ocp.PyTreeCheckpointer() as checkpointer:
       state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
           item=abstract_state, restore_args=_restore_args(abstract_state, record)))
-  # Started before the finiteness check, so that the two passes overlap.
-  sums = checksums.dispatch_checksums(state) if record is not None else None
+  # Damage first: a flipped byte may also read as NaN, and the checksums name the array.
+  if record is not None:
+    step_record.check_arrays(record, checksums.dispatch_checksums(state), path)
   step_record.check_finite(state.params, path)
-  if sums is not None:
-    step_record.check_arrays(record, sums, path)
   return _cast(state, abstract_state)
 
 
@@ -128,10 +127,10 @@ def restore_params(path: str, abstract_params, vocabulary=None, subset=False) ->
           item={"params": abstract_params},
           restore_args={"params": _restore_args(abstract_params, record, "params/")},
           partial_restore=True))
-  sums = checksums.dispatch_checksums(restored["params"]) if record is not None else None
+  if record is not None:  # damage first, as in restore_state
+    step_record.check_arrays(record, checksums.dispatch_checksums(restored["params"]), path,
+                             prefix="params/")
   step_record.check_finite(restored["params"], path)
-  if sums is not None:
-    step_record.check_arrays(record, sums, path, prefix="params/")
   return _cast(restored["params"], abstract_params)
 
 
