@@ -14,8 +14,10 @@ import pytest
 
 from t5x_lite import main
 from t5x_lite import settings
-from t5x_lite.checkpointing import checkpoints
+from t5x_lite.checkpointing import restore
+from t5x_lite.checkpointing import step_record
 from t5x_lite.checkpointing import summaries
+from t5x_lite.config import gin_scan
 from t5x_lite.data import pipeline
 from t5x_lite.model import encoder_decoder, network
 from t5x_lite.modes import train
@@ -196,7 +198,7 @@ def test_dropout_is_active_in_training_and_reproducible():
 
 def saved_params(model_dir, step):
   with ocp.PyTreeCheckpointer() as checkpointer:
-    path = checkpoints.state_path(os.path.join(model_dir, "checkpoints", str(step)))
+    path = restore.state_path(os.path.join(model_dir, "checkpoints", str(step)))
     return checkpointer.restore(path)["params"]
 
 
@@ -283,8 +285,8 @@ def test_bfloat16_activations_train_and_restore_casts(tmp_path):
             if hasattr(x, "dtype") and x.ndim}
   assert dtypes == {np.dtype("float32")}
   bf16_model = tiny_model(dtype="bfloat16", param_dtype="bfloat16")
-  restored = checkpoints.restore_model_params(bf16_model, partitioning.Partitioner(),
-                                              str(tmp_path / "checkpoints"))
+  restored = restore.restore_model_params(bf16_model, partitioning.Partitioner(),
+                                          str(tmp_path / "checkpoints"))
   for got, saved in zip(jax.tree_util.tree_leaves(restored),
                         jax.tree_util.tree_leaves(jax.device_get(state.params))):
     assert got.dtype == jax.numpy.bfloat16
@@ -342,7 +344,7 @@ def test_initial_checkpoint_with_wrong_shapes_names_each_parameter(tmp_path):
 def test_checkpoint_of_another_vocabulary_names_both_sizes():
   shape = lambda *dims: jax.ShapeDtypeStruct(dims, np.float32)
   with pytest.raises(ValueError) as error:
-    checkpoints.check_shapes({"token_embedder": {"embedding": shape(32128, 8)}},
+    step_record.check_shapes({"token_embedder": {"embedding": shape(32128, 8)}},
                              {"token_embedder": {"embedding": shape(4224, 8)}}, "/ckpt/7")
   message = str(error.value)
   assert "token_embedder/embedding: checkpoint (32128, 8) vs model (4224, 8)" in message
@@ -364,12 +366,12 @@ def test_quickstart_recipe_parses_and_runs(tmp_path, monkeypatch):
 
 
 def test_bare_string_bindings():
-  assert main.gin_utils.normalize_binding("MODEL_DIR=experiments/x") == (
+  assert gin_scan.normalize_binding("MODEL_DIR=experiments/x") == (
       "MODEL_DIR = 'experiments/x'")
-  assert main.gin_utils.normalize_binding("TRAIN_STEPS=10") == "TRAIN_STEPS = 10"
-  assert main.gin_utils.normalize_binding("X=gs://b/run") == "X = 'gs://b/run'"
-  assert main.gin_utils.normalize_binding("F={'inputs': 8}") == "F = {'inputs': 8}"
-  assert main.gin_utils.normalize_binding("M=@adafactor()") == "M = @adafactor()"
+  assert gin_scan.normalize_binding("TRAIN_STEPS=10") == "TRAIN_STEPS = 10"
+  assert gin_scan.normalize_binding("X=gs://b/run") == "X = 'gs://b/run'"
+  assert gin_scan.normalize_binding("F={'inputs': 8}") == "F = {'inputs': 8}"
+  assert gin_scan.normalize_binding("M=@adafactor()") == "M = @adafactor()"
 
 
 def test_gin_typos_name_the_closest_valid_name(tmp_path):
