@@ -35,7 +35,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from t5x_lite import settings
-from t5x_lite.checkpointing import checkpoints, checksums
+from t5x_lite.checkpointing import checkpoints, checksums, restore
 from t5x_lite.checkpointing.run_dir import RunDir
 from t5x_lite.model import encoder_decoder, network
 from t5x_lite.parallel import partitioning
@@ -103,9 +103,9 @@ def measure(name, config, rounds):
         manager.wait()
         times[("save + wait", variant)].append(time.perf_counter() - start)
         manager.close()
-        path = checkpoints.state_path(run.checkpoint(int(state.step)))
+        path = restore.state_path(run.checkpoint(int(state.step)))
         times[("restore", variant)].append(_time(
-            lambda: jax.block_until_ready(checkpoints.restore_state(path, abstract))))
+            lambda: jax.block_until_ready(restore.restore_state(path, abstract))))
         shutil.rmtree(run.root)
       hashing.append(_time(lambda: checksums.array_checksums(state)))
       pending = []

@@ -27,6 +27,7 @@ import tempfile
 import traceback
 from typing import Optional, Sequence
 
+from t5x_lite.config import gin_scan
 from t5x_lite.config import gin_utils
 from t5x_lite.parallel import distributed
 from t5x_lite.parallel import supervisor
@@ -129,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None):
   """
   args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
   # A macro that nothing reads stops the run here, before TensorFlow, JAX or any data load.
-  gin_utils.check_unread_command_line(args.gin_file, bindings)
+  gin_scan.check_unread_command_line(args.gin_file, bindings)
   set_up_process(args.verbose)
   initialize_distributed(args)
   # Registers the built-in tasks once, with the bound vocabulary.

@@ -16,7 +16,7 @@ import pytest
 from etils import epath
 
 from t5x_lite import settings
-from t5x_lite.checkpointing import checkpoints, checksums, step_record, storage
+from t5x_lite.checkpointing import checkpoints, checksums, restore, step_record, storage
 from t5x_lite.checkpointing.run_dir import RunDir
 from t5x_lite.interop import initial_params
 from t5x_lite.model import heads, network
@@ -126,7 +126,7 @@ def test_a_head_refuses_an_initial_checkpoint_with_a_flipped_byte_naming_the_arr
     byte = f.read(1)[0]
     f.seek(os.path.getsize(largest) // 2)
     f.write(bytes([byte ^ 1]))
-  with pytest.raises(checkpoints.CheckpointError) as refusal:
+  with pytest.raises(step_record.CheckpointError) as refusal:
     initial_params.load(model, str(step), head_params)
   assert str(refusal.value) == (
       f"The checkpoint {step / 'state'} is damaged: 1 array(s) differ from the checksums saved "
@@ -223,14 +223,14 @@ def test_a_step_with_its_record_in_the_step_metadata_restores_and_is_checked(tmp
   manager = checkpoints.CheckpointManager(run, settings.CheckpointConfig(restore_fallback=False))
   _assert_equal_trees(manager.restore(_abstract(state)), state)
   manager.close()
-  path = checkpoints.state_path(run.checkpoint(4))
+  path = restore.state_path(run.checkpoint(4))
   with ocp.PyTreeCheckpointer() as checkpointer:
     saved = jax.tree_util.tree_map(np.array, checkpointer.restore(path))
     saved["params"]["a"][5, 7] += 0.5
     shutil.rmtree(path)
     checkpointer.save(path, saved)  # the step metadata (its record) is kept
-  with pytest.raises(checkpoints.CheckpointError) as refusal:
-    checkpoints.restore_state(path, _abstract(state))
+  with pytest.raises(step_record.CheckpointError) as refusal:
+    restore.restore_state(path, _abstract(state))
   assert str(refusal.value) == (
       f"The checkpoint {path} is damaged: 1 array(s) differ from the checksums saved with "
       "them: params/a. It cannot be used; the run has no other complete step.")

@@ -24,7 +24,7 @@ import seqio
 
 from t5x_lite import main
 from t5x_lite import settings
-from t5x_lite.checkpointing import checkpoints, checksums, step_record, storage, summaries
+from t5x_lite.checkpointing import checkpoints, checksums, restore, step_record, storage, summaries
 from t5x_lite.checkpointing.run_dir import RunDir
 from t5x_lite.data import pipeline
 from t5x_lite.modes import export
@@ -104,7 +104,7 @@ def finish(proc, model_dir, timeout=300, log=None):
 
 def saved_params(model_dir, step):
   with ocp.PyTreeCheckpointer() as checkpointer:
-    return checkpointer.restore(checkpoints.state_path(RunDir(model_dir).checkpoint(step)))["params"]
+    return checkpointer.restore(restore.state_path(RunDir(model_dir).checkpoint(step)))["params"]
 
 
 def tmp_dirs(model_dir, step):
@@ -202,7 +202,7 @@ def poison(monkeypatch, steps):
 
 def saved_state(model_dir, step):
   with ocp.PyTreeCheckpointer() as checkpointer:
-    return checkpointer.restore(checkpoints.state_path(RunDir(model_dir).checkpoint(step)))
+    return checkpointer.restore(restore.state_path(RunDir(model_dir).checkpoint(step)))
 
 
 def assert_all_checkpoints_finite(model_dir):
@@ -245,9 +245,9 @@ def write_nan_state(step_dir, source_step_dir):
   """Writes step_dir/state: source_step_dir's state with NaN parameters, and step_dir's record
   with their checksums (a run that saved NaN: intact bytes, unusable values)."""
   with ocp.PyTreeCheckpointer() as checkpointer:
-    state = checkpointer.restore(checkpoints.state_path(source_step_dir))
+    state = checkpointer.restore(restore.state_path(source_step_dir))
     state["params"] = jax.tree_util.tree_map(lambda x: np.full_like(x, np.nan), state["params"])
-    checkpointer.save(checkpoints.state_path(step_dir), state, force=True)
+    checkpointer.save(restore.state_path(step_dir), state, force=True)
   record = step_record.read_record(step_dir)
   for name, value in checksums.array_checksums(state).items():
     record["arrays"][name]["checksum"] = value
@@ -370,7 +370,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(trained, tmp_
   shutil.copytree(trained, run)
   damage_fn, reason = DAMAGES[damage]
   damage_fn(RunDir(run).checkpoint(6))
-  with pytest.raises(checkpoints.CheckpointError, match=r"Checkpoint step 6 in .* cannot be "
+  with pytest.raises(step_record.CheckpointError, match=r"Checkpoint step 6 in .* cannot be "
                      r"restored: .*CheckpointConfig.restore_fallback = True"):
     restore_latest(run, restore_fallback=False)
   with caplog.at_level(logging.WARNING):
@@ -425,14 +425,14 @@ def change_array(step_dir, name):
   finite amount: what a flipped byte that still parses does (the arrays are stored
   zstd-compressed, so where a byte of a given array lies cannot be known from the values)."""
   with ocp.PyTreeCheckpointer() as checkpointer:
-    state = jax.tree_util.tree_map(np.array, checkpointer.restore(checkpoints.state_path(
+    state = jax.tree_util.tree_map(np.array, checkpointer.restore(restore.state_path(
         step_dir)))
     leaf = state
     for key in name.split("/"):
       leaf = leaf[key]
     leaf.reshape(-1)[-16:] += 0.5
-    shutil.rmtree(checkpoints.state_path(step_dir))
-    checkpointer.save(checkpoints.state_path(step_dir), state)  # the step's record is kept
+    shutil.rmtree(restore.state_path(step_dir))
+    checkpointer.save(restore.state_path(step_dir), state)  # the step's record is kept
 
 
 def flip_text(path, text):
@@ -517,8 +517,8 @@ def test_a_checkpoint_is_refused_under_another_vocabulary(trained, tmp_path, cap
   run = tmp_path / "run"
   shutil.copytree(trained, run)
   other = seqio.SentencePieceVocabulary(OTHER_SP_MODEL, extra_ids=100)
-  theirs = checkpoints.vocabulary_identity(vocab.default_vocabulary())
-  ours = checkpoints.vocabulary_identity(other)
+  theirs = step_record.vocabulary_identity(vocab.default_vocabulary())
+  ours = step_record.vocabulary_identity(other)
   refusal = (f"The checkpoint {RunDir(run).checkpoint(6)} was trained with vocabulary "
              f"{theirs['name']} ({theirs['size']} ids); this run uses "
              f"sentencepiece_{ours['fingerprint'][:4]} ({other.vocab_size} ids): bind "
@@ -526,25 +526,25 @@ def test_a_checkpoint_is_refused_under_another_vocabulary(trained, tmp_path, cap
              f"({vocab.default_vocabulary().sentencepiece_model_file}).")
   iterator, abstract = resume_pipeline(run)
   manager = checkpoints.CheckpointManager(RunDir(run), settings.CheckpointConfig(), other)
-  with pytest.raises(checkpoints.VocabularyMismatchError) as raised:
+  with pytest.raises(step_record.VocabularyMismatchError) as raised:
     manager.restore(abstract, iterator)  # a resume: refused, nothing set aside
   manager.close()
   assert str(raised.value) == refusal
   assert RunDir(run).checkpoint_steps() == [2, 4, 6]
   model = worker.tiny_run(run, 1)["model"]
-  with pytest.raises(checkpoints.VocabularyMismatchError, match=re.escape(refusal)):
+  with pytest.raises(step_record.VocabularyMismatchError, match=re.escape(refusal)):
     export.export(checkpoint_path=RunDir(run).checkpoint(6), output_dir=str(tmp_path / "hf"),
                   model=model, vocabulary=other)
   assert not os.path.exists(tmp_path / "hf")
   # The run's own vocabulary restores; a step saved without a record loads with a warning.
-  params = checkpoints.restore_model_params(model, partitioning.Partitioner(),
+  params = restore.restore_model_params(model, partitioning.Partitioner(),
                                             RunDir(run).checkpoint(6), vocab.default_vocabulary())
   assert tree_max_abs_diff(jax.device_get(params), saved_params(trained, 6)) == 0.0
   with ocp.PyTreeCheckpointer() as checkpointer:
-    checkpointer.save(checkpoints.state_path(tmp_path / "old" / "checkpoints" / "4"),
+    checkpointer.save(restore.state_path(tmp_path / "old" / "checkpoints" / "4"),
                       saved_state(trained, 4))
   with caplog.at_level(logging.WARNING):
-    params = checkpoints.restore_model_params(
+    params = restore.restore_model_params(
         model, partitioning.Partitioner(), str(tmp_path / "old" / "checkpoints" / "4"), other)
   assert tree_max_abs_diff(jax.device_get(params), saved_params(trained, 4)) == 0.0
   assert "saved without the identity of its vocabulary (by an older t5x_lite)" in caplog.text

@@ -23,7 +23,7 @@ import pytest
 from flax import serialization
 
 from t5x_lite import settings
-from t5x_lite.interop import hf_checkpoint, t5x_checkpoint
+from t5x_lite.interop import hf_param_layout, t5x_checkpoint, t5x_format, t5x_param_layout
 from t5x_lite.interop import initial_params
 from t5x_lite.model import heads, encoder_decoder, network
 from t5x_lite.modes import train
@@ -80,7 +80,7 @@ def t5x_layout(path, array):
 @pytest.mark.parametrize("name", NAMES)
 def test_t5x_checkpoints_load_and_give_t5x_logits(name):
   config = fixture_config(name)
-  assert t5x_checkpoint.config_from_t5x_checkpoint(checkpoint(name), dropout_rate=0.0) == config
+  assert t5x_param_layout.config_from_t5x_checkpoint(checkpoint(name), dropout_rate=0.0) == config
   params = t5x_checkpoint.load_t5x_checkpoint(checkpoint(name), config)
   ref = reference(name)
   logits = np.asarray(jitted_apply(config)({"params": params},
@@ -110,19 +110,20 @@ def one_train_step(config, batch):
                                               opt_state=opt_state), shardings)
     new, metrics = t.train_step(state, batch)
     params = jax.device_get(new.params)
-    return (hf_checkpoint.unstack_layers(params, config) if config.scan_layers else params), metrics
+    unstacked = hf_param_layout.unstack_layers(params, config) if config.scan_layers else params
+    return unstacked, metrics
   return step
 
 
 def test_t5x_orbax_checkpoint_loads_what_t5x_restored():
   path = checkpoint(ORBAX)
   config = fixture_config("examples_v1_0")
-  assert t5x_checkpoint.is_t5x_checkpoint(path)
-  assert t5x_checkpoint.is_t5x_checkpoint(os.path.join(path, "state"))
-  assert t5x_checkpoint.config_from_t5x_checkpoint(path, dropout_rate=0.0) == config
+  assert t5x_format.is_t5x_checkpoint(path)
+  assert t5x_format.is_t5x_checkpoint(os.path.join(path, "state"))
+  assert t5x_param_layout.config_from_t5x_checkpoint(path, dropout_rate=0.0) == config
   restored = reference(f"{ORBAX}_restored")  # what t5x's orbax manager restored
   # The raw tree, in t5x's names: exactly t5x's values.
-  target, t5x_states, step = t5x_checkpoint.read_t5x_checkpoint(path)
+  target, t5x_states, step = t5x_format.read_t5x_checkpoint(path)
   assert step == int(restored["state/step"]) == 2
   assert {f"target/{'/'.join(p)}" for p in target} == {k for k in restored
                                                        if k.startswith("target/")}
@@ -190,7 +191,7 @@ def test_one_train_step_from_t5x_adafactor_state_equals_t5xs(name, scan):
   after, metrics = train_step(params, opt_state, step)
   assert float(metrics["loss"]) * batch["decoder_loss_weights"].sum() == pytest.approx(
       float(ref["loss"]), rel=1e-5)
-  before = flat(hf_checkpoint.unstack_layers(params, config) if scan else params)
+  before = flat(hf_param_layout.unstack_layers(params, config) if scan else params)
   moved = 0.0
   for path, value in flat(after).items():
     expected = ref[f"after/{path}"]
@@ -223,7 +224,7 @@ def test_t5x_restores_a_checkpoint_t5x_lite_wrote(tmp_path):
   config, lite_params, opt_state, step = lite_writer().lite_state()
   restored = dict(np.load(os.path.join(FIXTURES, "lite_written_restored.npz")))
   assert int(restored["state/step"]) == step == 7
-  params = flat(hf_checkpoint.unstack_layers(lite_params, config))
+  params = flat(hf_param_layout.unstack_layers(lite_params, config))
   stats = {}
   is_state = lambda x: isinstance(x, optimizers.ParamState)
   for keys, state in jax.tree_util.tree_flatten_with_path(opt_state.param_states,
@@ -260,8 +261,8 @@ def test_t5x_restores_a_checkpoint_t5x_lite_wrote(tmp_path):
   written = t5x_checkpoint.save_t5x_checkpoint(str(tmp_path), lite_params, step, opt_state,
                                                config=config)
   assert written == str(tmp_path / "checkpoint_7") and not list(tmp_path.glob("*.tmp-*"))
-  mine = t5x_checkpoint.read_t5x_checkpoint(written)
-  committed = t5x_checkpoint.read_t5x_checkpoint(os.path.join(FIXTURES, "lite_written",
+  mine = t5x_format.read_t5x_checkpoint(written)
+  committed = t5x_format.read_t5x_checkpoint(os.path.join(FIXTURES, "lite_written",
                                                               "checkpoint_7"))
   for a, b in zip(mine[:2], committed[:2]):
     assert a.keys() == b.keys()
@@ -291,7 +292,7 @@ def edit_msgpack(directory, edit):
 def test_bad_checkpoints_name_the_array_and_the_path(tmp_path):
   v1_0 = fixture_config("examples_v1_0")
   load = t5x_checkpoint.load_t5x_checkpoint
-  Error = t5x_checkpoint.T5xCheckpointError  # pylint: disable=invalid-name
+  Error = t5x_format.T5xCheckpointError  # pylint: disable=invalid-name
   # Another family: the missing and the unknown arrays, and what the checkpoint is.
   with pytest.raises(Error, match=r"examples_v1_0/checkpoint_2 does not fit this T5Config: "
                      r"arrays it lacks: \['decoder/layers_0/mlp/wi_0/kernel'.*arrays the config "
@@ -339,9 +340,9 @@ def test_bad_checkpoints_name_the_array_and_the_path(tmp_path):
   (empty / "checkpoint").write_bytes(b"\xc1 not msgpack")
   with pytest.raises(Error, match=rf"{empty / 'checkpoint'} is not a t5x checkpoint file"):
     load(str(empty), v1_0)
-  assert t5x_checkpoint.is_t5x_checkpoint(checkpoint("examples_v1_0"))
-  assert not t5x_checkpoint.is_t5x_checkpoint(str(model_dir))
-  assert not t5x_checkpoint.is_t5x_checkpoint(str(orbax))
+  assert t5x_format.is_t5x_checkpoint(checkpoint("examples_v1_0"))
+  assert not t5x_format.is_t5x_checkpoint(str(model_dir))
+  assert not t5x_format.is_t5x_checkpoint(str(orbax))
 
 
 def test_save_and_load_on_a_bucket():
@@ -370,7 +371,7 @@ def test_save_and_load_on_a_bucket():
         remote = orbax / str(local.relative_to(checkpoint(ORBAX)))
         remote.parent.mkdir(parents=True, exist_ok=True)
         remote.write_bytes(local.read_bytes())
-    assert t5x_checkpoint.config_from_t5x_checkpoint(str(orbax), dropout_rate=0.0) == config
+    assert t5x_param_layout.config_from_t5x_checkpoint(str(orbax), dropout_rate=0.0) == config
     from_orbax = t5x_checkpoint.load_t5x_checkpoint(str(orbax), config,
                                                     with_optimizer_state=True)
   assert loaded_step == 2
@@ -480,7 +481,7 @@ def test_bad_orbax_layout_checkpoints_name_the_array_and_the_path(tmp_path):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   v1_0 = fixture_config("examples_v1_0")
   load = t5x_checkpoint.load_t5x_checkpoint
-  Error = t5x_checkpoint.T5xCheckpointError  # pylint: disable=invalid-name
+  Error = t5x_format.T5xCheckpointError  # pylint: disable=invalid-name
   with pytest.raises(Error, match=r"array decoder/layers_0/mlp/wi/kernel has shape \(8, 16\); "
                      r"the T5Config expects \(8, 48\)"):
     load(checkpoint(ORBAX), fixture_config("examples_v1_0", d_ff=48))
@@ -502,7 +503,7 @@ def test_bad_orbax_layout_checkpoints_name_the_array_and_the_path(tmp_path):
     checkpointer.save(lite_step / "state", {"params": {"w": np.ones(2, np.float32)},
                                             "step": np.int32(7)})
   for path in (lite_step, lite_step / "state"):
-    assert not t5x_checkpoint.is_t5x_checkpoint(str(path))
+    assert not t5x_format.is_t5x_checkpoint(str(path))
     with pytest.raises(Error, match=r"an orbax checkpoint whose tree holds \['params', "
                        r"'step'\], not t5x's train state"):
       load(str(path), v1_0)

@@ -1,7 +1,7 @@
 """Gin plumbing: the parse (built-in tasks first), finalize by run mode, errors that name the fix.
 
 Gin files and flags read as text (search path, flag values, the unread-macro check) are in
-t5x_lite/config/gin_scan.py; the names callers use are importable from here too.
+t5x_lite/config/gin_scan.py.
 """
 
 import contextlib
@@ -12,13 +12,10 @@ from typing import Optional, Sequence
 
 import gin
 
-# GIN_DIR, check_macros_are_read, normalize_binding and scan_config are imported from here.
 from t5x_lite.config.gin_scan import GIN_DIR
-from t5x_lite.config.gin_scan import check_macros_are_read  # pylint: disable=unused-import
 from t5x_lite.config.gin_scan import check_unread_command_line
 from t5x_lite.config.gin_scan import normalize_binding
 from t5x_lite.config.gin_scan import resolve_gin_files
-from t5x_lite.config.gin_scan import scan_config  # pylint: disable=unused-import
 
 
 def _use_explicit_search_path_only():

@@ -29,9 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# LENGTH_PENALTIES: decode's length_penalty choices, imported from here by its callers.
-from t5x_lite.model.beam_search import (  # pylint: disable=unused-import
-    LENGTH_PENALTIES, Cache, TokensToLogits, beam_search, gather_beams)
+from t5x_lite.model.beam_search import Cache, TokensToLogits, beam_search, gather_beams
 
 METHODS = ("greedy", "sample", "beam")
 
