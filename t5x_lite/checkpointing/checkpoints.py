@@ -12,8 +12,7 @@ steps.
 Every step records the shape, dtype and checksum of its arrays, the checksums of its data
 files and the run's vocabulary (t5x_lite.checkpointing.step_record), and every restore checks
 them; t5x_lite.checkpointing.restore reads one step (also outside a run: eval, infer, export,
-an initial checkpoint). This module's namespace is the one checkpoint users import: it
-re-exports the public names of those two.
+an initial checkpoint).
 
 Restoring a run (`CheckpointManager.restore`) takes the newest step whose state, data
 positions and parameters all read back (finite, and equal to their checksums); damaged newer
@@ -47,11 +46,6 @@ from t5x_lite.checkpointing.step_record import (
     PendingRecord, check_dataset_files, check_vocabulary, dataset_checksums_name,
     describe_error, iterator_prefix, read_record, start_record, vocabulary_identity, write_record)
 from t5x_lite.runtime import agreement
-# Re-exported for the callers that import them from here (see the module docstring).
-from t5x_lite.checkpointing.restore import (  # pylint: disable=unused-import
-    checkpoint_step, resolve_checkpoint_path, restore_model_params, restore_params)
-from t5x_lite.checkpointing.step_record import (  # pylint: disable=unused-import
-    VocabularyMismatchError, check_shapes, task_vocabulary)
 
 log = logging.getLogger(__name__)
 

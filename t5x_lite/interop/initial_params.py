@@ -7,7 +7,7 @@ and head are dropped, the model's other entries keep their fresh initialisation)
 
   - a t5x_lite checkpoint (MODEL_DIR/checkpoints/<step>, its state, or a checkpoints
     directory: its latest step), restored with its checksums verified
-    (checkpoints.restore_params), or
+    (restore.restore_params), or
   - a t5x checkpoint (checkpoint_<step>/ with t5x's msgpack `checkpoint` file and TensorStore
     arrays, or t5x's orbax layout checkpoint_<step>/state/; t5x_lite.interop.t5x_checkpoint):
     all of an encoder-decoder's parameters must match the model's T5Config, a head takes the
@@ -29,10 +29,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5x_lite.checkpointing import checkpoints
+from t5x_lite.checkpointing import restore
+from t5x_lite.checkpointing import step_record
 from t5x_lite.checkpointing import train_state
 from t5x_lite.interop import hf_checkpoint
 from t5x_lite.interop import t5x_checkpoint
+from t5x_lite.interop import t5x_format
+from t5x_lite.interop import t5x_param_layout
 
 # What hf_checkpoint.load_hf_encoder gives: the entries of a T5 encoder.
 _HF_ENCODER_PARAMS = ("token_embedder", "encoder")
@@ -45,8 +48,8 @@ def is_hf_directory(path: str) -> bool:
 
 def check_path(path: str) -> None:
   """Raises ValueError naming what `path` holds unless it is a checkpoint or a HF directory."""
-  if not (is_hf_directory(path) or t5x_checkpoint.is_t5x_checkpoint(path)):
-    checkpoints.resolve_checkpoint_path(path)
+  if not (is_hf_directory(path) or t5x_format.is_t5x_checkpoint(path)):
+    restore.resolve_checkpoint_path(path)
 
 
 def restores_optimizer_state(model, path: str) -> Optional[str]:
@@ -68,7 +71,7 @@ def load(model, path: str, params, vocabulary=None):
     path: an orbax checkpoint or a local HF T5 directory (module docstring).
     params: the model's (sharded) params; their shapes, dtypes and shardings are the target.
     vocabulary: the run's seqio vocabulary (its targets'): an orbax checkpoint trained with
-      another one is refused (checkpoints.VocabularyMismatchError) when the model takes all
+      another one is refused (step_record.VocabularyMismatchError) when the model takes all
       of its parameters. None: not checked. A model that takes some entries (a head's
       encoder) is not checked: its run's targets vocabulary (labels) is not the checkpoint's.
 
@@ -79,16 +82,16 @@ def load(model, path: str, params, vocabulary=None):
   target = params if names is None else {k: params[k] for k in names}
   if is_hf_directory(path):
     loaded = _read_hf(path, target, model.config.scan_layers)
-  elif t5x_checkpoint.is_t5x_checkpoint(path):
+  elif t5x_format.is_t5x_checkpoint(path):
     loaded = _read_t5x(path, target, model.config, whole=names is None)
   else:
-    state_path = checkpoints.resolve_checkpoint_path(path)
+    state_path = restore.resolve_checkpoint_path(path)
     if names is not None:
       _check_entries(state_path, names)
     abstract = jax.tree_util.tree_map(
         lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=t.sharding), target)
     # Verified like every restore: a damaged or non-finite array is refused, by name.
-    loaded = checkpoints.restore_params(state_path, abstract,
+    loaded = restore.restore_params(state_path, abstract,
                                         vocabulary if names is None else None,
                                         subset=names is not None)
   return {**params, **loaded}
@@ -109,14 +112,14 @@ def _read_hf(path: str, target, scan_layers: bool):
 def _read_t5x(path: str, target, config, whole: bool):
   # A head's T5Config need not describe the checkpoint's decoder: read its own shapes then.
   if not whole:
-    config = t5x_checkpoint.config_from_t5x_checkpoint(path, scan_layers=config.scan_layers)
+    config = t5x_param_layout.config_from_t5x_checkpoint(path, scan_layers=config.scan_layers)
   loaded = t5x_checkpoint.load_t5x_checkpoint(path, config)
   return _placed({k: loaded[k] for k in target}, target, path)
 
 
 def _placed(loaded, target, path: str):
   """`loaded` (numpy) cast to the target's dtypes and put in its shardings, shapes checked."""
-  checkpoints.check_shapes(loaded, target, path)
+  step_record.check_shapes(loaded, target, path)
   return jax.tree_util.tree_map(
       lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), loaded, target)
 

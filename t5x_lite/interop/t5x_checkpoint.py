@@ -25,7 +25,8 @@ from t5x_lite.interop import t5x_adafactor
 from t5x_lite.interop import t5x_format
 from t5x_lite.interop import t5x_param_layout
 from t5x_lite.model import network
-# Re-exported: callers import these from here.
+# Part of this module's public API (README "Coming from t5x"); the library imports them from
+# their own modules.
 from t5x_lite.interop.t5x_format import (  # pylint: disable=unused-import
     T5xCheckpointError, is_t5x_checkpoint, read_t5x_checkpoint)
 from t5x_lite.interop.t5x_param_layout import (  # pylint: disable=unused-import

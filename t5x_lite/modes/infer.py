@@ -43,9 +43,11 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite import settings
-from t5x_lite.checkpointing import checkpoints
+from t5x_lite.checkpointing import restore
 from t5x_lite.checkpointing import run_dir as run_dir_lib
+from t5x_lite.checkpointing import step_record
 from t5x_lite.data import pipeline
+from t5x_lite.data.text import as_text
 from t5x_lite.model import model_interface
 from t5x_lite.modes import prediction
 from t5x_lite.modes import resumable_jsonl
@@ -146,7 +148,7 @@ def examples_of(tasks: Sequence[seqio.Task], split: str, task_feature_lengths: M
       index = int(index)
       rows_of_index = rows_of_index + 1 if index == last_index else 1
       last_index = index
-      text = lambda key: prediction.as_text(
+      text = lambda key: as_text(
           ex[f"{key}_pretokenized"] if f"{key}_pretokenized" in ex else vocabulary.decode(
               ex[key].tolist()))
       yield {"index": index, "task": task.name, "inputs": text("inputs"),
@@ -355,7 +357,7 @@ def infer(*, checkpoint_path: str, output_dir: str, task_feature_lengths: Mappin
     tasks = [seqio.get_mixture_or_task(n) for n in task_names(mixture_or_task_name)]
     fields = ROW_FIELDS
     source = {"mixture_or_task_name": mixture_or_task_name, "split": split}
-    vocabulary_check = checkpoints.task_vocabulary(mixture_or_task_name)
+    vocabulary_check = step_record.task_vocabulary(mixture_or_task_name)
   else:
     raise ValueError("Nothing to predict: set MIXTURE_OR_TASK_NAME (a registered task or "
                      "mixture) or INFER_INPUT_FILE (a .txt, .tsv or .jsonl file of inputs).")
@@ -363,7 +365,7 @@ def infer(*, checkpoint_path: str, output_dir: str, task_feature_lengths: Mappin
   vocabularies = {t.name: t.output_features["targets"].vocabulary for t in tasks}
 
   def start():
-    params = checkpoints.restore_model_params(  # Refused if trained with another vocabulary.
+    params = restore.restore_model_params(  # Refused if trained with another vocabulary.
         model, partitioner, checkpoint_path, vocabulary_check)
     return lambda batch: prediction_rows(batch, params, model, vocabularies, batch_size,
                                          partitioner, fields)
@@ -396,8 +398,8 @@ def score(*, checkpoint_path: str, output_dir: str, mixture_or_task_name: str,
   partitioner = partitioner or partitioning.Partitioner()
 
   def start():
-    params = checkpoints.restore_model_params(  # Refused if trained with another vocabulary.
-        model, partitioner, checkpoint_path, checkpoints.task_vocabulary(mixture_or_task_name))
+    params = restore.restore_model_params(  # Refused if trained with another vocabulary.
+        model, partitioner, checkpoint_path, step_record.task_vocabulary(mixture_or_task_name))
     score_fn = prediction.make_score_fn(model)
     return lambda batch: _score_rows(batch, params, score_fn, batch_size, partitioner)
 

@@ -19,9 +19,10 @@ from typing import List, Optional, Sequence
 from etils import epath
 import seqio
 
-from t5x_lite.interop import hf_checkpoint
+from t5x_lite.interop import hf_param_layout
 from t5x_lite.interop import initial_params
-from t5x_lite.interop import t5x_checkpoint
+from t5x_lite.interop import t5x_format
+from t5x_lite.interop import t5x_param_layout
 from t5x_lite.model import encoder_decoder
 from t5x_lite.model import model_interface
 from t5x_lite.modes import infer
@@ -38,7 +39,7 @@ class Predictor:
 
   Args:
     model: an encoder-decoder model_interface.Model (its `decoding` decides how it decodes).
-    params: its parameters (as `load` or checkpoints.restore_model_params give them).
+    params: its parameters (as `load` or restore.restore_model_params give them).
     vocabulary: the seqio vocabulary the texts are tokenized and predictions detokenized
       with; its size padded to 128 must be the model's T5Config.vocab_size.
     partitioner: mesh and rules (those `params` are placed in); default Partitioner().
@@ -92,9 +93,9 @@ def _model_of(checkpoint_path: str) -> model_interface.Model:
   """The encoder-decoder a HF directory's config.json or a t5x checkpoint's shapes describe."""
   if initial_params.is_hf_directory(checkpoint_path):
     hf_config = json.loads((epath.Path(checkpoint_path) / "config.json").read_text())
-    config = hf_checkpoint.config_from_hf(hf_config)
-  elif t5x_checkpoint.is_t5x_checkpoint(checkpoint_path):
-    config = t5x_checkpoint.config_from_t5x_checkpoint(checkpoint_path)
+    config = hf_param_layout.config_from_hf(hf_config)
+  elif t5x_format.is_t5x_checkpoint(checkpoint_path):
+    config = t5x_param_layout.config_from_t5x_checkpoint(checkpoint_path)
   else:
     raise ValueError(f"{checkpoint_path} is a t5x_lite checkpoint, which does not record its "
                      "model: pass model= (the EncoderDecoderModel it was trained with).")

@@ -12,12 +12,14 @@ import tqdm
 
 from t5x_lite import settings
 from t5x_lite.checkpointing import checkpoints as checkpoints_lib
+from t5x_lite.checkpointing import restore
+from t5x_lite.checkpointing import step_record
 from t5x_lite.checkpointing import storage
 from t5x_lite.checkpointing.run_dir import RunDir
 from t5x_lite.checkpointing.summaries import SummaryWriter, read_history
 from t5x_lite.data import pipeline
 from t5x_lite.interop import initial_params
-from t5x_lite.interop import t5x_checkpoint
+from t5x_lite.interop import t5x_format
 from t5x_lite.model import model_interface
 from t5x_lite.modes import prediction as evaluation_lib
 from t5x_lite.parallel import partitioning
@@ -89,13 +91,13 @@ def restore_or_init(trainer: trainer_lib.Trainer, abstract, input_shapes, manage
     why_not = initial_params.restores_optimizer_state(model, initial_checkpoint.path)
     if why_not:
       raise ValueError(f"RestoreConfig.restore_optimizer_state=True: {why_not}; set it False.")
-    if t5x_checkpoint.is_t5x_checkpoint(initial_checkpoint.path):
+    if t5x_format.is_t5x_checkpoint(initial_checkpoint.path):
       log.info("Continuing the t5x run of %s (parameters, Adafactor state and step).",
                initial_checkpoint.path)
       return initial_params.t5x_train_state(model, initial_checkpoint.path, abstract)
-    path = checkpoints_lib.resolve_checkpoint_path(initial_checkpoint.path)
+    path = restore.resolve_checkpoint_path(initial_checkpoint.path)
     log.info("Starting from %s (parameters and optimizer state).", path)
-    return checkpoints_lib.restore_state(path, abstract, manager.vocabulary)
+    return restore.restore_state(path, abstract, manager.vocabulary)
   if initial_checkpoint and model.initial_checkpoint_params is not None:
     log.info("Starting from the %s parameters of %s (the others initialised from seed %d).",
              "/".join(model.initial_checkpoint_params), initial_checkpoint.path, trainer.seed)
@@ -472,7 +474,7 @@ def _train(run: TrainRun, lock: Optional[storage.RunLock],
     storage.check_free_space(run_dir.root, needed, "a checkpoint of this model and its summaries")
   manager = checkpoints_lib.CheckpointManager(  # Steps record (and check) the vocabulary.
       run_dir, run.checkpoint,
-      checkpoints_lib.task_vocabulary(train_dataset.mixture_or_task_name))
+      step_record.task_vocabulary(train_dataset.mixture_or_task_name))
   writers = []
   try:
     state = restore_or_init(trainer, abstract, input_shapes, manager, iterator,
