@@ -237,11 +237,12 @@ def test_learning_rate_after_a_skipped_step_follows_the_step_and_is_logged(tmp_p
     assert logged[step] == pytest.approx(float(schedule(step - 1)), rel=1e-6), step
 
 
-@pytest.mark.parametrize("dropout_rate", [0.0, 0.1])
-def test_resume_is_exact_including_data_order(tmp_path, dropout_rate):
+def test_resume_is_exact_including_data_order(tmp_path):
+  """With dropout on, so the dropout random stream must resume too (a run without dropout
+  resumes by the same path, with one stream fewer to get right)."""
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   every_3 = settings.CheckpointConfig(period=3)
-  model = tiny_model(dropout_rate=dropout_rate)
+  model = tiny_model(dropout_rate=0.1)
   final_straight, _ = run(straight, 6, checkpoint=every_3, model=model)
   run(resumed, 3, checkpoint=every_3, model=model)
   final_resumed, _ = run(resumed, 6, checkpoint=every_3, model=model)
