@@ -24,7 +24,7 @@ import seqio
 
 from t5x_lite import main
 from t5x_lite import settings
-from t5x_lite.checkpointing import checkpoints, checksums, restore, step_record, storage, summaries
+from t5x_lite.checkpointing import checkpoints, restore, step_record, storage, summaries
 from t5x_lite.checkpointing.run_dir import RunDir
 from t5x_lite.data import pipeline
 from t5x_lite.modes import export
@@ -251,9 +251,7 @@ def write_nan_state(step_dir, source_step_dir):
   record = step_record.read_record(step_dir)
   if record is None:  # a step of its own, unrecorded like an older version's: loads unchecked
     return
-  for name, value in checksums.array_checksums(state).items():
-    record["arrays"][name]["checksum"] = value
-  record["digest"] = step_record._digest(record)  # pylint: disable=protected-access
+  record = step_record.make_record(state, record["vocabulary"], record["dataset_checksums"])
   step_record.write_record(os.path.join(step_dir, step_record.RECORD_ITEM), record)
 
 
