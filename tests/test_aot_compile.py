@@ -1,6 +1,7 @@
 """Ahead-of-time compilation for a TPU topology (v5e:2x2) on this CPU host, through libtpu: the
 `compile` run mode and its command line, t5x_lite.tools.aot_compile."""
 
+import dataclasses
 import re
 
 import gin
@@ -102,6 +103,21 @@ def test_train_and_decode_steps_compile_for_v5e_2x2(devices):
   # Reading the decoder's parameters and the cache from HBM bounds the step, not FLOPs.
   assert cache < token.min_hbm_bytes < token.argument_bytes
   assert token.roofline_seconds == token.min_hbm_bytes / 819e9 > token.flops / 197e12
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_beam_reorder_of_the_cache_reads_only_each_chips_own_inputs(devices, scan_layers):
+  # Rows (batch x beams) are split over 'data'. A reorder by global row numbers made XLA
+  # all-gather every layer's self-attention keys and values ([32 rows, 2 heads, 16, 64] per
+  # chip, the whole batch); by beam within each input it is a local gather. What is left is
+  # the logits' gather over the vocabulary, split over 'model': f32 [16 rows, 256].
+  cfg = dataclasses.replace(tiny_config(), num_decoder_layers=2, scan_layers=scan_layers)
+  partitioner = partitioning.Partitioner(mesh_shape=(2, 2), devices=devices)
+  model = encoder_decoder.EncoderDecoderModel(
+      cfg, decoding=encoder_decoder.DecodingSettings(method="beam", num_beams=4))
+  compiled, _ = compile_lib.compile_decode_token_step(model, partitioner, 8, 32, 16)
+  gathered = re.findall(r"= (\w+\[[\d,]*\])\S* all-gather\(", compiled.as_text())
+  assert gathered and set(gathered) == {"f32[16,256]"}, gathered
 
 
 def test_mesh_that_does_not_match_the_chip_count_is_one_line(devices):

@@ -2,8 +2,8 @@
 
 A pure loop (one `lax.while_loop`, stopping as soon as no batch element can improve) over
 `tokens_to_logits(tokens [N, 1], cache) -> (logits [N, vocab], new_cache)` and a
-`gather_cache(cache, rows [N]) -> cache` that reorders the beams; it knows nothing about the
-model (t5x_lite.model.decoding is the model glue). Scores are model log-probabilities (raw
+`gather_cache(cache, beams [B, K]) -> cache` that reorders the beams of each input; it knows
+nothing about the model (t5x_lite.model.decoding is the model glue). Scores are model log-probabilities (raw
 logits) summed up to and including EOS, divided by the length penalty (the quantity the beams
 are ranked by); a decoder prompt is forced token by token as t5x forces its `inputs`.
 
@@ -68,8 +68,10 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache,
     tokens_to_logits: (tokens [B*K, 1], cache) -> (logits [B*K, vocab], cache), rows ordered
       batch-major (row b*K + k is beam k of batch element b).
     cache: decoding state for B*K rows, each batch element's row repeated K times.
-    gather_cache: (cache, rows int32 [B*K]) -> cache whose row r is the old row rows[r]
-      (reorders the beams; rows stay within their batch element).
+    gather_cache: (cache, beams int32 [B, K]) -> cache whose row b*K + j is the old row
+      b*K + beams[b, j] (reorders the beams of each batch element; given per element, not as
+      global row numbers, so a reorder never reads another element's rows, which on a
+      batch-sharded mesh would gather the whole batch's cache on every chip).
     batch_size, num_beams: B and K.
     max_decode_length: at most this many generated tokens.
     eos_id: end of sequence.
@@ -157,8 +159,7 @@ def _beam_search_t5x(tokens_to_logits, cache, gather_cache, b, k, *, max_decode_
     alive_scores = cand_scores + ended * T5X_NEG_INF
     alive = jnp.flip(jax.lax.top_k(alive_scores, k)[1], axis=1)
     live_seqs, live_scores = gather_beams(cand_seqs, alive), gather_beams(alive_scores, alive)
-    rows = (gather_beams(cand_beam, alive) + jnp.arange(b)[:, None] * k).reshape(b * k)
-    cache = gather_cache(cache, rows.astype(jnp.int32))
+    cache = gather_cache(cache, gather_beams(cand_beam, alive).astype(jnp.int32))
 
     # Finished set: every one of the 2K that ended competes (HF lets only the top K in).
     new_fin = cand_scores / penalty(i + 1) + (~ended) * T5X_NEG_INF
@@ -212,8 +213,7 @@ def _beam_search_hf(tokens_to_logits, cache, gather_cache, b, k, *, max_decode_l
     cont = jax.lax.top_k(cont_scores, k)[1]
     run_seqs, run_scores = gather_beams(cand_seqs, cont), gather_beams(cont_scores, cont)
     last = gather_beams(cand_token, cont)
-    rows = (gather_beams(cand_beam, cont) + jnp.arange(b)[:, None] * k).reshape(b * k)
-    cache = gather_cache(cache, rows.astype(jnp.int32))
+    cache = gather_cache(cache, gather_beams(cand_beam, cont).astype(jnp.int32))
 
     # Ended candidates among the top K compete with the finished beams; additions of
     # NEG_INF in HF's order keep the float32 values identical to HF's.

@@ -183,17 +183,26 @@ def init_cache(model, params, encoded, encoder_input_tokens, max_decode_length, 
       jax.tree_util.tree_map_with_path(expand, variables["cache"]))
 
 
-def gather_cache_rows(cache, rows, scan_layers=False):
-  """Reorders the self-attention cache rows: row r becomes old row rows[r] (int32 [N]).
+def gather_cache_beams(cache, beams, scan_layers=False):
+  """Reorders the self-attention cache's beams within each input: row b*K + j becomes old
+  row b*K + beams[b, j] (beams int32 [B, K]; the cache has B*K rows, see `init_cache`).
 
-  Cross-attention keys/values are held once per input (see `init_cache`) and beams never
-  move across inputs, so they are left alone.
+  The rows are regrouped as [B, K] and gathered along K alone, so the gather is local to
+  each input: on a batch-sharded mesh every chip reorders its own inputs' rows (global row
+  numbers would make XLA gather the whole batch's cache first). Cross-attention keys/values
+  are held once per input and beams never move across inputs, so they are left alone.
   """
+  batch, beams_per_input = beams.shape
+
   def gather(path, x):
     axis = _cache_batch_axis(path, scan_layers)
     if axis is None or _is_cross_attention(path):
       return x
-    return jnp.take(x, rows, axis=axis, mode="clip")  # rows are in range: no fill select
+    grouped = x.reshape(x.shape[:axis] + (batch, beams_per_input) + x.shape[axis + 1:])
+    index = beams.reshape((1,) * axis + beams.shape + (1,) * (x.ndim - axis - 1))
+    # The beam indices are in range: no fill select.
+    picked = jnp.take_along_axis(grouped, index, axis=axis + 1, mode="clip")
+    return picked.reshape(x.shape)
 
   return jax.tree_util.tree_map_with_path(gather, cache)
 
@@ -228,7 +237,7 @@ def _decode_jit(params, encoder_input_tokens, rng, prompt, *, model, max_decode_
     rng = jax.vmap(lambda key: jax.random.split(key, copies))(rng).reshape(-1, 2)
   if method == "beam":
     tokens, scores = beam_search(
-        step, cache, functools.partial(gather_cache_rows, scan_layers=model.config.scan_layers),
+        step, cache, functools.partial(gather_cache_beams, scan_layers=model.config.scan_layers),
         batch, num_beams, max_decode_length=max_decode_length, eos_id=eos_id, alpha=alpha,
         length_penalty=length_penalty, early_stopping=early_stopping, prompt=prompt)
     return tokens[:, :num_decodes], scores[:, :num_decodes]

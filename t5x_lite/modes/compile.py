@@ -316,7 +316,7 @@ def compile_decode_token_step(model, partitioner, batch: int, inputs: int, targe
   logits and the updated cache. The cache is donated (updated in place, as in the loop) and
   sharded by the rules' activation axes (batch over the data axes, heads over 'model'), as
   the model's constraints shard it inside predict_batch; beam search also reorders the
-  self-attention rows (decoding.gather_cache_rows) each step."""
+  self-attention rows of each input (decoding.gather_cache_beams) each step."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from t5x_lite.model import decoding  # pylint: disable=g-import-not-at-top
@@ -347,11 +347,11 @@ def compile_decode_token_step(model, partitioner, batch: int, inputs: int, targe
   rows = batch * copies
   rows_sharding = partitioner.batch_sharding()
   step_spec = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=rows_sharding)
-  order_spec = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=rows_sharding)
+  order_spec = jax.ShapeDtypeStruct((batch, copies), jnp.int32, sharding=rows_sharding)
 
   def token_step(params, cache, encoder_input_tokens, tokens, order):
     if beam:
-      cache = decoding.gather_cache_rows(cache, order, config.scan_layers)
+      cache = decoding.gather_cache_beams(cache, order, config.scan_layers)
     step = decoding.make_tokens_to_logits(module, params, encoded(batch), encoder_input_tokens)
     return step(tokens, cache)
 
