@@ -3,9 +3,10 @@
 A pure loop (one `lax.while_loop`, stopping as soon as no batch element can improve) over
 `tokens_to_logits(tokens [N, 1], cache) -> (logits [N, vocab], new_cache)` and a
 `gather_cache(cache, beams [B, K]) -> cache` that reorders the beams of each input; it knows
-nothing about the model (t5x_lite.model.decoding is the model glue). Scores are model log-probabilities (raw
-logits) summed up to and including EOS, divided by the length penalty (the quantity the beams
-are ranked by); a decoder prompt is forced token by token as t5x forces its `inputs`.
+nothing about the model (t5x_lite.model.decoding is the model glue). Scores are model
+log-probabilities (raw logits) summed up to and including EOS, divided by the length penalty
+(the quantity the beams are ranked by); a decoder prompt is forced token by token as t5x forces
+its `inputs`.
 
 Beam search runs one of two algorithms, picked by `length_penalty` (one setting: each
 algorithm comes with its own length normalisation, as in its library):
