@@ -28,7 +28,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -119,12 +119,6 @@ class RecordCheckpointHandler(ocp.AsyncCheckpointHandler):
 @dataclasses.dataclass
 class RecordArgs(ocp.args.CheckpointArgs):
   record: Any = None  # a step_record.PendingRecord or a record (dict)
-
-
-def _all_processes(fn: Callable[[], Any], what: str):
-  """fn() on every process; a CheckpointError on all of them if it raised on any (no process
-  waits alone in a later collective)."""
-  return agreement.all_succeed(fn, what, CheckpointError)
 
 
 class CheckpointManager:
@@ -266,7 +260,10 @@ class CheckpointManager:
 
   def _restore_step(self, step: int, abstract_state: TrainState, dataset_iterator):
     step_dir = self.run_dir.checkpoint(step)
-    record = _all_processes(lambda: read_record(step_dir), f"Reading step {step}'s metadata")
+    # Each read on every process, raising on all if it failed on any (none waits alone in a
+    # later collective).
+    record = agreement.all_succeed(lambda: read_record(step_dir),
+                                   f"Reading step {step}'s metadata", CheckpointError)
     # Before anything is read: another vocabulary is a settings error, not damage.
     check_vocabulary(record, state_path(step_dir), self.vocabulary)
     if dataset_iterator is not None:
@@ -275,9 +272,11 @@ class CheckpointManager:
         item_dir = str(epath.Path(step_dir) / _DATASET)
         check_dataset_files(item_dir, dataset_iterator, record)
         dataset_iterator.restore(item_dir)
-      _all_processes(restore_dataset, f"Restoring the input-pipeline position of step {step}")
-    return _all_processes(lambda: restore_state(state_path(step_dir), abstract_state),
-                          f"Restoring step {step}")
+      agreement.all_succeed(restore_dataset,
+                            f"Restoring the input-pipeline position of step {step}",
+                            CheckpointError)
+    return agreement.all_succeed(lambda: restore_state(state_path(step_dir), abstract_state),
+                                 f"Restoring step {step}", CheckpointError)
 
   def _set_aside(self, skipped: List[Tuple[int, str]], restored: int) -> None:
     """Moves unreadable steps out of orbax's sight, so training can save those steps again."""

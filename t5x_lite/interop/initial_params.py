@@ -92,8 +92,8 @@ def load(model, path: str, params, vocabulary=None):
         lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=t.sharding), target)
     # Verified like every restore: a damaged or non-finite array is refused, by name.
     loaded = restore.restore_params(state_path, abstract,
-                                        vocabulary if names is None else None,
-                                        subset=names is not None)
+                                    vocabulary if names is None else None,
+                                    subset=names is not None)
   return {**params, **loaded}
 
 

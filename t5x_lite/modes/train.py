@@ -322,10 +322,10 @@ def train(*, model_dir: str, train_steps: int, model: model_interface.Model,
       nonfinite_policy=nonfinite_policy, max_consecutive_nonfinite=max_consecutive_nonfinite,
       force_lock=force_lock, run_config=run_config)
   _check_settings(run)
-  if initial_checkpoint and not run.run_dir.checkpoint_steps():
+  if run.initial_checkpoint and not run.run_dir.checkpoint_steps():
     # Fails fast if wrong: an orbax checkpoint or a HF directory (t5x_lite.interop.initial_params).
-    initial_params.check_path(initial_checkpoint.path)
-  lock = _take_lock(run.run_dir, force_lock)
+    initial_params.check_path(run.initial_checkpoint.path)
+  lock = _take_lock(run.run_dir, run.force_lock)
   try:
     with preemption.StopRequest() as stop_request:
       return _train(run, lock, stop_request)
